@@ -1,0 +1,53 @@
+// Work splitting on XLA's intra-op thread pool. Own threads or OpenMP would
+// oversubscribe the pool XLA already runs its other ops on.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <utility>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_roialign::cpu {
+
+namespace ffi = xla::ffi;
+
+// A ready Future carrying `error` (or success).
+inline ffi::Future ready_future(ffi::Error error = ffi::Error::Success()) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  if (error.success()) promise.SetAvailable(); else promise.SetError(std::move(error));
+  return future;
+}
+
+// Runs body(begin, end) over `tasks` contiguous chunks of [0, n) on the pool
+// and returns a Future that completes when all have run. The body must not
+// throw; each chunk writes disjoint output, so results do not depend on the
+// number of threads.
+template <typename Body>
+ffi::Future parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t tasks, Body body) {
+  if (n <= 0) return ready_future();
+  tasks = std::max<int64_t>(1, std::min(tasks, n));
+  if (tasks == 1) {
+    body(int64_t{0}, n);
+    return ready_future();
+  }
+  ffi::CountDownPromise done(tasks);
+  ffi::Future future(done);
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t begin = n * t / tasks, end = n * (t + 1) / tasks;
+    pool.Schedule([done, body, begin, end]() mutable {
+      body(begin, end);
+      done.CountDown();
+    });
+  }
+  return future;
+}
+
+// Threads worth using: the pool's size, at least one.
+inline int64_t pool_threads(ffi::ThreadPool& pool) {
+  return std::max<int64_t>(1, pool.num_threads());
+}
+
+}  // namespace jax_roialign::cpu

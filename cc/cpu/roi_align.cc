@@ -1,0 +1,272 @@
+// roi_align's CPU FFI handlers: check the buffers, dispatch once on the
+// features dtype, split the work over XLA's intra-op pool.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../roi_align_ffi.h"
+#include "handlers.h"
+#include "parallel.h"
+#include "roi_align_kernels.h"
+
+namespace jax_roialign::cpu {
+namespace {
+
+// Calls fn(T{}) with the storage type of `dtype`.
+template <typename Fn>
+ffi::Future dispatch_float(ffi::DataType dtype, Fn&& fn) {
+  switch (dtype) {
+    case ffi::DataType::F32: return fn(float{});
+    case ffi::DataType::F64: return fn(double{});
+    case ffi::DataType::F16: return fn(Half{});
+    case ffi::DataType::BF16: return fn(BFloat16{});
+    default:
+      return ready_future(ffi::Error::InvalidArgument(
+          "roi_align: features must be float16, bfloat16, float32 or float64"));
+  }
+}
+
+// Max mode needs the winners buffer shaped like the output; avg ignores it.
+ffi::Error check_winner(const RoiAlignShape& s, ffi::AnyBuffer::Dimensions winner,
+                        ffi::AnyBuffer::Dimensions output) {
+  if (s.mode == PoolMode::kAvg) return ffi::Error::Success();
+  if (winner.size() != output.size())
+    return shape_error("winner", "the output's shape " + dims_string(output), winner);
+  for (size_t i = 0; i < winner.size(); ++i)
+    if (winner[i] != output[i])
+      return shape_error("winner", "the output's shape " + dims_string(output), winner);
+  return ffi::Error::Success();
+}
+
+// Splits rows x channels into about `threads` tasks: rows when there are
+// enough of them, else channels.
+template <typename Body>
+ffi::Future split_rows_channels(ffi::ThreadPool& pool, const RoiAlignShape& s, Body body) {
+  const int64_t threads = pool_threads(pool);
+  if (s.K >= threads || s.C == 1)
+    return parallel_for(pool, s.K, threads,
+                        [s, body](int64_t k0, int64_t k1) { body(k0, k1, int64_t{0}, s.C); });
+  return parallel_for(pool, s.C, threads,
+                      [s, body](int64_t c0, int64_t c1) { body(int64_t{0}, s.K, c0, c1); });
+}
+
+ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                    ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> winner,
+                    RoiAlignAttrs attrs) {
+  RoiAlignShape s;
+  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
+      e.failure())
+    return ready_future(e);
+  if (out->element_type() != features.element_type() || !output_matches(s, out->dimensions()))
+    return ready_future(shape_error("output", output_expected(s), out->dimensions()));
+  if (auto e = check_winner(s, winner->dimensions(), out->dimensions()); e.failure())
+    return ready_future(e);
+  return dispatch_float(features.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    using G = typename Types<T>::Geometry;
+    const T* f = features.reinterpret_data<T>();
+    const G* r = rois.reinterpret_data<G>();
+    T* o = out->reinterpret_data<T>();
+    int32_t* w = s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
+    return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+      Kernels<T>::forward(s, f, r, o, w, nullptr, k0, k1, c0, c1);
+    });
+  });
+}
+
+ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                            ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> out,
+                            RoiAlignAttrs attrs) {
+  RoiAlignShape s;
+  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
+      e.failure())
+    return ready_future(e);
+  if (out->element_type() != features.element_type() || !output_matches(s, out->dimensions()))
+    return ready_future(shape_error("output", output_expected(s), out->dimensions()));
+  if (auto e = check_winner(s, winner.dimensions(), out->dimensions()); e.failure())
+    return ready_future(e);
+  return dispatch_float(features.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    using G = typename Types<T>::Geometry;
+    const T* f = features.reinterpret_data<T>();
+    const G* r = rois.reinterpret_data<G>();
+    T* o = out->reinterpret_data<T>();
+    const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
+    return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+      Kernels<T>::forward(s, f, r, o, nullptr, w, k0, k1, c0, c1);
+    });
+  });
+}
+
+ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi::AnyBuffer rois,
+                             ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> grad_features,
+                             RoiAlignAttrs attrs) {
+  RoiAlignShape s;
+  if (auto e = make_shape(grad_features->dimensions(), grad_features->element_type(), rois,
+                          attrs, &s);
+      e.failure())
+    return ready_future(e);
+  if (cotangent.element_type() != grad_features->element_type() ||
+      !output_matches(s, cotangent.dimensions()))
+    return ready_future(shape_error("cotangent", output_expected(s), cotangent.dimensions()));
+  if (auto e = check_winner(s, winner.dimensions(), cotangent.dimensions()); e.failure())
+    return ready_future(e);
+  return dispatch_float(grad_features->element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    using G = typename Types<T>::Geometry;
+    using A = typename Types<T>::Accum;
+    const T* ct = cotangent.reinterpret_data<T>();
+    const G* r = rois.reinterpret_data<G>();
+    const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
+    T* grad = grad_features->reinterpret_data<T>();
+    const int64_t n = s.N * s.C * s.H * s.W;
+    // The output arrives uninitialised. 16-bit types accumulate in a float32
+    // copy, rounded once at the end.
+    std::shared_ptr<std::vector<A>> scratch;
+    A* acc;
+    if constexpr (std::is_same_v<T, A>) {
+      acc = grad;
+    } else {
+      scratch = std::make_shared<std::vector<A>>(n);
+      acc = scratch->data();
+    }
+    // Each task owns a block of channels of every image: no two tasks touch
+    // the same element, and each element sums its terms in roi order.
+    return parallel_for(pool, s.C, pool_threads(pool), [=](int64_t c0, int64_t c1) {
+      for (int64_t img = 0; img < s.N; ++img)
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t p = 0; p < s.H * s.W; ++p) acc[s.feature_offset(img, c, p)] = A(0);
+      Kernels<T>::backward_features(s, ct, r, w, acc, c0, c1);
+      if constexpr (!std::is_same_v<T, A>) {
+        for (int64_t img = 0; img < s.N; ++img)
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t p = 0; p < s.H * s.W; ++p) {
+              const int64_t i = s.feature_offset(img, c, p);
+              grad[i] = store<T>(acc[i]);
+            }
+      }
+      (void)scratch;  // keeps the float32 copy alive until the last task ends
+    });
+  });
+}
+
+ffi::Future ForwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                         ffi::AnyBuffer rois_dot, ffi::AnyBuffer winner,
+                         ffi::Result<ffi::AnyBuffer> out_dot, RoiAlignAttrs attrs) {
+  RoiAlignShape s;
+  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
+      e.failure())
+    return ready_future(e);
+  if (rois_dot.element_type() != rois.element_type() ||
+      rois_dot.element_count() != rois.element_count())
+    return ready_future(shape_error("rois_dot", "the shape of rois " +
+                                    dims_string(rois.dimensions()), rois_dot.dimensions()));
+  if (out_dot->element_type() != features.element_type() ||
+      !output_matches(s, out_dot->dimensions()))
+    return ready_future(shape_error("out_dot", output_expected(s), out_dot->dimensions()));
+  if (auto e = check_winner(s, winner.dimensions(), out_dot->dimensions()); e.failure())
+    return ready_future(e);
+  return dispatch_float(features.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    using G = typename Types<T>::Geometry;
+    const T* f = features.reinterpret_data<T>();
+    const G* r = rois.reinterpret_data<G>();
+    const G* rd = rois_dot.reinterpret_data<G>();
+    const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
+    T* o = out_dot->reinterpret_data<T>();
+    return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+      Kernels<T>::forward_boxes(s, f, r, rd, w, o, k0, k1, c0, c1);
+    });
+  });
+}
+
+ffi::Future BackwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                          ffi::AnyBuffer cotangent, ffi::AnyBuffer winner,
+                          ffi::Result<ffi::AnyBuffer> grad_rois, RoiAlignAttrs attrs) {
+  RoiAlignShape s;
+  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
+      e.failure())
+    return ready_future(e);
+  if (cotangent.element_type() != features.element_type() ||
+      !output_matches(s, cotangent.dimensions()))
+    return ready_future(shape_error("cotangent", output_expected(s), cotangent.dimensions()));
+  if (grad_rois->element_type() != rois.element_type() ||
+      grad_rois->element_count() != rois.element_count())
+    return ready_future(shape_error("grad_rois", "the shape of rois " +
+                                    dims_string(rois.dimensions()), grad_rois->dimensions()));
+  if (auto e = check_winner(s, winner.dimensions(), cotangent.dimensions()); e.failure())
+    return ready_future(e);
+  return dispatch_float(features.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    using G = typename Types<T>::Geometry;
+    const T* f = features.reinterpret_data<T>();
+    const G* r = rois.reinterpret_data<G>();
+    const T* ct = cotangent.reinterpret_data<T>();
+    const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
+    G* g = grad_rois->reinterpret_data<G>();
+    // Each task owns whole rows of grad_rois.
+    return parallel_for(pool, s.K, pool_threads(pool), [=](int64_t k0, int64_t k1) {
+      Kernels<T>::backward_boxes(s, f, r, ct, w, g, k0, k1);
+    });
+  });
+}
+
+}  // namespace
+}  // namespace jax_roialign::cpu
+
+namespace ffi = xla::ffi;
+using jax_roialign::RoiAlignAttrs;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_cpu,
+                              jax_roialign::cpu::Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()   // features
+                                  .Arg<ffi::AnyBuffer>()   // rois, geometry dtype
+                                  .Ret<ffi::AnyBuffer>()   // out
+                                  .Ret<ffi::AnyBuffer>()   // winner (int32; (0,) in avg mode)
+                                  .Attrs<RoiAlignAttrs>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_selected_cpu,
+                              jax_roialign::cpu::ForwardSelected,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()   // features
+                                  .Arg<ffi::AnyBuffer>()   // rois
+                                  .Arg<ffi::AnyBuffer>()   // winner to evaluate (max mode)
+                                  .Ret<ffi::AnyBuffer>()   // out
+                                  .Attrs<RoiAlignAttrs>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_backward_features_cpu,
+                              jax_roialign::cpu::BackwardFeatures,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()   // cotangent of out
+                                  .Arg<ffi::AnyBuffer>()   // rois
+                                  .Arg<ffi::AnyBuffer>()   // winner
+                                  .Ret<ffi::AnyBuffer>()   // grad_features
+                                  .Attrs<RoiAlignAttrs>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_boxes_cpu,
+                              jax_roialign::cpu::ForwardBoxes,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()   // features
+                                  .Arg<ffi::AnyBuffer>()   // rois
+                                  .Arg<ffi::AnyBuffer>()   // rois tangent
+                                  .Arg<ffi::AnyBuffer>()   // winner
+                                  .Ret<ffi::AnyBuffer>()   // out tangent
+                                  .Attrs<RoiAlignAttrs>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_backward_boxes_cpu,
+                              jax_roialign::cpu::BackwardBoxes,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()   // features
+                                  .Arg<ffi::AnyBuffer>()   // rois
+                                  .Arg<ffi::AnyBuffer>()   // cotangent of out
+                                  .Arg<ffi::AnyBuffer>()   // winner
+                                  .Ret<ffi::AnyBuffer>()   // grad_rois
+                                  .Attrs<RoiAlignAttrs>());

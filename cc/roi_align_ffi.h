@@ -1,0 +1,123 @@
+// roi_align's FFI contract, shared by the CPU and CUDA bindings: the
+// attributes every roi_align target receives, and the check that the buffers
+// XLA hands over agree with them. The Python layer validates user arguments;
+// this guards the boundary, returning errors that name the argument.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "roi_align.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_roialign {
+
+struct RoiAlignAttrs {
+  int64_t pooled_height;
+  int64_t pooled_width;
+  double spatial_scale;
+  int64_t sampling_ratio;
+  int64_t aligned;
+  int64_t mode;    // PoolMode
+  int64_t layout;  // Layout
+};
+
+}  // namespace jax_roialign
+
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
+    ::jax_roialign::RoiAlignAttrs,
+    ::xla::ffi::StructMember<int64_t>("pooled_height"),
+    ::xla::ffi::StructMember<int64_t>("pooled_width"),
+    ::xla::ffi::StructMember<double>("spatial_scale"),
+    ::xla::ffi::StructMember<int64_t>("sampling_ratio"),
+    ::xla::ffi::StructMember<int64_t>("aligned"),
+    ::xla::ffi::StructMember<int64_t>("mode"),
+    ::xla::ffi::StructMember<int64_t>("layout"));
+
+namespace jax_roialign {
+
+namespace ffi = xla::ffi;
+
+inline std::string dims_string(ffi::AnyBuffer::Dimensions d) {
+  std::string s = "(";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + (d.size() == 1 ? ",)" : ")");
+}
+
+inline ffi::Error shape_error(const char* name, const std::string& expected,
+                              ffi::AnyBuffer::Dimensions got) {
+  return ffi::Error::InvalidArgument(std::string("roi_align: ") + name + " must be " +
+                                     expected + ", got shape " + dims_string(got));
+}
+
+// Geometry dtype for a features dtype: F64 for F64, else F32.
+inline ffi::DataType geometry_dtype(ffi::DataType features) {
+  return features == ffi::DataType::F64 ? ffi::DataType::F64 : ffi::DataType::F32;
+}
+
+// Builds the call's shape from the features dimensions (N, C, H, W in the
+// attribute's layout), the rois, and the attributes; checks the rois dtype.
+inline ffi::Error make_shape(ffi::AnyBuffer::Dimensions features, ffi::DataType features_dtype,
+                             const ffi::AnyBuffer& rois, const RoiAlignAttrs& a,
+                             RoiAlignShape* s) {
+  if (a.layout != int64_t(Layout::kNCHW) && a.layout != int64_t(Layout::kNHWC))
+    return ffi::Error::InvalidArgument("roi_align: layout attribute must be 0 (NCHW) or 1 (NHWC), got " +
+                                       std::to_string(a.layout));
+  if (a.mode != int64_t(PoolMode::kAvg) && a.mode != int64_t(PoolMode::kMax))
+    return ffi::Error::InvalidArgument("roi_align: mode attribute must be 0 (avg) or 1 (max), got " +
+                                       std::to_string(a.mode));
+  if (a.pooled_height < 1 || a.pooled_width < 1)
+    return ffi::Error::InvalidArgument("roi_align: output size must be >= 1, got (" +
+                                       std::to_string(a.pooled_height) + ", " +
+                                       std::to_string(a.pooled_width) + ")");
+  if (features.size() != 4) return shape_error("features", "rank 4", features);
+  s->layout = Layout(a.layout);
+  s->mode = PoolMode(a.mode);
+  s->N = features[0];
+  if (s->layout == Layout::kNCHW) {
+    s->C = features[1]; s->H = features[2]; s->W = features[3];
+  } else {
+    s->H = features[1]; s->W = features[2]; s->C = features[3];
+  }
+  if (rois.element_type() != geometry_dtype(features_dtype))
+    return ffi::Error::InvalidArgument(
+        "roi_align: rois must be float64 for float64 features and float32 otherwise");
+  const auto r = rois.dimensions();
+  if (r.size() == 2 && r[1] == 5) {
+    s->K = r[0];
+    s->R = 0;
+  } else if (r.size() == 3 && r[2] == 4 && r[0] == s->N) {
+    s->K = r[0] * r[1];
+    s->R = r[1];
+  } else {
+    return shape_error("rois", "(K, 5) or (N, R, 4) with N = " + std::to_string(s->N), r);
+  }
+  s->PH = a.pooled_height;
+  s->PW = a.pooled_width;
+  s->spatial_scale = a.spatial_scale;
+  s->sampling_ratio = a.sampling_ratio;
+  s->aligned = a.aligned != 0;
+  return ffi::Error::Success();
+}
+
+// Dimensions of the pooled output (K rows flattened): (K, C, PH, PW) or
+// (K, PH, PW, C); the (N, R, 4) form's (N, R, ...) has the same element order.
+inline bool output_matches(const RoiAlignShape& s, ffi::AnyBuffer::Dimensions d) {
+  int64_t rows = 1;
+  const size_t lead = s.R > 0 ? 2 : 1;
+  if (d.size() != lead + 3) return false;
+  for (size_t i = 0; i < lead; ++i) rows *= d[i];
+  const int64_t a = d[lead], b = d[lead + 1], c = d[lead + 2];
+  return rows == s.K && (s.layout == Layout::kNCHW ? (a == s.C && b == s.PH && c == s.PW)
+                                                   : (a == s.PH && b == s.PW && c == s.C));
+}
+
+inline std::string output_expected(const RoiAlignShape& s) {
+  const std::string lead = s.R > 0 ? "(N, R, " : "(K, ";
+  return s.layout == Layout::kNCHW ? lead + "C, PH, PW) = rows " + std::to_string(s.K) +
+                                         ", C " + std::to_string(s.C)
+                                   : lead + "PH, PW, C) = rows " + std::to_string(s.K) +
+                                         ", C " + std::to_string(s.C);
+}
+
+}  // namespace jax_roialign
