@@ -20,6 +20,7 @@ struct RoiAlignAttrs {
   int64_t aligned;
   int64_t mode;    // PoolMode
   int64_t layout;  // Layout
+  int64_t deterministic;  // CUDA backward: 1 = no atomics, bit-identical runs (CPU always is)
 };
 
 }  // namespace jax_roialign
@@ -32,7 +33,8 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
     ::xla::ffi::StructMember<int64_t>("sampling_ratio"),
     ::xla::ffi::StructMember<int64_t>("aligned"),
     ::xla::ffi::StructMember<int64_t>("mode"),
-    ::xla::ffi::StructMember<int64_t>("layout"));
+    ::xla::ffi::StructMember<int64_t>("layout"),
+    ::xla::ffi::StructMember<int64_t>("deterministic"));
 
 namespace jax_roialign {
 

@@ -15,13 +15,22 @@ import jax.numpy as jnp
 from . import _args, _lowering, _primitives, reference
 from ._primitives import UnsupportedDerivativeError
 
-__all__ = ["roi_align", "validate_rois", "kernel_platforms", "UnsupportedDerivativeError",
+__all__ = ["roi_align", "set_deterministic", "validate_rois", "kernel_platforms", "UnsupportedDerivativeError",
            "reference"]
 __version__ = "0.1.0"
 
 
+_DETERMINISTIC = [False]
+
+
+def set_deterministic(value: bool) -> None:
+    """Default for ``deterministic=None``: bit-identical backward passes on the GPU
+    (no atomics; slower). CPU kernels are always deterministic."""
+    _DETERMINISTIC[0] = bool(value)
+
+
 def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
-              *, mode="avg", layout="NCHW"):
+              *, mode="avg", layout="NCHW", deterministic=None):
     """RoIAlign (Mask R-CNN): bilinear samples averaged (or maxed) per output bin.
 
     Positional arguments follow ``torchvision.ops.roi_align``.
@@ -40,6 +49,8 @@ def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
       mode: "avg" (torchvision, Detectron2, mmcv) or "max" (mmcv: the largest
         bilinear sample; outside samples count as 0).
       layout: "NCHW" (PyTorch) or "NHWC" (Flax); the output uses the same.
+      deterministic: GPU backward without atomics, bit-identical run to run;
+        None takes ``set_deterministic``'s default (False). The CPU always is.
 
     Returns:
       (K, C, PH, PW) / (K, PH, PW, C), with a leading (N, R) instead of K for
@@ -61,6 +72,7 @@ def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
         aligned=bool(aligned),
         mode=_args.choice(op, "mode", mode, ("avg", "max")),
         layout=layout,
+        deterministic=_DETERMINISTIC[0] if deterministic is None else bool(deterministic),
     )
     boxes = _args.rois(op, rois, num_images, features.dtype)
     if not _lowering.has_kernels(jax.default_backend()):

@@ -123,3 +123,10 @@ def _check_float_rois(op, name, value):
     if dtype is not None and not (jnp.issubdtype(dtype, jnp.floating)
                                   or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"{op}: {name} must hold real numbers, got {np.dtype(dtype).name}")
+
+
+def rows_from_boxes(boxes):
+    """(..., N, R, 4) per-image boxes -> (..., N*R, 5) rows with batch index n."""
+    *lead, n, r, _ = boxes.shape
+    index = jnp.broadcast_to(jnp.arange(n, dtype=boxes.dtype)[:, None, None], (*lead, n, r, 1))
+    return jnp.concatenate([index, boxes], axis=-1).reshape(*lead, n * r, 5)

@@ -52,6 +52,7 @@ def ffi_attributes(params: dict) -> dict:
         aligned=np.int64(bool(params["aligned"])),
         mode=np.int64(MODES[params["mode"]]),
         layout=np.int64(LAYOUT_CODES[params["layout"]]),
+        deterministic=np.int64(bool(params["deterministic"])),
     )
 
 

@@ -28,7 +28,7 @@ from jax._src import dispatch
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
-from . import _lowering
+from . import _args, _lowering
 
 
 class UnsupportedDerivativeError(NotImplementedError):
@@ -207,15 +207,8 @@ ad.primitive_transposes[boxes_vjp_p] = _boxes_vjp_transpose
 # (or the features-shaped result) are batched, else into the roi rows (B*K).
 # The (N, R, 4) form becomes rows first. Invalid batch indices stay invalid.
 
-def _rows_from_boxes(boxes):
-    """(..., N, R, 4) -> (..., N*R, 5) rows with batch index n."""
-    *lead, n, r, _ = boxes.shape
-    index = jnp.broadcast_to(jnp.arange(n, dtype=boxes.dtype)[:, None, None], (*lead, n, r, 1))
-    return jnp.concatenate([index, boxes], axis=-1).reshape(*lead, n * r, 5)
-
-
 def _tangent_rows_from_boxes(boxes):
-    """Like _rows_from_boxes for a tangent/cotangent: the index column is 0."""
+    """Like _args.rows_from_boxes for a tangent/cotangent: the index column is 0."""
     *lead, n, r, _ = boxes.shape
     zero = jnp.zeros((*lead, n, r, 1), boxes.dtype)
     return jnp.concatenate([zero, boxes], axis=-1).reshape(*lead, n * r, 5)
@@ -256,7 +249,7 @@ def _make_batching_rule(prim, roles, result):
             if not b:
                 a = jnp.broadcast_to(a, (size,) + a.shape)
             if role in ("rois", "rois_like") and per_image:
-                a = _rows_from_boxes(a) if role == "rois" else _tangent_rows_from_boxes(a)
+                a = _args.rows_from_boxes(a) if role == "rois" else _tangent_rows_from_boxes(a)
             elif role in ("out_like", "winner") and per_image:
                 a = a.reshape((size, a.shape[1] * a.shape[2]) + a.shape[3:])
             if role == "rois" and by_image:

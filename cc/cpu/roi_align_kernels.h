@@ -23,6 +23,69 @@ struct Kernels {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
 
+  // Avg mode walks channels innermost, in blocks: contiguous for NHWC; for
+  // NCHW a block of planes gives each sample many independent loads (and its
+  // cache lines are reused by the neighbouring samples). Each channel's
+  // arithmetic, and its order, is the per-channel loop's.
+  static constexpr int64_t kPlaneBlock = 32;
+
+  template <bool kNHWC>
+  static void forward_avg(const RoiAlignShape& s, const T* f, const RoiSamples<G>& r, T* out,
+                          int64_t k, int64_t c0, int64_t c1, A count, std::vector<A>& acc) {
+    const int64_t cs = kNHWC ? 1 : s.H * s.W;  // channel stride
+    const int64_t ps = kNHWC ? s.C : 1;        // pixel stride
+    const int64_t block = kNHWC ? c1 - c0 : kPlaneBlock;
+    acc.resize(block);
+    const T* img = f + s.feature_offset(r.geometry.image, 0, 0);
+    for (int64_t cb = c0; cb < c1; cb += block) {
+      const int64_t n = std::min(block, c1 - cb);
+      for (int64_t bin = 0; bin < s.bins(); ++bin) {
+        std::fill(acc.begin(), acc.begin() + n, A(0));
+        const BinSamples& b = r.bins[bin];
+        for (int64_t i = b.begin; i < b.end; ++i) {
+          const Sample<G>& p = r.samples[i];
+          const T* q0 = img + p.at[0] * ps + cb * cs;
+          const T* q1 = img + p.at[1] * ps + cb * cs;
+          const T* q2 = img + p.at[2] * ps + cb * cs;
+          const T* q3 = img + p.at[3] * ps + cb * cs;
+          const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
+          for (int64_t c = 0; c < n; ++c)
+            acc[c] += w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
+                      w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]);
+        }
+        for (int64_t c = 0; c < n; ++c) out[s.output_offset(k, cb + c, bin)] = store<T>(acc[c] / count);
+      }
+    }
+  }
+
+  // The transpose of forward_avg, blocked the same way; each element receives
+  // its contributions in (roi, bin, sample, corner) order whatever the block.
+  template <bool kNHWC>
+  static void backward_avg(const RoiAlignShape& s, const T* ct, const RoiSamples<G>& r, A* grad,
+                           int64_t k, int64_t c0, int64_t c1, A count, std::vector<A>& g) {
+    const int64_t cs = kNHWC ? 1 : s.H * s.W;
+    const int64_t ps = kNHWC ? s.C : 1;
+    const int64_t block = kNHWC ? c1 - c0 : kPlaneBlock;
+    g.resize(block);
+    A* img = grad + s.feature_offset(r.geometry.image, 0, 0);
+    for (int64_t cb = c0; cb < c1; cb += block) {
+      const int64_t n = std::min(block, c1 - cb);
+      for (int64_t bin = 0; bin < s.bins(); ++bin) {
+        for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, cb + c, bin)]);
+        const BinSamples& b = r.bins[bin];
+        for (int64_t i = b.begin; i < b.end; ++i) {
+          const Sample<G>& p = r.samples[i];
+          for (int j = 0; j < 4; ++j) {
+            A* q = img + p.at[j] * ps + cb * cs;
+            const A w = A(p.w[j]);
+            // torchvision's order: g * w / count.
+            for (int64_t c = 0; c < n; ++c) q[c * cs] += g[c] * w / count;
+          }
+        }
+      }
+    }
+  }
+
   // Rows [k0, k1), channels [c0, c1). Max mode either finds the winners
   // (`winner` written) or, with `given`, evaluates the given winners: the
   // linear map that max mode is once its winners are fixed.
@@ -43,28 +106,9 @@ struct Kernels {
         continue;
       }
       const A count = A(r.geometry.count);
-      if (nhwc && s.mode == PoolMode::kAvg) {
-        // Channels innermost and contiguous: each sample's four rows are read
-        // once for all channels. Same per-channel arithmetic as below.
-        acc.resize(c1 - c0);
-        const T* img = f + s.feature_offset(r.geometry.image, 0, 0);
-        for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          std::fill(acc.begin(), acc.end(), A(0));
-          const BinSamples& b = r.bins[bin];
-          for (int64_t i = b.begin; i < b.end; ++i) {
-            const Sample<G>& p = r.samples[i];
-            const T* q0 = img + p.at[0] * s.C;
-            const T* q1 = img + p.at[1] * s.C;
-            const T* q2 = img + p.at[2] * s.C;
-            const T* q3 = img + p.at[3] * s.C;
-            const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
-            for (int64_t c = c0; c < c1; ++c)
-              acc[c - c0] += w0 * load<A>(q0[c]) + w1 * load<A>(q1[c]) +
-                             w2 * load<A>(q2[c]) + w3 * load<A>(q3[c]);
-          }
-          T* o = out + s.output_offset(k, 0, bin);
-          for (int64_t c = c0; c < c1; ++c) o[c] = store<T>(acc[c - c0] / count);
-        }
+      if (s.mode == PoolMode::kAvg) {
+        if (nhwc) forward_avg<true>(s, f, r, out, k, c0, c1, count, acc);
+        else forward_avg<false>(s, f, r, out, k, c0, c1, count, acc);
         continue;
       }
       for (int64_t c = c0; c < c1; ++c) {
@@ -74,11 +118,7 @@ struct Kernels {
         for (int64_t bin = 0; bin < s.bins(); ++bin) {
           const BinSamples& b = r.bins[bin];
           const int64_t o = s.output_offset(k, c, bin);
-          if (s.mode == PoolMode::kAvg) {
-            A v = A(0);
-            for (int64_t i = b.begin; i < b.end; ++i) v += bilinear<A>(r.samples[i], read);
-            out[o] = store<T>(v / count);
-          } else if (given) {
+          if (given) {
             out[o] = store<T>(given[o] < 0 ? A(0)
                                            : bilinear<A>(r.samples[b.begin + given[o]], read));
           } else {
@@ -99,10 +139,16 @@ struct Kernels {
                                 const int32_t* winner, A* grad, int64_t c0, int64_t c1) {
     RoiSamples<G> r;
     const bool nhwc = s.layout == Layout::kNHWC;
+    std::vector<A> scratch;
     for (int64_t k = 0; k < s.K; ++k) {
       r.build(s, rois, k, false);
       if (!r.valid()) continue;
       const A count = A(r.geometry.count);
+      if (s.mode == PoolMode::kAvg) {
+        if (nhwc) backward_avg<true>(s, ct, r, grad, k, c0, c1, count, scratch);
+        else backward_avg<false>(s, ct, r, grad, k, c0, c1, count, scratch);
+        continue;
+      }
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t base = s.feature_offset(r.geometry.image, c, 0);
         const int64_t stride = nhwc ? s.C : 1;
@@ -110,21 +156,9 @@ struct Kernels {
           const BinSamples& b = r.bins[bin];
           const int64_t o = s.output_offset(k, c, bin);
           const A g = load<A>(ct[o]);
-          int64_t i0 = b.begin, i1 = b.end;
-          if (s.mode == PoolMode::kMax) {
-            if (winner[o] < 0) continue;
-            i0 = b.begin + winner[o];
-            i1 = i0 + 1;
-          }
-          for (int64_t i = i0; i < i1; ++i) {
-            const Sample<G>& p = r.samples[i];
-            for (int j = 0; j < 4; ++j) {
-              // torchvision's order: g * w / count.
-              const A share = s.mode == PoolMode::kAvg ? g * A(p.w[j]) / count
-                                                       : g * A(p.w[j]);
-              grad[base + p.at[j] * stride] += share;
-            }
-          }
+          if (winner[o] < 0) continue;  // max mode: only the winning sample
+          const Sample<G>& p = r.samples[b.begin + winner[o]];
+          for (int j = 0; j < 4; ++j) grad[base + p.at[j] * stride] += g * A(p.w[j]);
         }
       }
     }
