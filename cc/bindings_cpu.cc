@@ -18,11 +18,11 @@ nb::capsule capsule(Fn* fn) {
 NB_MODULE(_cpu, m) {
   m.def("registrations", []() {
     nb::dict d;
-    d["roi_align_forward"] = capsule(jax_roialign_roi_align_forward_cpu);
-    d["roi_align_forward_selected"] = capsule(jax_roialign_roi_align_forward_selected_cpu);
-    d["roi_align_backward_features"] = capsule(jax_roialign_roi_align_backward_features_cpu);
-    d["roi_align_forward_boxes"] = capsule(jax_roialign_roi_align_forward_boxes_cpu);
-    d["roi_align_backward_boxes"] = capsule(jax_roialign_roi_align_backward_boxes_cpu);
+    d["roi_forward"] = capsule(jax_roialign_roi_forward_cpu);
+    d["roi_forward_selected"] = capsule(jax_roialign_roi_forward_selected_cpu);
+    d["roi_backward_features"] = capsule(jax_roialign_roi_backward_features_cpu);
+    d["roi_forward_boxes"] = capsule(jax_roialign_roi_forward_boxes_cpu);
+    d["roi_backward_boxes"] = capsule(jax_roialign_roi_backward_boxes_cpu);
     return d;
   });
 }

@@ -1,5 +1,6 @@
-// roi_align, the algorithm, once (SPEC.md "roi_align"): box geometry, the
-// sampling grid, the window test, bilinear taps and their derivatives. Compiled
+// roi_align's math, once (SPEC.md "roi_align", and ps_roi_align, which is its
+// aligned geometry): box geometry, the sampling grid, the window test, the
+// bilinear taps and their derivatives. Compiled
 // by the CPU kernels and by nvcc; every function is host+device and free of
 // allocation, so a platform only decides how to loop and where to store.
 //
@@ -11,54 +12,9 @@
 #include <cmath>
 #include <cstdint>
 
-#include "numeric.h"
+#include "roi_common.h"
 
 namespace jax_roialign {
-
-enum class Layout : int64_t { kNCHW = 0, kNHWC = 1 };
-enum class PoolMode : int64_t { kAvg = 0, kMax = 1 };
-
-// Static shape and attributes of one roi_align call.
-struct RoiAlignShape {
-  int64_t N, C, H, W;     // features
-  int64_t K;              // rois (rows of the output)
-  int64_t R;              // rois per image for the (N, R, 4) form; 0 for (K, 5)
-  int64_t PH, PW;         // output bins
-  double spatial_scale;
-  int64_t sampling_ratio; // > 0 fixed grid, <= 0 adaptive per roi
-  bool aligned;
-  PoolMode mode;
-  Layout layout;
-
-  JRA_HD int64_t roi_stride() const { return R > 0 ? 4 : 5; }
-  JRA_HD int64_t bins() const { return PH * PW; }
-  // Offset of feature element (n, c, y, x); `spatial` is y * W + x.
-  JRA_HD int64_t feature_offset(int64_t n, int64_t c, int64_t spatial) const {
-    return layout == Layout::kNCHW ? (n * C + c) * H * W + spatial
-                                   : (n * H * W + spatial) * C + c;
-  }
-  // Offset of output element (k, c, bin); `bin` is ph * PW + pw.
-  JRA_HD int64_t output_offset(int64_t k, int64_t c, int64_t bin) const {
-    return layout == Layout::kNCHW ? (k * C + c) * PH * PW + bin
-                                   : (k * PH * PW + bin) * C + c;
-  }
-};
-
-// Image of roi k, or -1 when its batch index is not an integer in [0, N)
-// (NaN included): such a roi reads nothing, writes zeros, gets no gradient.
-template <typename G>
-JRA_HD int64_t roi_image(const RoiAlignShape& s, const G* rois, int64_t k) {
-  if (s.R > 0) return k / s.R;
-  const G b = rois[k * 5];
-  if (!(b >= G(0) && b < G(s.N)) || b != G(int64_t(b))) return -1;
-  return int64_t(b);
-}
-
-// Pointer to roi k's (x1, y1, x2, y2).
-template <typename G>
-JRA_HD const G* roi_corners(const RoiAlignShape& s, const G* rois, int64_t k) {
-  return rois + k * s.roi_stride() + (s.R > 0 ? 0 : 1);
-}
 
 // Largest grid size we represent; beyond it a grid would never be iterated
 // anyway (only in-window samples are), this only keeps int64 from overflowing.
@@ -93,7 +49,7 @@ struct AxisGeometry {
 };
 
 template <typename G>
-JRA_HD AxisGeometry<G> axis_geometry(G lo, G hi, const RoiAlignShape& s, int64_t bins,
+JRA_HD AxisGeometry<G> axis_geometry(G lo, G hi, const RoiShape& s, int64_t bins,
                                      int64_t extent) {
   AxisGeometry<G> a;
   const G scale = G(s.spatial_scale);
@@ -158,16 +114,8 @@ JRA_HD void window_range(const AxisGeometry<G>& a, int64_t p, int64_t* lo, int64
   *hi = h;
 }
 
-// The bilinear taps of one in-window sample along one axis: the two cell
-// indices, their weights, and d(weight of `high`)/d(position), which is 0 where
-// SPEC.md clamps the position (y <= 0, or the last row).
-template <typename G>
-struct AxisTap {
-  int64_t low, high;
-  G w_low, w_high;   // hy, ly
-  G slope;           // d ly / d y: 1, or 0 when clamped
-};
-
+// The bilinear taps of an in-window sample along one axis (SPEC.md's clamp:
+// y <= 0 reads row 0, the last row reads itself; both have slope 0).
 template <typename G>
 JRA_HD AxisTap<G> axis_tap(G v, int64_t extent) {
   AxisTap<G> t;
@@ -186,45 +134,6 @@ JRA_HD AxisTap<G> axis_tap(G v, int64_t extent) {
   return t;
 }
 
-// A full 2-D sample: the four corner offsets (y * W + x) and weights in
-// torchvision's order (yl,xl), (yl,xh), (yh,xl), (yh,xh).
-template <typename G>
-struct Sample {
-  int64_t at[4];
-  G w[4];
-};
-
-template <typename G>
-JRA_HD Sample<G> make_sample(const AxisTap<G>& ty, const AxisTap<G>& tx, int64_t W) {
-  Sample<G> s;
-  s.at[0] = ty.low * W + tx.low;
-  s.at[1] = ty.low * W + tx.high;
-  s.at[2] = ty.high * W + tx.low;
-  s.at[3] = ty.high * W + tx.high;
-  s.w[0] = ty.w_low * tx.w_low;
-  s.w[1] = ty.w_low * tx.w_high;
-  s.w[2] = ty.w_high * tx.w_low;
-  s.w[3] = ty.w_high * tx.w_high;
-  return s;
-}
-
-// Bilinear value of a sample from a reader f(offset) -> accumulator, summed
-// in torchvision's order.
-template <typename A, typename G, typename Read>
-JRA_HD A bilinear(const Sample<G>& s, Read f) {
-  return A(s.w[0]) * f(s.at[0]) + A(s.w[1]) * f(s.at[1]) + A(s.w[2]) * f(s.at[2]) +
-         A(s.w[3]) * f(s.at[3]);
-}
-
-// d(corner weights)/d(y) and /d(x) of a sample.
-template <typename G>
-JRA_HD void weight_slopes(const AxisTap<G>& ty, const AxisTap<G>& tx, G dy[4], G dx[4]) {
-  dy[0] = -ty.slope * tx.w_low;  dx[0] = -ty.w_low * tx.slope;
-  dy[1] = -ty.slope * tx.w_high; dx[1] = ty.w_low * tx.slope;
-  dy[2] = ty.slope * tx.w_low;   dx[2] = -ty.w_high * tx.slope;
-  dy[3] = ty.slope * tx.w_high;  dx[3] = ty.w_high * tx.slope;
-}
-
 // Everything about one roi that does not depend on the channel.
 template <typename G>
 struct RoiGeometry {
@@ -235,7 +144,7 @@ struct RoiGeometry {
 };
 
 template <typename G>
-JRA_HD RoiGeometry<G> roi_geometry(const RoiAlignShape& s, const G* rois, int64_t k) {
+JRA_HD RoiGeometry<G> roi_geometry(const RoiShape& s, const G* rois, int64_t k) {
   RoiGeometry<G> r;
   r.image = roi_image(s, rois, k);
   const G* c = roi_corners(s, rois, k);
@@ -245,20 +154,6 @@ JRA_HD RoiGeometry<G> roi_geometry(const RoiAlignShape& s, const G* rois, int64_
   const G n = G(r.y.grid) * G(r.x.grid);
   r.count = n > G(1) ? n : G(1);
   return r;
-}
-
-// Max mode: the winner among a bin's samples. Out-of-window samples are 0 and
-// can win; ties go to the first sample in (iy-major, ix-minor) order. Given the
-// best in-window value and its ordinal, decide whether an outside zero beats
-// it. Returns the winning ordinal, or -1 for "an outside sample / empty grid".
-JRA_HD int64_t first_outside_ordinal(int64_t gh, int64_t gw, int64_t ylo, int64_t yhi,
-                                     int64_t xlo, int64_t xhi) {
-  if (gh <= 0 || gw <= 0) return -1;
-  if (ylo >= yhi || xlo >= xhi) return 0;          // every sample outside
-  if (ylo > 0 || xlo > 0) return 0;
-  if (xhi < gw) return xhi;                        // row 0, past the window
-  if (yhi < gh) return yhi * gw;                   // first row past the window
-  return -1;                                       // no outside sample
 }
 
 }  // namespace jax_roialign

@@ -37,14 +37,18 @@ def _load_platforms() -> dict:
 # {platform: [kernel names]} for every platform with compiled kernels.
 KERNELS = _load_platforms()
 
+# Operator codes: cc/roi_common.h `Op`.
+OP_CODES = {"roi_align": 0, "roi_pool": 1, "ps_roi_align": 2, "ps_roi_pool": 3, "legacy": 4,
+            "legacy_avg": 5, "legacy_max": 6}
 MODES = {"avg": 0, "max": 1}
 LAYOUT_CODES = {"NCHW": 0, "NHWC": 1}
 
 
 def ffi_attributes(params: dict) -> dict:
-    """The kernel attributes of a roi_align-family primitive's parameters."""
+    """The kernel attributes of a primitive's parameters."""
     ph, pw = params["output_size"]
     return dict(
+        op=np.int64(OP_CODES[params["op"]]),
         pooled_height=np.int64(ph),
         pooled_width=np.int64(pw),
         spatial_scale=np.float64(params["spatial_scale"]),

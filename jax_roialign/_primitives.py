@@ -1,9 +1,9 @@
-"""roi_align's primitives: abstract evaluation, lowering, batching, AD rules.
+"""The operators' primitives: abstract evaluation, lowering, batching, AD rules.
 
-The op is linear in `features` once the max-mode winners are fixed, so
-differentiation is built from five kernels:
+Every operator (parameter `op`) is linear in `features` once its max-mode
+winners are fixed, so differentiation is built from five kernels:
 
-    roi_align_p          (features, rois)                  -> (out, winner)
+    forward_p            (features, rois)                  -> (out, winner)
     selected_p           (x, rois, winner)                 -> out      linear in x
     transpose_p          (cotangent, rois, winner)         -> grad x   = selected_p^T
     boxes_jvp_p          (features, rois, rois_dot, winner) -> out_dot  linear in rois_dot
@@ -11,8 +11,9 @@ differentiation is built from five kernels:
 
 `winner` is the int32 index of each bin's winning sample in max mode (shaped
 like `out`), an empty (0,) array in avg mode. Every primitive carries the same
-parameters: output_size, spatial_scale, sampling_ratio, aligned, mode, layout
-(transpose_p also features_shape). Derivatives of any order w.r.t. features,
+parameters: op, output_size, spatial_scale, sampling_ratio, aligned, mode,
+layout, deterministic (transpose_p also features_shape). roi_pool and
+ps_roi_pool are piecewise constant in the boxes: their box derivative is zero. Derivatives of any order w.r.t. features,
 and first derivatives w.r.t. box coordinates (forward and reverse), follow;
 second derivatives involving box coordinates raise UnsupportedDerivativeError.
 """
@@ -37,17 +38,23 @@ class UnsupportedDerivativeError(NotImplementedError):
 
 def _unsupported(what: str):
     raise UnsupportedDerivativeError(
-        f"roi_align: {what} is not supported; derivatives of any order w.r.t. features and "
+        f"jax_roialign: {what} is not supported; derivatives of any order w.r.t. features and "
         "first derivatives w.r.t. box coordinates are. Wrap rois in jax.lax.stop_gradient "
         "where the box derivative is not wanted.")
 
 
 # --------------------------------------------------------------------------- shapes
 
-def output_shape(features_shape, rois_shape, output_size, layout):
+POSITION_SENSITIVE = ("ps_roi_align", "ps_roi_pool")
+NO_BOX_DERIVATIVE = ("roi_pool", "ps_roi_pool")
+
+
+def output_shape(features_shape, rois_shape, output_size, layout, op):
     """(K, ...) for (K, 5) rows, (N, R, ...) for (N, R, 4) boxes."""
     ph, pw = output_size
     channels = features_shape[1] if layout == "NCHW" else features_shape[3]
+    if op in POSITION_SENSITIVE:
+        channels //= ph * pw
     rows = tuple(rois_shape[:1]) if len(rois_shape) == 2 else tuple(rois_shape[:2])
     return rows + ((channels, ph, pw) if layout == "NCHW" else (ph, pw, channels))
 
@@ -58,7 +65,8 @@ def _winner_shape(out_shape, mode):
 
 def _out_aval(features, rois, p):
     return jax.core.ShapedArray(
-        output_shape(features.shape, rois.shape, p["output_size"], p["layout"]), features.dtype)
+        output_shape(features.shape, rois.shape, p["output_size"], p["layout"], p["op"]),
+        features.dtype)
 
 
 # --------------------------------------------------------------------------- primitives
@@ -77,20 +85,20 @@ def _forward_abstract(features, rois, **p):
     return out, jax.core.ShapedArray(_winner_shape(out.shape, p["mode"]), jnp.int32)
 
 
-roi_align_p = _primitive("roi_align", _forward_abstract, "roi_align_forward", True)
-selected_p = _primitive("roi_align_selected", lambda x, rois, winner, **p: _out_aval(x, rois, p),
-                        "roi_align_forward_selected")
+forward_p = _primitive("forward", _forward_abstract, "roi_forward", True)
+selected_p = _primitive("selected", lambda x, rois, winner, **p: _out_aval(x, rois, p),
+                        "roi_forward_selected")
 transpose_p = _primitive(
-    "roi_align_transpose",
+    "transpose",
     lambda ct, rois, winner, *, features_shape, **p: jax.core.ShapedArray(features_shape, ct.dtype),
-    "roi_align_backward_features")
+    "roi_backward_features")
 boxes_jvp_p = _primitive(
-    "roi_align_boxes_jvp", lambda f, rois, rois_dot, winner, **p: _out_aval(f, rois, p),
-    "roi_align_forward_boxes")
+    "boxes_jvp", lambda f, rois, rois_dot, winner, **p: _out_aval(f, rois, p),
+    "roi_forward_boxes")
 boxes_vjp_p = _primitive(
-    "roi_align_boxes_vjp",
+    "boxes_vjp",
     lambda f, rois, ct, winner, **p: jax.core.ShapedArray(rois.shape, rois.dtype),
-    "roi_align_backward_boxes")
+    "roi_backward_boxes")
 
 
 def _without(p, *keys):
@@ -103,6 +111,11 @@ def _is_zero(t):
     return type(t) is ad.Zero
 
 
+def _box_tangent(t, p):
+    """A box tangent, or None where the operator has no box derivative."""
+    return None if _is_zero(t) or p["op"] in NO_BOX_DERIVATIVE else t
+
+
 def _sum(terms, like):
     terms = [t for t in terms if t is not None]
     if not terms:
@@ -113,26 +126,28 @@ def _sum(terms, like):
     return out
 
 
-def _roi_align_jvp(primals, tangents, **p):
+def _forward_jvp(primals, tangents, **p):
     f, rois = primals
     fd, rd = tangents
-    out, winner = roi_align_p.bind(f, rois, **p)
+    rd = _box_tangent(rd, p)
+    out, winner = forward_p.bind(f, rois, **p)
     out_dot = _sum([None if _is_zero(fd) else selected_p.bind(fd, rois, winner, **p),
-                    None if _is_zero(rd) else boxes_jvp_p.bind(f, rois, rd, winner, **p)], out)
+                    None if rd is None else boxes_jvp_p.bind(f, rois, rd, winner, **p)], out)
     return (out, winner), (out_dot, ad.Zero(winner.aval.to_tangent_aval()))
 
 
 def _selected_jvp(primals, tangents, **p):
     x, rois, winner = primals
     xd, rd, _ = tangents
+    rd = _box_tangent(rd, p)
     out = selected_p.bind(x, rois, winner, **p)
     return out, _sum([None if _is_zero(xd) else selected_p.bind(xd, rois, winner, **p),
-                      None if _is_zero(rd) else boxes_jvp_p.bind(x, rois, rd, winner, **p)], out)
+                      None if rd is None else boxes_jvp_p.bind(x, rois, rd, winner, **p)], out)
 
 
 def _selected_transpose(ct, x, rois, winner, **p):
     if ad.is_undefined_primal(rois):
-        _unsupported("transposing roi_align w.r.t. box coordinates")
+        _unsupported("transposing w.r.t. box coordinates")
     if _is_zero(ct):
         return ad.Zero(x.aval), None, None
     return transpose_p.bind(ct, rois, winner, features_shape=tuple(x.aval.shape), **p), None, None
@@ -141,8 +156,8 @@ def _selected_transpose(ct, x, rois, winner, **p):
 def _transpose_jvp(primals, tangents, **p):
     ct, rois, winner = primals
     ctd, rd, _ = tangents
-    if not _is_zero(rd):
-        _unsupported("the derivative of roi_align's feature gradient w.r.t. box coordinates")
+    if _box_tangent(rd, p) is not None:
+        _unsupported("the derivative of the feature gradient w.r.t. box coordinates")
     out = transpose_p.bind(ct, rois, winner, **p)
     return out, _sum([None if _is_zero(ctd) else transpose_p.bind(ctd, rois, winner, **p)], out)
 
@@ -157,7 +172,7 @@ def _boxes_jvp_jvp(primals, tangents, **p):
     f, rois, rd, winner = primals
     fd, rdd_rois, rdd, _ = tangents
     if not _is_zero(rdd_rois):
-        _unsupported("the second derivative of roi_align w.r.t. box coordinates")
+        _unsupported("the second derivative w.r.t. box coordinates")
     out = boxes_jvp_p.bind(f, rois, rd, winner, **p)
     return out, _sum([None if _is_zero(fd) else boxes_jvp_p.bind(fd, rois, rd, winner, **p),
                       None if _is_zero(rdd) else boxes_jvp_p.bind(f, rois, rdd, winner, **p)], out)
@@ -165,7 +180,7 @@ def _boxes_jvp_jvp(primals, tangents, **p):
 
 def _boxes_jvp_transpose(ct, f, rois, rd, winner, **p):
     if ad.is_undefined_primal(f) or ad.is_undefined_primal(rois):
-        _unsupported("the mixed features/box-coordinate second derivative of roi_align")
+        _unsupported("the mixed features/box-coordinate second derivative")
     if _is_zero(ct):
         return None, None, ad.Zero(rd.aval), None
     return None, None, boxes_vjp_p.bind(f, rois, ct, winner, **p), None
@@ -175,7 +190,7 @@ def _boxes_vjp_jvp(primals, tangents, **p):
     f, rois, ct, winner = primals
     fd, rd, ctd, _ = tangents
     if not _is_zero(rd):
-        _unsupported("the second derivative of roi_align w.r.t. box coordinates")
+        _unsupported("the second derivative w.r.t. box coordinates")
     out = boxes_vjp_p.bind(f, rois, ct, winner, **p)
     return out, _sum([None if _is_zero(fd) else boxes_vjp_p.bind(fd, rois, ct, winner, **p),
                       None if _is_zero(ctd) else boxes_vjp_p.bind(f, rois, ctd, winner, **p)], out)
@@ -183,13 +198,13 @@ def _boxes_vjp_jvp(primals, tangents, **p):
 
 def _boxes_vjp_transpose(g, f, rois, ct, winner, **p):
     if ad.is_undefined_primal(f) or ad.is_undefined_primal(rois):
-        _unsupported("the mixed features/box-coordinate second derivative of roi_align")
+        _unsupported("the mixed features/box-coordinate second derivative")
     if _is_zero(g):
         return None, None, ad.Zero(ct.aval), None
     return None, None, boxes_jvp_p.bind(f, rois, g, winner, **p), None
 
 
-ad.primitive_jvps[roi_align_p] = _roi_align_jvp
+ad.primitive_jvps[forward_p] = _forward_jvp
 ad.primitive_jvps[selected_p] = _selected_jvp
 ad.primitive_transposes[selected_p] = _selected_transpose
 ad.primitive_jvps[transpose_p] = _transpose_jvp
@@ -284,7 +299,7 @@ def _make_batching_rule(prim, roles, result):
     batching.primitive_batchers[prim] = rule
 
 
-_make_batching_rule(roi_align_p, ("features", "rois"), "out_winner")
+_make_batching_rule(forward_p, ("features", "rois"), "out_winner")
 _make_batching_rule(selected_p, ("features", "rois", "winner"), "out")
 _make_batching_rule(transpose_p, ("out_like", "rois", "winner"), "features")
 _make_batching_rule(boxes_jvp_p, ("features", "rois", "rois_like", "winner"), "out")

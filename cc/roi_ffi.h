@@ -1,18 +1,19 @@
-// roi_align's FFI contract, shared by the CPU and CUDA bindings: the
-// attributes every roi_align target receives, and the check that the buffers
-// XLA hands over agree with them. The Python layer validates user arguments;
+// The operators' FFI contract, shared by the CPU and CUDA bindings: the
+// attributes every target receives, and the check that the buffers XLA hands
+// over agree with them. The Python layer validates user arguments;
 // this guards the boundary, returning errors that name the argument.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
-#include "roi_align.h"
+#include "roi_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jax_roialign {
 
-struct RoiAlignAttrs {
+struct RoiAttrs {
+  int64_t op;      // Op
   int64_t pooled_height;
   int64_t pooled_width;
   double spatial_scale;
@@ -26,7 +27,8 @@ struct RoiAlignAttrs {
 }  // namespace jax_roialign
 
 XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
-    ::jax_roialign::RoiAlignAttrs,
+    ::jax_roialign::RoiAttrs,
+    ::xla::ffi::StructMember<int64_t>("op"),
     ::xla::ffi::StructMember<int64_t>("pooled_height"),
     ::xla::ffi::StructMember<int64_t>("pooled_width"),
     ::xla::ffi::StructMember<double>("spatial_scale"),
@@ -48,7 +50,7 @@ inline std::string dims_string(ffi::AnyBuffer::Dimensions d) {
 
 inline ffi::Error shape_error(const char* name, const std::string& expected,
                               ffi::AnyBuffer::Dimensions got) {
-  return ffi::Error::InvalidArgument(std::string("roi_align: ") + name + " must be " +
+  return ffi::Error::InvalidArgument(std::string("jax_roialign: ") + name + " must be " +
                                      expected + ", got shape " + dims_string(got));
 }
 
@@ -60,16 +62,18 @@ inline ffi::DataType geometry_dtype(ffi::DataType features) {
 // Builds the call's shape from the features dimensions (N, C, H, W in the
 // attribute's layout), the rois, and the attributes; checks the rois dtype.
 inline ffi::Error make_shape(ffi::AnyBuffer::Dimensions features, ffi::DataType features_dtype,
-                             const ffi::AnyBuffer& rois, const RoiAlignAttrs& a,
-                             RoiAlignShape* s) {
+                             const ffi::AnyBuffer& rois, const RoiAttrs& a, RoiShape* s) {
+  if (a.op < 0 || a.op >= kNumOps)
+    return ffi::Error::InvalidArgument("jax_roialign: unknown op attribute " + std::to_string(a.op));
+  s->op = Op(a.op);
   if (a.layout != int64_t(Layout::kNCHW) && a.layout != int64_t(Layout::kNHWC))
-    return ffi::Error::InvalidArgument("roi_align: layout attribute must be 0 (NCHW) or 1 (NHWC), got " +
+    return ffi::Error::InvalidArgument("jax_roialign: layout attribute must be 0 (NCHW) or 1 (NHWC), got " +
                                        std::to_string(a.layout));
   if (a.mode != int64_t(PoolMode::kAvg) && a.mode != int64_t(PoolMode::kMax))
-    return ffi::Error::InvalidArgument("roi_align: mode attribute must be 0 (avg) or 1 (max), got " +
+    return ffi::Error::InvalidArgument("jax_roialign: mode attribute must be 0 (avg) or 1 (max), got " +
                                        std::to_string(a.mode));
   if (a.pooled_height < 1 || a.pooled_width < 1)
-    return ffi::Error::InvalidArgument("roi_align: output size must be >= 1, got (" +
+    return ffi::Error::InvalidArgument("jax_roialign: output size must be >= 1, got (" +
                                        std::to_string(a.pooled_height) + ", " +
                                        std::to_string(a.pooled_width) + ")");
   if (features.size() != 4) return shape_error("features", "rank 4", features);
@@ -83,7 +87,7 @@ inline ffi::Error make_shape(ffi::AnyBuffer::Dimensions features, ffi::DataType 
   }
   if (rois.element_type() != geometry_dtype(features_dtype))
     return ffi::Error::InvalidArgument(
-        "roi_align: rois must be float64 for float64 features and float32 otherwise");
+        "jax_roialign: rois must be float64 for float64 features and float32 otherwise");
   const auto r = rois.dimensions();
   if (r.size() == 2 && r[1] == 5) {
     s->K = r[0];
@@ -96,6 +100,16 @@ inline ffi::Error make_shape(ffi::AnyBuffer::Dimensions features, ffi::DataType 
   }
   s->PH = a.pooled_height;
   s->PW = a.pooled_width;
+  s->Cout = s->C;
+  if (position_sensitive(s->op)) {
+    if (s->C % (s->PH * s->PW) != 0)
+      return ffi::Error::InvalidArgument(
+          "jax_roialign: position-sensitive features need channels divisible by PH * PW = " +
+          std::to_string(s->PH * s->PW) + ", got " + std::to_string(s->C));
+    s->Cout = s->C / (s->PH * s->PW);
+  }
+  if (s->op == Op::kLegacy && (s->PH < 2 || s->PW < 2))
+    return ffi::Error::InvalidArgument("jax_roialign: legacy roi_align needs output size >= 2");
   s->spatial_scale = a.spatial_scale;
   s->sampling_ratio = a.sampling_ratio;
   s->aligned = a.aligned != 0;
@@ -104,22 +118,21 @@ inline ffi::Error make_shape(ffi::AnyBuffer::Dimensions features, ffi::DataType 
 
 // Dimensions of the pooled output (K rows flattened): (K, C, PH, PW) or
 // (K, PH, PW, C); the (N, R, 4) form's (N, R, ...) has the same element order.
-inline bool output_matches(const RoiAlignShape& s, ffi::AnyBuffer::Dimensions d) {
+inline bool output_matches(const RoiShape& s, ffi::AnyBuffer::Dimensions d) {
   int64_t rows = 1;
   const size_t lead = s.R > 0 ? 2 : 1;
   if (d.size() != lead + 3) return false;
   for (size_t i = 0; i < lead; ++i) rows *= d[i];
   const int64_t a = d[lead], b = d[lead + 1], c = d[lead + 2];
-  return rows == s.K && (s.layout == Layout::kNCHW ? (a == s.C && b == s.PH && c == s.PW)
-                                                   : (a == s.PH && b == s.PW && c == s.C));
+  return rows == s.K && (s.layout == Layout::kNCHW ? (a == s.Cout && b == s.PH && c == s.PW)
+                                                   : (a == s.PH && b == s.PW && c == s.Cout));
 }
 
-inline std::string output_expected(const RoiAlignShape& s) {
+inline std::string output_expected(const RoiShape& s) {
   const std::string lead = s.R > 0 ? "(N, R, " : "(K, ";
-  return s.layout == Layout::kNCHW ? lead + "C, PH, PW) = rows " + std::to_string(s.K) +
-                                         ", C " + std::to_string(s.C)
-                                   : lead + "PH, PW, C) = rows " + std::to_string(s.K) +
-                                         ", C " + std::to_string(s.C);
+  const std::string dims = s.layout == Layout::kNCHW ? "C, PH, PW)" : "PH, PW, C)";
+  return lead + dims + " with rows " + std::to_string(s.K) + ", C " + std::to_string(s.Cout) +
+         ", PH " + std::to_string(s.PH) + ", PW " + std::to_string(s.PW);
 }
 
 }  // namespace jax_roialign

@@ -1,15 +1,16 @@
-// roi_align's CPU FFI handlers: check the buffers, dispatch once on the
-// features dtype, split the work over XLA's intra-op pool.
+// The CPU FFI handlers of every operator (the `op` attribute picks its plan):
+// check the buffers, dispatch once on the features dtype, split the work over
+// XLA's intra-op pool.
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
 
-#include "../roi_align_ffi.h"
+#include "../roi_ffi.h"
 #include "handlers.h"
 #include "parallel.h"
-#include "roi_align_kernels.h"
+#include "roi_kernels.h"
 
 namespace jax_roialign::cpu {
 namespace {
@@ -24,12 +25,12 @@ ffi::Future dispatch_float(ffi::DataType dtype, Fn&& fn) {
     case ffi::DataType::BF16: return fn(BFloat16{});
     default:
       return ready_future(ffi::Error::InvalidArgument(
-          "roi_align: features must be float16, bfloat16, float32 or float64"));
+          "jax_roialign: features must be float16, bfloat16, float32 or float64"));
   }
 }
 
 // Max mode needs the winners buffer shaped like the output; avg ignores it.
-ffi::Error check_winner(const RoiAlignShape& s, ffi::AnyBuffer::Dimensions winner,
+ffi::Error check_winner(const RoiShape& s, ffi::AnyBuffer::Dimensions winner,
                         ffi::AnyBuffer::Dimensions output) {
   if (s.mode == PoolMode::kAvg) return ffi::Error::Success();
   if (winner.size() != output.size())
@@ -43,19 +44,19 @@ ffi::Error check_winner(const RoiAlignShape& s, ffi::AnyBuffer::Dimensions winne
 // Splits rows x channels into about `threads` tasks: rows when there are
 // enough of them, else channels.
 template <typename Body>
-ffi::Future split_rows_channels(ffi::ThreadPool& pool, const RoiAlignShape& s, Body body) {
+ffi::Future split_rows_channels(ffi::ThreadPool& pool, const RoiShape& s, Body body) {
   const int64_t threads = pool_threads(pool);
-  if (s.K >= threads || s.C == 1)
+  if (s.K >= threads || s.Cout == 1)
     return parallel_for(pool, s.K, threads,
-                        [s, body](int64_t k0, int64_t k1) { body(k0, k1, int64_t{0}, s.C); });
-  return parallel_for(pool, s.C, threads,
+                        [s, body](int64_t k0, int64_t k1) { body(k0, k1, int64_t{0}, s.Cout); });
+  return parallel_for(pool, s.Cout, threads,
                       [s, body](int64_t c0, int64_t c1) { body(int64_t{0}, s.K, c0, c1); });
 }
 
 ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                     ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> winner,
-                    RoiAlignAttrs attrs) {
-  RoiAlignShape s;
+                    RoiAttrs attrs) {
+  RoiShape s;
   if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
       e.failure())
     return ready_future(e);
@@ -78,8 +79,8 @@ ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffe
 
 ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                             ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> out,
-                            RoiAlignAttrs attrs) {
-  RoiAlignShape s;
+                            RoiAttrs attrs) {
+  RoiShape s;
   if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
       e.failure())
     return ready_future(e);
@@ -102,8 +103,8 @@ ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::
 
 ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi::AnyBuffer rois,
                              ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> grad_features,
-                             RoiAlignAttrs attrs) {
-  RoiAlignShape s;
+                             RoiAttrs attrs) {
+  RoiShape s;
   if (auto e = make_shape(grad_features->dimensions(), grad_features->element_type(), rois,
                           attrs, &s);
       e.failure())
@@ -132,16 +133,18 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
       scratch = std::make_shared<std::vector<A>>(n);
       acc = scratch->data();
     }
-    // Each task owns a block of channels of every image: no two tasks touch
-    // the same element, and each element sums its terms in roi order.
-    return parallel_for(pool, s.C, pool_threads(pool), [=](int64_t c0, int64_t c1) {
+    // Each task owns a block of output channels, hence of the input channels
+    // they read, of every image: no two tasks touch the same element, and each
+    // element sums its terms in roi order.
+    const int64_t per_output = s.C / s.Cout;  // input channels per output channel
+    return parallel_for(pool, s.Cout, pool_threads(pool), [=](int64_t c0, int64_t c1) {
       for (int64_t img = 0; img < s.N; ++img)
-        for (int64_t c = c0; c < c1; ++c)
+        for (int64_t c = c0 * per_output; c < c1 * per_output; ++c)
           for (int64_t p = 0; p < s.H * s.W; ++p) acc[s.feature_offset(img, c, p)] = A(0);
       Kernels<T>::backward_features(s, ct, r, w, acc, c0, c1);
       if constexpr (!std::is_same_v<T, A>) {
         for (int64_t img = 0; img < s.N; ++img)
-          for (int64_t c = c0; c < c1; ++c)
+          for (int64_t c = c0 * per_output; c < c1 * per_output; ++c)
             for (int64_t p = 0; p < s.H * s.W; ++p) {
               const int64_t i = s.feature_offset(img, c, p);
               grad[i] = store<T>(acc[i]);
@@ -154,11 +157,14 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
 
 ffi::Future ForwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                          ffi::AnyBuffer rois_dot, ffi::AnyBuffer winner,
-                         ffi::Result<ffi::AnyBuffer> out_dot, RoiAlignAttrs attrs) {
-  RoiAlignShape s;
+                         ffi::Result<ffi::AnyBuffer> out_dot, RoiAttrs attrs) {
+  RoiShape s;
   if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
       e.failure())
     return ready_future(e);
+  if (!has_box_derivative(s.op))
+    return ready_future(ffi::Error::InvalidArgument(
+        "jax_roialign: this operator is piecewise constant in the boxes; no box kernel"));
   if (rois_dot.element_type() != rois.element_type() ||
       rois_dot.element_count() != rois.element_count())
     return ready_future(shape_error("rois_dot", "the shape of rois " +
@@ -184,11 +190,14 @@ ffi::Future ForwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::Any
 
 ffi::Future BackwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                           ffi::AnyBuffer cotangent, ffi::AnyBuffer winner,
-                          ffi::Result<ffi::AnyBuffer> grad_rois, RoiAlignAttrs attrs) {
-  RoiAlignShape s;
+                          ffi::Result<ffi::AnyBuffer> grad_rois, RoiAttrs attrs) {
+  RoiShape s;
   if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
       e.failure())
     return ready_future(e);
+  if (!has_box_derivative(s.op))
+    return ready_future(ffi::Error::InvalidArgument(
+        "jax_roialign: this operator is piecewise constant in the boxes; no box kernel"));
   if (cotangent.element_type() != features.element_type() ||
       !output_matches(s, cotangent.dimensions()))
     return ready_future(shape_error("cotangent", output_expected(s), cotangent.dimensions()));
@@ -217,9 +226,9 @@ ffi::Future BackwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::An
 }  // namespace jax_roialign::cpu
 
 namespace ffi = xla::ffi;
-using jax_roialign::RoiAlignAttrs;
+using jax_roialign::RoiAttrs;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_cpu,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_cpu,
                               jax_roialign::cpu::Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -227,9 +236,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_cpu,
                                   .Arg<ffi::AnyBuffer>()   // rois, geometry dtype
                                   .Ret<ffi::AnyBuffer>()   // out
                                   .Ret<ffi::AnyBuffer>()   // winner (int32; (0,) in avg mode)
-                                  .Attrs<RoiAlignAttrs>());
+                                  .Attrs<RoiAttrs>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_selected_cpu,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_selected_cpu,
                               jax_roialign::cpu::ForwardSelected,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -237,9 +246,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_selected_cpu,
                                   .Arg<ffi::AnyBuffer>()   // rois
                                   .Arg<ffi::AnyBuffer>()   // winner to evaluate (max mode)
                                   .Ret<ffi::AnyBuffer>()   // out
-                                  .Attrs<RoiAlignAttrs>());
+                                  .Attrs<RoiAttrs>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_backward_features_cpu,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_backward_features_cpu,
                               jax_roialign::cpu::BackwardFeatures,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -247,9 +256,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_backward_features_cpu,
                                   .Arg<ffi::AnyBuffer>()   // rois
                                   .Arg<ffi::AnyBuffer>()   // winner
                                   .Ret<ffi::AnyBuffer>()   // grad_features
-                                  .Attrs<RoiAlignAttrs>());
+                                  .Attrs<RoiAttrs>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_boxes_cpu,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_boxes_cpu,
                               jax_roialign::cpu::ForwardBoxes,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -258,9 +267,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_forward_boxes_cpu,
                                   .Arg<ffi::AnyBuffer>()   // rois tangent
                                   .Arg<ffi::AnyBuffer>()   // winner
                                   .Ret<ffi::AnyBuffer>()   // out tangent
-                                  .Attrs<RoiAlignAttrs>());
+                                  .Attrs<RoiAttrs>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_backward_boxes_cpu,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_backward_boxes_cpu,
                               jax_roialign::cpu::BackwardBoxes,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -269,4 +278,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_align_backward_boxes_cpu,
                                   .Arg<ffi::AnyBuffer>()   // cotangent of out
                                   .Arg<ffi::AnyBuffer>()   // winner
                                   .Ret<ffi::AnyBuffer>()   // grad_rois
-                                  .Attrs<RoiAlignAttrs>());
+                                  .Attrs<RoiAttrs>());

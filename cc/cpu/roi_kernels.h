@@ -1,0 +1,258 @@
+// The five CPU kernels behind every operator's primitives, generic over the
+// operator's per-roi plan (plan.h), each over a range of rois or channels so
+// that the caller can split work across threads:
+//
+//   forward            out = op(features)                (max: and the winners)
+//   forward (given)    out = the linear map max mode is once its winners are fixed
+//   backward_features  grad_features = op^T(cotangent)
+//   forward_boxes      out_dot = d op(features)/d boxes . boxes_dot   (JVP)
+//   backward_boxes     grad_boxes = (d op(features)/d boxes)^T . cotangent
+//
+// Avg mode divides each bin's sum by its divisor; max mode uses only the bin's
+// winning sample (`winner`: index into the bin's samples, -1: an implicit 0).
+// Output channel c of bin `bin` reads input channel s.input_channel(c, bin).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "plan.h"
+
+namespace jax_roialign::cpu {
+
+template <typename T>
+struct Kernels {
+  using G = typename Types<T>::Geometry;
+  using A = typename Types<T>::Accum;
+
+  // Input element offset of (image, channel, spatial) and the step between
+  // consecutive output channels' input channels.
+  static int64_t channel_step(const RoiShape& s) {
+    const int64_t plane = s.layout == Layout::kNHWC ? 1 : s.H * s.W;
+    return position_sensitive(s.op) ? plane * s.PH * s.PW : plane;
+  }
+
+  // Avg mode walks output channels innermost, in blocks: contiguous for NHWC
+  // (non-ps); for NCHW a block of planes gives each sample many independent
+  // loads, and the neighbouring samples reuse its cache lines. Each channel's
+  // arithmetic, and its order, is the per-channel loop's (torchvision's).
+  static constexpr int64_t kPlaneBlock = 32;
+
+  static int64_t block(const RoiShape& s, int64_t c0, int64_t c1) {
+    return s.layout == Layout::kNHWC && !position_sensitive(s.op) ? c1 - c0 : kPlaneBlock;
+  }
+
+  static void forward_avg(const RoiShape& s, const T* f, const RoiPlan<G>& r, T* out, int64_t k,
+                          int64_t c0, int64_t c1, std::vector<A>& acc) {
+    const int64_t cs = channel_step(s);
+    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;  // pixel stride
+    const int64_t nb = block(s, c0, c1);
+    acc.resize(nb);
+    for (int64_t cb = c0; cb < c1; cb += nb) {
+      const int64_t n = std::min(nb, c1 - cb);
+      for (int64_t bin = 0; bin < s.bins(); ++bin) {
+        const T* img = f + s.feature_offset(r.image, s.input_channel(cb, bin), 0);
+        const PlanBin& b = r.bins[bin];
+        std::fill(acc.begin(), acc.begin() + n, A(0));
+        for (int64_t i = b.begin; i < b.end; ++i) {
+          const Sample<G>& p = r.samples[i];
+          const T* q0 = img + p.at[0] * ps;
+          if (p.single) {
+            for (int64_t c = 0; c < n; ++c) acc[c] += load<A>(q0[c * cs]);
+            continue;
+          }
+          const T* q1 = img + p.at[1] * ps;
+          const T* q2 = img + p.at[2] * ps;
+          const T* q3 = img + p.at[3] * ps;
+          const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
+          for (int64_t c = 0; c < n; ++c)
+            acc[c] += w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
+                      w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]);
+        }
+        const A divisor = A(b.divisor);
+        for (int64_t c = 0; c < n; ++c)
+          out[s.output_offset(k, cb + c, bin)] = store<T>(acc[c] / divisor);
+      }
+    }
+  }
+
+  // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
+  // winners (`winner` written) or, with `given`, evaluates given winners.
+  static void forward(const RoiShape& s, const T* f, const G* rois, T* out, int32_t* winner,
+                      const int32_t* given, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+    RoiPlan<G> r;
+    std::vector<A> acc;
+    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    for (int64_t k = k0; k < k1; ++k) {
+      r.build(s, rois, k, false);
+      if (!r.valid()) {
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t bin = 0; bin < s.bins(); ++bin) {
+            out[s.output_offset(k, c, bin)] = store<T>(A(0));
+            if (winner) winner[s.output_offset(k, c, bin)] = -1;
+          }
+        continue;
+      }
+      if (s.mode == PoolMode::kAvg) {
+        forward_avg(s, f, r, out, k, c0, c1, acc);
+        continue;
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t bin = 0; bin < s.bins(); ++bin) {
+          const T* img = f + s.feature_offset(r.image, s.input_channel(c, bin), 0);
+          auto read = [&](int64_t at) { return load<A>(img[at * ps]); };
+          const PlanBin& b = r.bins[bin];
+          const int64_t o = s.output_offset(k, c, bin);
+          if (given) {
+            out[o] = store<T>(given[o] < 0 ? A(0)
+                                           : sample_value<A>(r.samples[b.begin + given[o]], read));
+          } else {
+            A best;
+            winner[o] = int32_t(max_winner<A>(
+                r, b, [&](const Sample<G>& p) { return sample_value<A>(p, read); }, &best));
+            out[o] = store<T>(best);
+          }
+        }
+      }
+    }
+  }
+
+  // Output channels [c0, c1) (and the input channels they read) of `grad`
+  // (accumulator typed, zeroed by the caller), all rois in order: each element
+  // sums its terms in (roi, bin, sample, corner) order, so the result is
+  // bit-identical run to run and for any thread count.
+  static void backward_features(const RoiShape& s, const T* ct, const G* rois,
+                                const int32_t* winner, A* grad, int64_t c0, int64_t c1) {
+    RoiPlan<G> r;
+    std::vector<A> g;
+    const int64_t cs = channel_step(s);
+    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    for (int64_t k = 0; k < s.K; ++k) {
+      r.build(s, rois, k, false);
+      if (!r.valid()) continue;
+      const int64_t nb = s.mode == PoolMode::kAvg ? block(s, c0, c1) : 1;
+      g.resize(nb);
+      for (int64_t cb = c0; cb < c1; cb += nb) {
+        const int64_t n = std::min(nb, c1 - cb);
+        for (int64_t bin = 0; bin < s.bins(); ++bin) {
+          A* img = grad + s.feature_offset(r.image, s.input_channel(cb, bin), 0);
+          const PlanBin& b = r.bins[bin];
+          if (s.mode == PoolMode::kMax) {
+            const int64_t o = s.output_offset(k, cb, bin);
+            if (winner[o] < 0) continue;
+            const Sample<G>& p = r.samples[b.begin + winner[o]];
+            const A gv = load<A>(ct[o]);
+            const int corners = p.single ? 1 : 4;
+            for (int j = 0; j < corners; ++j) img[p.at[j] * ps] += gv * A(p.w[j]);
+            continue;
+          }
+          const A divisor = A(b.divisor);
+          for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, cb + c, bin)]);
+          for (int64_t i = b.begin; i < b.end; ++i) {
+            const Sample<G>& p = r.samples[i];
+            const int corners = p.single ? 1 : 4;
+            for (int j = 0; j < corners; ++j) {
+              A* q = img + p.at[j] * ps;
+              const A w = A(p.w[j]);
+              // torchvision's order: g * w / count.
+              for (int64_t c = 0; c < n; ++c) q[c * cs] += g[c] * w / divisor;
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // d(out)/d(boxes) . boxes_dot, rows [k0, k1), output channels [c0, c1).
+  static void forward_boxes(const RoiShape& s, const T* f, const G* rois, const G* rois_dot,
+                            const int32_t* winner, T* out_dot, int64_t k0, int64_t k1,
+                            int64_t c0, int64_t c1) {
+    RoiPlan<G> r;
+    std::vector<G> dw;  // per sample: 4 directional weight derivatives
+    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    for (int64_t k = k0; k < k1; ++k) {
+      r.build(s, rois, k, true);
+      if (!r.valid()) {
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t bin = 0; bin < s.bins(); ++bin)
+            out_dot[s.output_offset(k, c, bin)] = store<T>(A(0));
+        continue;
+      }
+      const G* t = roi_corners(s, rois_dot, k);  // (x1, y1, x2, y2) tangents
+      dw.resize(r.samples.size() * 4);
+      for (size_t i = 0; i < r.samples.size(); ++i) {
+        const SampleSlopes<G>& d = r.slopes[i];
+        const G ydot = d.y_lo * t[1] + d.y_hi * t[3];
+        const G xdot = d.x_lo * t[0] + d.x_hi * t[2];
+        for (int j = 0; j < 4; ++j) dw[4 * i + j] = d.dy[j] * ydot + d.dx[j] * xdot;
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t bin = 0; bin < s.bins(); ++bin) {
+          const T* img = f + s.feature_offset(r.image, s.input_channel(c, bin), 0);
+          const PlanBin& b = r.bins[bin];
+          const int64_t o = s.output_offset(k, c, bin);
+          int64_t i0 = b.begin, i1 = b.end;
+          if (s.mode == PoolMode::kMax) {
+            i0 = winner[o] < 0 ? b.end : b.begin + winner[o];
+            i1 = winner[o] < 0 ? b.end : i0 + 1;
+          }
+          A v = A(0);
+          for (int64_t i = i0; i < i1; ++i)
+            for (int j = 0; j < 4; ++j)
+              v += A(dw[4 * i + j]) * load<A>(img[r.samples[i].at[j] * ps]);
+          out_dot[o] = store<T>(v / A(b.divisor));
+        }
+      }
+    }
+  }
+
+  // grad_boxes rows [k0, k1): the (x1, y1, x2, y2) slots of each row (a (K, 5)
+  // row's batch index slot gets 0). Summed in double, in a fixed order.
+  static void backward_boxes(const RoiShape& s, const T* f, const G* rois, const T* ct,
+                             const int32_t* winner, G* grad_rois, int64_t k0, int64_t k1) {
+    RoiPlan<G> r;
+    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    for (int64_t k = k0; k < k1; ++k) {
+      G* out = grad_rois + k * s.roi_stride();
+      for (int64_t j = 0; j < s.roi_stride(); ++j) out[j] = G(0);
+      r.build(s, rois, k, true);
+      if (!r.valid()) continue;
+      double gy_lo = 0, gy_hi = 0, gx_lo = 0, gx_hi = 0;
+      for (int64_t c = 0; c < s.Cout; ++c) {
+        for (int64_t bin = 0; bin < s.bins(); ++bin) {
+          const T* img = f + s.feature_offset(r.image, s.input_channel(c, bin), 0);
+          const PlanBin& b = r.bins[bin];
+          const int64_t o = s.output_offset(k, c, bin);
+          const double g = double(load<A>(ct[o])) / b.divisor;
+          int64_t i0 = b.begin, i1 = b.end;
+          if (s.mode == PoolMode::kMax) {
+            i0 = winner[o] < 0 ? b.end : b.begin + winner[o];
+            i1 = winner[o] < 0 ? b.end : i0 + 1;
+          }
+          if (g == 0) continue;
+          for (int64_t i = i0; i < i1; ++i) {
+            const SampleSlopes<G>& d = r.slopes[i];
+            double dy = 0, dx = 0;  // d(sample value)/d(sample y), /d(sample x)
+            for (int j = 0; j < 4; ++j) {
+              const double v = double(load<A>(img[r.samples[i].at[j] * ps]));
+              dy += double(d.dy[j]) * v;
+              dx += double(d.dx[j]) * v;
+            }
+            gy_lo += g * dy * double(d.y_lo);
+            gy_hi += g * dy * double(d.y_hi);
+            gx_lo += g * dx * double(d.x_lo);
+            gx_hi += g * dx * double(d.x_hi);
+          }
+        }
+      }
+      G* corners = out + (s.R > 0 ? 0 : 1);
+      corners[0] = G(gx_lo);
+      corners[1] = G(gy_lo);
+      corners[2] = G(gx_hi);
+      corners[3] = G(gy_hi);
+    }
+  }
+};
+
+}  // namespace jax_roialign::cpu

@@ -1,0 +1,150 @@
+"""Flax modules for every jax_roialign operator (``pip install jax_roialign[flax]``).
+
+    from jax_roialign.flax import RoIAlign
+
+    class Head(nn.Module):
+        @nn.compact
+        def __call__(self, features, boxes):             # (N, H, W, C), (N, R, 4)
+            x = RoIAlign(7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)(features, boxes)
+            return nn.Dense(10)(x.reshape(*x.shape[:2], -1))  # (N, R, 10)
+
+Each module is configured with the operator's arguments after ``(features, rois)``
+(same names, order and defaults: ``RoIAlign(output_size, spatial_scale, sampling_ratio,
+aligned, mode=..., layout=..., deterministic=...)``), except that ``layout`` defaults to
+``"NHWC"``, Flax's convention. ``__call__(features, rois)`` applies the operator; the
+modules hold no parameters, so they work unchanged under ``jit``, ``grad`` and ``vmap``
+inside any ``nn.Module``. Rois take all three forms the operators accept.
+
+Linen modules: RoIAlign, RoIPool, PSRoIAlign, PSRoIPool, LegacyRoIAlign,
+LegacyRoIAlignAvg, LegacyRoIAlignMax. The same names live in ``jax_roialign.flax.nnx``
+(an ``nnx.Module`` each) when the installed Flax ships ``flax.nnx``.
+
+The classes are generated from the operators' signatures, so a module can never
+disagree with its function about an argument's name or default.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+from typing import Any
+
+try:
+    from flax import linen as _linen
+except ImportError as e:  # exercised by a subprocess test that hides Flax
+    raise ImportError("jax_roialign.flax needs Flax: pip install jax_roialign[flax]") from e
+
+try:
+    from flax import nnx as _nnx
+except ImportError:  # a Flax from before nnx: linen modules only
+    _nnx = None
+
+import jax_roialign
+
+# Module name -> operator path in jax_roialign (jax_roialign/haiku.py has the same table).
+OPERATORS = {
+    "RoIAlign": "roi_align",
+    "RoIPool": "roi_pool",
+    "PSRoIAlign": "ps_roi_align",
+    "PSRoIPool": "ps_roi_pool",
+    "LegacyRoIAlign": "legacy.roi_align",
+    "LegacyRoIAlignAvg": "legacy.roi_align_avg",
+    "LegacyRoIAlignMax": "legacy.roi_align_max",
+}
+
+DEFAULT_LAYOUT = "NHWC"
+
+
+def _operator(path: str):
+    """jax_roialign.<path>, or None when this version of the package lacks it."""
+    obj = jax_roialign
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _config_parameters(op) -> list[inspect.Parameter]:
+    """The operator's parameters after (features, rois), with layout defaulting to NHWC."""
+    params = list(inspect.signature(op).parameters.values())[2:]
+    return [p.replace(default=DEFAULT_LAYOUT) if p.name == "layout" else p for p in params]
+
+
+def _doc(kind: str, path: str, op, params) -> str:
+    fields = ", ".join(str(p) for p in params)
+    return (f"{kind} module applying ``jax_roialign.{path}``.\n\n"
+            f"Configuration: ({fields}); ``__call__(features, rois)``.\n\n"
+            f"jax_roialign.{path}:\n\n{inspect.getdoc(op) or ''}")
+
+
+def _linen_module(name: str, path: str, op) -> type:
+    """A linen dataclass whose fields are the operator's configuration arguments."""
+    params = _config_parameters(op)
+    # Linen turns every subclass into a dataclass from its annotations and class
+    # attributes (the defaults); required fields precede defaulted ones in every
+    # operator signature, as dataclasses require.
+    namespace = {"__annotations__": {p.name: Any for p in params},
+                 "__module__": __name__, "__qualname__": name,
+                 "__doc__": _doc("Flax linen", path, op, params)}
+    namespace.update({p.name: p.default for p in params if p.default is not p.empty})
+
+    def __call__(self, features, rois):
+        return op(features, rois, **{p.name: getattr(self, p.name) for p in params})
+
+    namespace["__call__"] = __call__
+    return type(name, (_linen.Module,), namespace)
+
+
+def _nnx_module(name: str, path: str, op) -> type:
+    """An nnx.Module whose constructor takes the operator's configuration arguments."""
+    params = _config_parameters(op)
+    signature = inspect.Signature(params)
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        # Plain Python values (ints, floats, strings, tuples) are static attributes of
+        # an nnx.Module: they never become traced state.
+        for key, value in bound.arguments.items():
+            setattr(self, key, value)
+
+    def __call__(self, features, rois):
+        return op(features, rois, **{p.name: getattr(self, p.name) for p in params})
+
+    __init__.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *params])
+    return type(name, (_nnx.Module,), {
+        "__init__": __init__, "__call__": __call__, "__module__": f"{__name__}.nnx",
+        "__qualname__": name, "__doc__": _doc("Flax nnx", path, op, params)})
+
+
+def _namespace(submodule: str, classes: dict) -> types.ModuleType:
+    """jax_roialign.flax.<submodule> as a real module object in sys.modules, so that both
+    `from jax_roialign.flax.nnx import RoIAlign` and `jax_roialign.flax.nnx.RoIAlign` work."""
+    module = types.ModuleType(f"{__name__}.{submodule}", f"jax_roialign modules for flax.{submodule}.")
+    module.__dict__.update(classes)
+    module.__all__ = sorted(classes)
+    module.__getattr__ = _missing_operator
+    sys.modules[module.__name__] = module
+    return module
+
+
+def _missing_operator(name):
+    # An operator that this version of the core lacks gives an error that says so.
+    if name in OPERATORS:
+        raise AttributeError(f"{name} needs jax_roialign.{OPERATORS[name]}, which this version "
+                             f"of jax_roialign ({jax_roialign.__version__}) does not have")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_AVAILABLE = {name: (path, op) for name, path in OPERATORS.items()
+              if (op := _operator(path)) is not None}
+
+# Linen modules at the top level (Flax's long-standing API) and in .linen; nnx in .nnx.
+globals().update({name: _linen_module(name, path, op) for name, (path, op) in _AVAILABLE.items()})
+linen = _namespace("linen", {name: globals()[name] for name in _AVAILABLE})
+nnx = None if _nnx is None else _namespace(
+    "nnx", {name: _nnx_module(name, path, op) for name, (path, op) in _AVAILABLE.items()})
+
+__all__ = sorted(_AVAILABLE) + ["linen", "nnx"]
+__getattr__ = _missing_operator

@@ -1,0 +1,371 @@
+"""Pure ``jax.numpy`` implementation of SPEC.md's ``roi_align``.
+
+This module is the test oracle for the C++/CUDA kernels (its forward values, and
+``jax.grad`` of it for the derivative w.r.t. box coordinates) and the fallback path on
+platforms without a kernel.  It has no argument validation and no rois-form handling:
+``roi_align_core`` takes normalised arguments only.
+
+Floating point
+--------------
+Geometry (box corners, bin sizes, sample positions, bilinear weights) is computed in
+float32, or float64 when the features are float64, in torchvision's exact operation order
+with plain IEEE operations::
+
+    ys = (y1*s) - off;  rh = ye - ys;  bh = rh / PH;  gh = ceil(rh / PH)
+    y  = (ys + ph*bh) + ((iy + .5)*bh) / gh
+    val = ((w1*f1 + w2*f2) + w3*f3) + w4*f4;   acc = acc + val   (iy-major, ix-minor)
+    out = acc / count
+
+so that samples landing exactly on a discontinuity (``y == -1``, ``y == H``, the adaptive
+``ceil``) fall on the same side as in torchvision's CPU kernel, and float32 results are
+bit-identical to an IEEE float32 evaluation in that order.  XLA:CPU would otherwise
+(a) contract ``a*b + c`` into an FMA and (b) rewrite ``x / d`` into ``x * (1/d)``
+whenever ``d`` is a constant or a broadcast.  Two helpers prevent that:
+
+* ``_no_fma(p)`` = ``where(p == p, p, nan)`` around every product that feeds an addition
+  (``optimization_barrier`` is not enough on jax 0.10.2);
+* ``_exact_div(x, d)`` divides by ``optimization_barrier(broadcast_to(d, x.shape))``, a
+  full-shape operand that the simplifier cannot see as a constant or a broadcast.
+
+Accumulation is float32 for float16/bfloat16 features, and the result is cast back.
+
+Adaptive sampling grid (``sampling_ratio <= 0``)
+------------------------------------------------
+SPEC.md's grid ``gh = ceil(rh / PH)`` is data dependent.  This path clamps it::
+
+    gh = clip(ceil(rh / PH), 0, adaptive_grid_cap)       (gw likewise)
+
+and then uses the clamped ``gh`` everywhere (sample positions ``(iy + .5)*bh/gh`` and
+``count = max(gh*gw, 1)``): a roi whose adaptive grid would exceed the cap is sampled on
+a regular ``cap x cap`` grid per bin instead.  **This deviates from SPEC.md for rois
+larger than ``adaptive_grid_cap * PH`` (resp. ``* PW``) feature cells**; the kernels have
+no cap.  With the default ``ADAPTIVE_GRID_CAP = 16`` and a 7x7 output that is a roi over
+112 feature cells on a side (1792 input pixels at stride 16); FPN level assignment keeps
+real detector rois far below it.  The samples are visited by a ``lax.scan`` over
+``cap*cap`` steps that skips (``lax.cond``) the steps beyond the largest grid in the
+batch, so the cost follows the largest roi actually present, not the cap.
+
+Bad data
+--------
+A roi whose batch index is NaN, non-integer or outside ``[0, N)``, or whose scaled
+corners or sizes are not finite, is *dead*: its output is 0, it reads only in-bounds
+memory (indices are clipped), and it gives and receives no gradient (its coordinates are
+replaced by 0 before any geometry, so no NaN reaches a gradient).  Non-finite corners put
+every sample outside the window under SPEC.md's formula anyway, so this changes no value.
+
+Derivatives
+-----------
+Linear in ``features``; w.r.t. box coordinates ``jax.grad`` gives the exact piecewise
+derivative of the formula, with the kernel's tie rules: a sample with ``y <= 0`` (clamped
+to 0) or ``floor(y) >= H-1`` (clamped to ``H-1``) or outside ``[-1, H]`` contributes 0;
+``rh = max(rh, 1)`` (unaligned) is clamped only when ``rh < 1`` (torchvision's
+``std::max`` keeps ``rh`` at a tie); the grid size is piecewise constant.  Max mode sends
+the gradient through the arg-max sample only (first maximum, iy-major, ix-minor).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["ADAPTIVE_GRID_CAP", "roi_align_core", "roi_align", "roi_pool", "ps_roi_align",
+           "ps_roi_pool", "legacy_roi_align", "legacy_roi_align_avg", "legacy_roi_align_max"]
+
+#: Largest adaptive sampling grid (per bin, per axis) of the pure-JAX path; see the module
+#: docstring.  Rois whose adaptive grid ``ceil(rh/PH)`` exceeds it are sampled on a
+#: ``cap x cap`` grid, which deviates from SPEC.md.
+ADAPTIVE_GRID_CAP = 16
+
+# Fixed grids with at most this many samples per bin are unrolled in Python (best XLA
+# fusion); larger ones run in a lax.scan.
+_MAX_UNROLLED_SAMPLES = 16
+
+
+def _no_fma(p):
+    """Returns ``p`` unchanged, hiding the product that made it from FMA contraction."""
+    return jnp.where(p == p, p, jnp.asarray(jnp.nan, p.dtype))
+
+
+def _exact_div(x, d):
+    """IEEE ``x / d`` (no rewrite into ``x * (1/d)``); ``d`` is treated as a constant."""
+    d = lax.stop_gradient(jnp.asarray(d, x.dtype))
+    d = lax.optimization_barrier(jnp.broadcast_to(d, x.shape))
+    return x / d
+
+
+def _valid_batch_index(b, n):
+    """True where the batch index is a finite integer in [0, n)."""
+    if jnp.issubdtype(b.dtype, jnp.integer) or b.dtype == jnp.bool_:
+        return (b >= 0) & (b < n)
+    # Checked in the rois' own dtype (before any cast to the geometry dtype).
+    return jnp.isfinite(b) & (jnp.floor(b) == b) & (b >= 0) & (b < n)
+
+
+def _axis_interp(y, size):
+    """SPEC.md's per-axis bilinear rules for sample positions ``y`` on an axis of ``size``.
+
+    Returns (in_window, low index, high index, l, h) with ``l`` the weight of the high
+    index and ``h = 1 - l`` the weight of the low one.  Clamped positions get a zero
+    derivative (``where`` branches, never ``maximum``).
+    """
+    dt = y.dtype
+    inwin = (y >= -1) & (y <= size)  # NaN fails
+    y = jnp.where(inwin, y, jnp.zeros((), dt))  # sanitise what is never used
+    y = jnp.where(y <= 0, jnp.zeros((), dt), y)
+    lo = jnp.floor(y)
+    top = lo >= size - 1
+    lo = jnp.where(top, jnp.asarray(size - 1, dt), lo)
+    hi = jnp.where(top, lo, lo + 1)
+    y = jnp.where(top, lo, y)
+    l = y - lo
+    h = 1 - l
+    return inwin, lo.astype(jnp.int32), hi.astype(jnp.int32), l, h
+
+
+def roi_align_core(features, rois, pooled_height: int, pooled_width: int,
+                   spatial_scale: float, sampling_ratio: int, aligned: bool, mode: str,
+                   layout: str, adaptive_grid_cap: int = ADAPTIVE_GRID_CAP) -> jax.Array:
+    """SPEC.md roi_align on normalised arguments (no validation).
+
+    Args:
+      features: ``(N, C, H, W)`` if ``layout == "NCHW"`` else ``(N, H, W, C)``; float16,
+        bfloat16, float32 or float64.
+      rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]``, any float dtype.
+      pooled_height, pooled_width: output size ``PH, PW`` (>= 1).
+      spatial_scale: ``s``, input-image to feature-map scale.
+      sampling_ratio: fixed grid ``sr x sr`` per bin if > 0, else adaptive (capped, see
+        the module docstring).
+      aligned: subtract the half-pixel offset and do not clamp the roi size to 1.
+      mode: ``"avg"`` or ``"max"``.
+      layout: ``"NCHW"`` or ``"NHWC"``.
+      adaptive_grid_cap: static bound of the adaptive grid per axis.
+
+    Returns:
+      ``(K, C, PH, PW)`` (NCHW) or ``(K, PH, PW, C)`` (NHWC) in the features' dtype.
+    """
+    PH, PW = int(pooled_height), int(pooled_width)
+    sr = int(sampling_ratio)
+    cap = int(adaptive_grid_cap)
+    features = jnp.asarray(features)
+    rois = jnp.asarray(rois)
+    if layout == "NCHW":
+        n, c, hgt, wid = features.shape
+        table = jnp.transpose(features, (0, 2, 3, 1))
+    elif layout == "NHWC":
+        n, hgt, wid, c = features.shape
+        table = features
+    else:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    if mode not in ("avg", "max"):
+        raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
+    table = table.reshape(n * hgt * wid, c)  # one contiguous row of C per feature cell
+
+    gdt = jnp.float64 if features.dtype == jnp.float64 else jnp.float32  # geometry & acc
+    k = rois.shape[0]
+
+    # ---- per-roi geometry, (K,) arrays -------------------------------------------------
+    bidx = rois[:, 0]
+    alive = _valid_batch_index(bidx, n)
+    coords = rois[:, 1:5].astype(gdt)
+    s = jnp.asarray(spatial_scale, gdt)
+    off = jnp.asarray(0.5 if aligned else 0.0, gdt)
+
+    def corners(cd):
+        x1, y1, x2, y2 = (cd[:, i] for i in range(4))
+        return (_no_fma(x1 * s) - off, _no_fma(y1 * s) - off,
+                _no_fma(x2 * s) - off, _no_fma(y2 * s) - off)
+
+    xs, ys, xe, ye = corners(coords)
+    finite = (jnp.isfinite(xs) & jnp.isfinite(ys) & jnp.isfinite(xe) & jnp.isfinite(ye)
+              & jnp.isfinite(xe - xs) & jnp.isfinite(ye - ys))
+    alive = alive & finite
+    coords = jnp.where(alive[:, None], coords, jnp.zeros((), gdt))  # dead rows: no NaN
+    xs, ys, xe, ye = corners(coords)
+    b = jnp.where(alive, bidx, 0).astype(jnp.int32)
+    b = jnp.clip(b, 0, n - 1)
+
+    rw = xe - xs
+    rh = ye - ys
+    if not aligned:
+        one = jnp.ones((), gdt)
+        rw = jnp.where(rw < 1, one, rw)  # std::max(rw, 1): clamped only when rw < 1
+        rh = jnp.where(rh < 1, one, rh)
+    bh = _exact_div(rh, PH)
+    bw = _exact_div(rw, PW)
+
+    if sr > 0:
+        gh = gw = jnp.full((k,), sr, jnp.int32)
+    else:
+        gh = jnp.clip(jnp.ceil(lax.stop_gradient(bh)), 0, cap).astype(jnp.int32)
+        gw = jnp.clip(jnp.ceil(lax.stop_gradient(bw)), 0, cap).astype(jnp.int32)
+    ghf = jnp.maximum(gh, 1).astype(gdt)  # divisors; a grid of 0 has no sample to place
+    gwf = jnp.maximum(gw, 1).astype(gdt)
+    count = jnp.maximum(gh * gw, 1).astype(gdt)
+
+    # Loop-invariant part of the sample positions: ys + ph*bh, (K, PH); xs + pw*bw.
+    a_y = ys[:, None] + _no_fma(jnp.arange(PH, dtype=gdt)[None, :] * bh[:, None])
+    a_x = xs[:, None] + _no_fma(jnp.arange(PW, dtype=gdt)[None, :] * bw[:, None])
+    base = b * (hgt * wid)
+
+    geom = (a_y, a_x, bh, bw, ghf, gwf, base)
+
+    def sample(table, geom, iy, ix):
+        """Bilinear value of sample (iy, ix) of every bin: (K, PH, PW, C) and in-window."""
+        a_y, a_x, bh, bw, ghf, gwf, base = geom
+        ty = _exact_div((jnp.asarray(iy, gdt) + 0.5) * bh, ghf)
+        tx = _exact_div((jnp.asarray(ix, gdt) + 0.5) * bw, gwf)
+        y = a_y + ty[:, None]  # (K, PH)
+        x = a_x + tx[:, None]  # (K, PW)
+        iny, yl, yh, ly, hy = _axis_interp(y, hgt)
+        inx, xl, xh, lx, hx = _axis_interp(x, wid)
+        inwin = iny[:, :, None] & inx[:, None, :]
+        rl = base[:, None] + yl * wid  # (K, PH)
+        rh_ = base[:, None] + yh * wid
+        terms = ((hy[:, :, None] * hx[:, None, :], rl[:, :, None] + xl[:, None, :]),
+                 (hy[:, :, None] * lx[:, None, :], rl[:, :, None] + xh[:, None, :]),
+                 (ly[:, :, None] * hx[:, None, :], rh_[:, :, None] + xl[:, None, :]),
+                 (ly[:, :, None] * lx[:, None, :], rh_[:, :, None] + xh[:, None, :]))
+        val = None
+        for w, idx in terms:
+            f = table.at[idx].get(mode="promise_in_bounds").astype(gdt)
+            p = _no_fma(w[..., None] * f)
+            val = p if val is None else val + p
+        return jnp.where(inwin[..., None], val, jnp.zeros((), gdt)), inwin
+
+    # Recompute samples in the backward pass rather than storing gathered features.
+    sample_ckpt = jax.checkpoint(sample)
+
+    # ---- loop over the samples of a bin, iy-major, ix-minor ------------------------
+    if sr > 0:
+        gy = gx = sr
+        n_steps = sr * sr
+        unrolled = n_steps <= _MAX_UNROLLED_SAMPLES
+        need_mask = False
+    else:
+        gy = gx = cap
+        n_steps = cap * cap
+        unrolled = False
+        need_mask = True
+        max_gh = jnp.max(gh, initial=0)
+        max_gw = jnp.max(gw, initial=0)
+
+    def loop(step, carry):
+        """Runs ``carry = step(carry, iy, ix)`` over the grid, in order."""
+        if unrolled:
+            for st in range(n_steps):
+                carry = step(carry, st // gx, st % gx)
+            return carry
+
+        def body(carry, st):
+            iy, ix = st // gx, st % gx
+            if not need_mask:
+                return step(carry, iy, ix), None
+            pred = (iy < max_gh) & (ix < max_gw)
+            return lax.cond(pred, lambda cr: step(cr, iy, ix), lambda cr: cr, carry), None
+
+        carry, _ = lax.scan(body, carry, jnp.arange(n_steps, dtype=jnp.int32))
+        return carry
+
+    def sample_mask(iy, ix):
+        if not need_mask:
+            return None
+        return ((iy < gh)[:, None, None] & (ix < gw)[:, None, None])[..., None]
+
+    zeros = jnp.zeros((k, PH, PW, c), gdt)
+    if mode == "avg":
+        def step(acc, iy, ix):
+            val, _ = sample_ckpt(table, geom, iy, ix)
+            m = sample_mask(iy, ix)
+            return acc + val if m is None else jnp.where(m, acc + val, acc)
+
+        acc = loop(step, zeros)
+        out = _exact_div(acc, count[:, None, None, None])
+    else:
+        # Pass 1 (no gradient): first arg-max sample of every output element.  Outside
+        # samples are 0 and can win; NaN values never win.
+        tsg, gsg = lax.stop_gradient(table), lax.stop_gradient(geom)
+
+        def step1(carry, iy, ix):
+            best, arg = carry
+            val, _ = sample(tsg, gsg, iy, ix)
+            better = val > best
+            m = sample_mask(iy, ix)
+            if m is not None:
+                better = better & m
+            st = jnp.asarray(iy * gx + ix, jnp.int32)
+            return jnp.where(better, val, best), jnp.where(better, st, arg)
+
+        _, arg = loop(step1, (jnp.full((k, PH, PW, c), -jnp.inf, gdt),
+                              jnp.full((k, PH, PW, c), -1, jnp.int32)))
+
+        # Pass 2 (differentiable): select the arg-max sample's value.  An empty grid
+        # (or all-NaN bin) keeps arg == -1 and gives 0.
+        def step2(out, iy, ix):
+            val, _ = sample_ckpt(table, geom, iy, ix)
+            return jnp.where(arg == iy * gx + ix, val, out)
+
+        out = loop(step2, zeros)
+
+    out = jnp.where(alive[:, None, None, None], out, jnp.zeros((), gdt))
+    out = out.astype(features.dtype)
+    if layout == "NCHW":
+        out = jnp.transpose(out, (0, 3, 1, 2))
+    return out
+
+
+# ----------------------------------------------------------------------------- public forms
+#
+# The same functions, arguments and checks as the package's operators, computed here.
+
+def _public(op, public_name):
+    def run(features, rois, output_size, spatial_scale=1.0, sampling_ratio=None, aligned=False,
+            *, mode=None, layout="NCHW", deterministic=None):
+        from ._ops import apply
+
+        if sampling_ratio is None:
+            sampling_ratio = -1 if op in ("roi_align", "ps_roi_align") else 0
+        return apply(op, features, rois, output_size, spatial_scale, sampling_ratio, aligned,
+                     mode, layout, deterministic, public_name=public_name, use_kernels=False)
+
+    run.__name__ = public_name.replace(".", "_")
+    run.__doc__ = f"``jax_roialign.{public_name}`` in plain ``jax.numpy``."
+    return run
+
+
+roi_align = _public("roi_align", "roi_align")
+roi_pool = _public("roi_pool", "roi_pool")
+ps_roi_align = _public("ps_roi_align", "ps_roi_align")
+ps_roi_pool = _public("ps_roi_pool", "ps_roi_pool")
+legacy_roi_align = _public("legacy", "legacy.roi_align")
+legacy_roi_align_avg = _public("legacy_avg", "legacy.roi_align_avg")
+legacy_roi_align_max = _public("legacy_max", "legacy.roi_align_max")
+
+
+def apply_normalised(features, boxes, *, op, output_size, spatial_scale, sampling_ratio, aligned,
+                     mode, layout, deterministic=None):
+    """Operator `op` on arguments already checked by ``_args`` (``boxes`` an ``_args.Rois``)."""
+    from . import _args
+
+    rows = _args.rows_from_boxes(boxes.array) if boxes.per_image else boxes.array
+    ph, pw = output_size
+    if op == "roi_align":
+        out = roi_align_core(features, rows, ph, pw, spatial_scale, sampling_ratio, aligned, mode,
+                             layout)
+    else:
+        from . import _reference_ops as ops
+
+        if op == "roi_pool":
+            out = ops.roi_pool_core(features, rows, ph, pw, spatial_scale, layout)
+        elif op == "ps_roi_align":
+            out = ops.ps_roi_align_core(features, rows, ph, pw, spatial_scale, sampling_ratio,
+                                        layout)
+        elif op == "ps_roi_pool":
+            out = ops.ps_roi_pool_core(features, rows, ph, pw, spatial_scale, layout)
+        else:
+            variant = {"legacy": "plain", "legacy_avg": "avg", "legacy_max": "max"}[op]
+            out = ops.legacy_core(features, rows, ph, pw, spatial_scale, variant, layout)
+    if boxes.per_image:
+        out = out.reshape(boxes.array.shape[:2] + out.shape[1:])
+    return out
