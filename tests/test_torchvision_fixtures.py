@@ -50,3 +50,49 @@ def test_roi_align_nhwc_matches_torchvision(params, arrays):
     out = jra.roi_align(f, arrays["rois"], layout="NHWC", **kw)
     np.testing.assert_allclose(out, np.transpose(arrays["output"], (0, 2, 3, 1)), rtol=1e-13,
                                atol=1e-13)
+
+
+def _kwargs(params, *names):
+    kw = {n: params[n] for n in names if n in params}
+    kw["output_size"] = tuple(params["output_size"])
+    return kw
+
+
+@pytest.mark.parametrize("params, arrays", list(cases("roi_pool")))
+def test_roi_pool_matches_torchvision(params, arrays):
+    """Bin edges are computed in floating point, as torchvision does (cases flagged
+    float_bin_edge differ from SPEC.md's integer arithmetic)."""
+    kw = _kwargs(params, "spatial_scale")
+    f = jnp.asarray(arrays["features"])
+    out, vjp = jax.vjp(lambda x: jra.roi_pool(x, jnp.asarray(arrays["rois"]), **kw), f)
+    (grad,) = vjp(jnp.asarray(arrays["grad_output"]))
+    np.testing.assert_array_equal(out, arrays["output"])
+    np.testing.assert_array_equal(grad, arrays["grad_features"])
+
+
+@pytest.mark.parametrize("params, arrays", list(cases("ps_roi_align")))
+def test_ps_roi_align_matches_torchvision(params, arrays):
+    """torchvision gives NaN for an empty sampling grid; SPEC.md gives 0."""
+    kw = _kwargs(params, "spatial_scale", "sampling_ratio")
+    f = jnp.asarray(arrays["features"])
+    out, vjp = jax.vjp(lambda x: jra.ps_roi_align(x, jnp.asarray(arrays["rois"]), **kw), f)
+    (grad,) = vjp(jnp.asarray(arrays["grad_output"]))
+    expected = np.nan_to_num(arrays["output"], nan=0.0)
+    if params["dtype"] == "float32":
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(grad, arrays["grad_features"])
+    else:
+        np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(grad, arrays["grad_features"], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("params, arrays", list(cases("ps_roi_pool")))
+def test_ps_roi_pool_matches_torchvision(params, arrays):
+    """Forward as torchvision; the gradient is the exact transpose of that forward
+    (`grad_features_transpose`), which torchvision's own backward is not."""
+    kw = _kwargs(params, "spatial_scale")
+    f = jnp.asarray(arrays["features"])
+    out, vjp = jax.vjp(lambda x: jra.ps_roi_pool(x, jnp.asarray(arrays["rois"]), **kw), f)
+    (grad,) = vjp(jnp.asarray(arrays["grad_output"]))
+    np.testing.assert_array_equal(out, arrays["output"])
+    np.testing.assert_allclose(grad, arrays["grad_features_transpose"], rtol=1e-13, atol=1e-13)
