@@ -135,4 +135,66 @@ inline std::string output_expected(const RoiShape& s) {
          ", PH " + std::to_string(s.PH) + ", PW " + std::to_string(s.PW);
 }
 
+// Max mode needs the winners buffer shaped like the output; avg ignores it.
+inline ffi::Error check_winner(const RoiShape& s, ffi::AnyBuffer::Dimensions winner,
+                               ffi::AnyBuffer::Dimensions output) {
+  if (s.mode == PoolMode::kAvg) return ffi::Error::Success();
+  bool same = winner.size() == output.size();
+  for (size_t i = 0; same && i < winner.size(); ++i) same = winner[i] == output[i];
+  return same ? ffi::Error::Success()
+              : shape_error("winner", "the output's shape " + dims_string(output), winner);
+}
+
+// The buffer checks of each kernel, shared by every platform. Each fills `s`.
+
+// forward / forward_selected: (features, rois) -> out, with winners (either).
+inline ffi::Error check_forward(const ffi::AnyBuffer& features, const ffi::AnyBuffer& rois,
+                                ffi::AnyBuffer::Dimensions winner, const ffi::AnyBuffer& out,
+                                const RoiAttrs& attrs, RoiShape* s) {
+  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, s);
+      e.failure())
+    return e;
+  if (out.element_type() != features.element_type() || !output_matches(*s, out.dimensions()))
+    return shape_error("output", output_expected(*s), out.dimensions());
+  return check_winner(*s, winner, out.dimensions());
+}
+
+// backward_features: (cotangent, rois, winner) -> grad_features.
+inline ffi::Error check_backward_features(const ffi::AnyBuffer& cotangent,
+                                          const ffi::AnyBuffer& rois,
+                                          const ffi::AnyBuffer& winner,
+                                          const ffi::AnyBuffer& grad_features,
+                                          const RoiAttrs& attrs, RoiShape* s) {
+  if (auto e = make_shape(grad_features.dimensions(), grad_features.element_type(), rois, attrs,
+                          s);
+      e.failure())
+    return e;
+  if (cotangent.element_type() != grad_features.element_type() ||
+      !output_matches(*s, cotangent.dimensions()))
+    return shape_error("cotangent", output_expected(*s), cotangent.dimensions());
+  return check_winner(*s, winner.dimensions(), cotangent.dimensions());
+}
+
+// forward_boxes / backward_boxes: (features, rois, rois-shaped `boxes_like`,
+// output-shaped `out_like`, winner); `boxes_name`, `out_name` for errors.
+inline ffi::Error check_boxes(const ffi::AnyBuffer& features, const ffi::AnyBuffer& rois,
+                              const ffi::AnyBuffer& boxes_like, const char* boxes_name,
+                              const ffi::AnyBuffer& out_like, const char* out_name,
+                              const ffi::AnyBuffer& winner, const RoiAttrs& attrs, RoiShape* s) {
+  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, s);
+      e.failure())
+    return e;
+  if (!has_box_derivative(s->op))
+    return ffi::Error::InvalidArgument(
+        "jax_roialign: this operator is piecewise constant in the boxes; no box kernel");
+  if (boxes_like.element_type() != rois.element_type() ||
+      boxes_like.element_count() != rois.element_count())
+    return shape_error(boxes_name, "the shape of rois " + dims_string(rois.dimensions()),
+                       boxes_like.dimensions());
+  if (out_like.element_type() != features.element_type() ||
+      !output_matches(*s, out_like.dimensions()))
+    return shape_error(out_name, output_expected(*s), out_like.dimensions());
+  return check_winner(*s, winner.dimensions(), out_like.dimensions());
+}
+
 }  // namespace jax_roialign

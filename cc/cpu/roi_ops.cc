@@ -29,18 +29,6 @@ ffi::Future dispatch_float(ffi::DataType dtype, Fn&& fn) {
   }
 }
 
-// Max mode needs the winners buffer shaped like the output; avg ignores it.
-ffi::Error check_winner(const RoiShape& s, ffi::AnyBuffer::Dimensions winner,
-                        ffi::AnyBuffer::Dimensions output) {
-  if (s.mode == PoolMode::kAvg) return ffi::Error::Success();
-  if (winner.size() != output.size())
-    return shape_error("winner", "the output's shape " + dims_string(output), winner);
-  for (size_t i = 0; i < winner.size(); ++i)
-    if (winner[i] != output[i])
-      return shape_error("winner", "the output's shape " + dims_string(output), winner);
-  return ffi::Error::Success();
-}
-
 // Splits rows x channels into about `threads` tasks: rows when there are
 // enough of them, else channels.
 template <typename Body>
@@ -57,12 +45,7 @@ ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffe
                     ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> winner,
                     RoiAttrs attrs) {
   RoiShape s;
-  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
-      e.failure())
-    return ready_future(e);
-  if (out->element_type() != features.element_type() || !output_matches(s, out->dimensions()))
-    return ready_future(shape_error("output", output_expected(s), out->dimensions()));
-  if (auto e = check_winner(s, winner->dimensions(), out->dimensions()); e.failure())
+  if (auto e = check_forward(features, rois, winner->dimensions(), *out, attrs, &s); e.failure())
     return ready_future(e);
   return dispatch_float(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -81,12 +64,7 @@ ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::
                             ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> out,
                             RoiAttrs attrs) {
   RoiShape s;
-  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
-      e.failure())
-    return ready_future(e);
-  if (out->element_type() != features.element_type() || !output_matches(s, out->dimensions()))
-    return ready_future(shape_error("output", output_expected(s), out->dimensions()));
-  if (auto e = check_winner(s, winner.dimensions(), out->dimensions()); e.failure())
+  if (auto e = check_forward(features, rois, winner.dimensions(), *out, attrs, &s); e.failure())
     return ready_future(e);
   return dispatch_float(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -105,14 +83,8 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
                              ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> grad_features,
                              RoiAttrs attrs) {
   RoiShape s;
-  if (auto e = make_shape(grad_features->dimensions(), grad_features->element_type(), rois,
-                          attrs, &s);
+  if (auto e = check_backward_features(cotangent, rois, winner, *grad_features, attrs, &s);
       e.failure())
-    return ready_future(e);
-  if (cotangent.element_type() != grad_features->element_type() ||
-      !output_matches(s, cotangent.dimensions()))
-    return ready_future(shape_error("cotangent", output_expected(s), cotangent.dimensions()));
-  if (auto e = check_winner(s, winner.dimensions(), cotangent.dimensions()); e.failure())
     return ready_future(e);
   return dispatch_float(grad_features->element_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -159,20 +131,9 @@ ffi::Future ForwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::Any
                          ffi::AnyBuffer rois_dot, ffi::AnyBuffer winner,
                          ffi::Result<ffi::AnyBuffer> out_dot, RoiAttrs attrs) {
   RoiShape s;
-  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
+  if (auto e = check_boxes(features, rois, rois_dot, "rois_dot", *out_dot, "out_dot", winner,
+                           attrs, &s);
       e.failure())
-    return ready_future(e);
-  if (!has_box_derivative(s.op))
-    return ready_future(ffi::Error::InvalidArgument(
-        "jax_roialign: this operator is piecewise constant in the boxes; no box kernel"));
-  if (rois_dot.element_type() != rois.element_type() ||
-      rois_dot.element_count() != rois.element_count())
-    return ready_future(shape_error("rois_dot", "the shape of rois " +
-                                    dims_string(rois.dimensions()), rois_dot.dimensions()));
-  if (out_dot->element_type() != features.element_type() ||
-      !output_matches(s, out_dot->dimensions()))
-    return ready_future(shape_error("out_dot", output_expected(s), out_dot->dimensions()));
-  if (auto e = check_winner(s, winner.dimensions(), out_dot->dimensions()); e.failure())
     return ready_future(e);
   return dispatch_float(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -192,20 +153,9 @@ ffi::Future BackwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::An
                           ffi::AnyBuffer cotangent, ffi::AnyBuffer winner,
                           ffi::Result<ffi::AnyBuffer> grad_rois, RoiAttrs attrs) {
   RoiShape s;
-  if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, &s);
+  if (auto e = check_boxes(features, rois, *grad_rois, "grad_rois", cotangent, "cotangent",
+                           winner, attrs, &s);
       e.failure())
-    return ready_future(e);
-  if (!has_box_derivative(s.op))
-    return ready_future(ffi::Error::InvalidArgument(
-        "jax_roialign: this operator is piecewise constant in the boxes; no box kernel"));
-  if (cotangent.element_type() != features.element_type() ||
-      !output_matches(s, cotangent.dimensions()))
-    return ready_future(shape_error("cotangent", output_expected(s), cotangent.dimensions()));
-  if (grad_rois->element_type() != rois.element_type() ||
-      grad_rois->element_count() != rois.element_count())
-    return ready_future(shape_error("grad_rois", "the shape of rois " +
-                                    dims_string(rois.dimensions()), grad_rois->dimensions()));
-  if (auto e = check_winner(s, winner.dimensions(), cotangent.dimensions()); e.failure())
     return ready_future(e);
   return dispatch_float(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
