@@ -1,9 +1,15 @@
-"""`python -m jax_roialign`: a short self-check and timing on an embedded example.
+"""`python -m jax_roialign [check|demo|bench]`.
 
-Checks, on a small Mask R-CNN-like input made here (no downloads), that the compiled
-kernels agree with the pure-JAX reference (forward, feature and box gradients, both
-layouts, avg and max), then times forward and forward+backward of the kernel and of the
-pure-JAX reference under jit. `--size` picks the timed workload.
+  (no command), check   a short self-check and timing on an embedded example: the
+                        compiled kernels against the pure-JAX reference (forward, feature
+                        and box gradients, both layouts, avg and max), then forward and
+                        forward+backward timings of both under jit (`--size` picks the
+                        workload)
+  demo                  the main job, to run and look at: a PNG of RoIPool's misalignment
+                        next to RoIAlign, then a small Flax detection head trained through
+                        roi_align (see `demo --help`)
+  bench                 every operator on standard detection workloads next to the pure-JAX
+                        reference and torchvision (see `bench --help`)
 """
 
 from __future__ import annotations
@@ -87,12 +93,7 @@ def timing(rng, workload, repeats):
               f"(x{tf / base_f:.2f}, x{tb / base_b:.2f} of jax_roialign)")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jax_roialign", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(WORKLOADS), default="small")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
+def run_check(args) -> int:
     rng = np.random.default_rng(0)
     print(f"jax_roialign {jra.__version__}, jax {jax.__version__}, backend "
           f"{jax.default_backend()}, compiled kernels for: {', '.join(jra.kernel_platforms()) or 'none'}")
@@ -101,6 +102,39 @@ def main(argv=None) -> int:
     timing(rng, args.size, args.repeats)
     print("self-check passed" if ok else "SELF-CHECK FAILED")
     return 0 if ok else 1
+
+
+COMMANDS = ("check", "demo", "bench")
+
+
+def main(argv=None) -> int:
+    # Imported here, not at the top: they are only needed to parse the command line, and
+    # neither imports an optional dependency before it runs.
+    from jax_roialign import _bench, _demo
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # No command means `check`, so `python -m jax_roialign [--size ...]` works as it always did.
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["check", *argv]
+    parser = argparse.ArgumentParser(prog="python -m jax_roialign", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="{check,demo,bench}")
+    check = commands.add_parser(
+        "check", help="self-check and a short timing (the default)",
+        description="The compiled kernels against the pure-JAX reference (forward, feature "
+                    "and box gradients, both layouts, avg and max), then forward and "
+                    "forward+backward timings of both under jit.")
+    check.add_argument("--size", choices=sorted(WORKLOADS), default="small",
+                       help="the timed workload (default small)")
+    check.add_argument("--repeats", type=int, default=5, help="timed calls (default 5)")
+    for name, module, help_ in (("demo", _demo, "the picture and the training run"),
+                                ("bench", _bench, "time every operator against its peers")):
+        sub = commands.add_parser(name, help=help_, description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    run = {"check": run_check, "demo": _demo.run, "bench": _bench.run}[args.command]
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Flax modules for every jax_roialign operator (``pip install jax_roialign[flax]``).
 
+    import flax.linen as nn
     from jax_roialign.flax import RoIAlign
 
     class Head(nn.Module):
@@ -111,30 +112,34 @@ def _nnx_module(name: str, path: str, op) -> type:
     def __call__(self, features, rois):
         return op(features, rois, **{p.name: getattr(self, p.name) for p in params})
 
-    __init__.__signature__ = inspect.Signature(
-        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *params])
+    # nnx's metaclass hides __init__ from inspect.signature(cls): state it on the class.
     return type(name, (_nnx.Module,), {
-        "__init__": __init__, "__call__": __call__, "__module__": f"{__name__}.nnx",
-        "__qualname__": name, "__doc__": _doc("Flax nnx", path, op, params)})
+        "__init__": __init__, "__call__": __call__, "__signature__": signature,
+        "__module__": f"{__name__}.nnx", "__qualname__": name,
+        "__doc__": _doc("Flax nnx", path, op, params)})
 
 
 def _namespace(submodule: str, classes: dict) -> types.ModuleType:
     """jax_roialign.flax.<submodule> as a real module object in sys.modules, so that both
     `from jax_roialign.flax.nnx import RoIAlign` and `jax_roialign.flax.nnx.RoIAlign` work."""
-    module = types.ModuleType(f"{__name__}.{submodule}", f"jax_roialign modules for flax.{submodule}.")
+    module = types.ModuleType(f"{__name__}.{submodule}",
+                              f"jax_roialign modules for flax.{submodule}.")
     module.__dict__.update(classes)
     module.__all__ = sorted(classes)
-    module.__getattr__ = _missing_operator
+    module.__getattr__ = _missing_operator(module.__name__)
     sys.modules[module.__name__] = module
     return module
 
 
-def _missing_operator(name):
-    # An operator that this version of the core lacks gives an error that says so.
-    if name in OPERATORS:
-        raise AttributeError(f"{name} needs jax_roialign.{OPERATORS[name]}, which this version "
-                             f"of jax_roialign ({jax_roialign.__version__}) does not have")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _missing_operator(module_name):
+    """A module __getattr__: a module whose operator this version of the core lacks gives
+    an error that says so, rather than a bare AttributeError."""
+    def __getattr__(name):
+        if name in OPERATORS:
+            raise AttributeError(f"{name} needs jax_roialign.{OPERATORS[name]}, which this "
+                                 f"version of jax_roialign ({jax_roialign.__version__}) lacks")
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+    return __getattr__
 
 
 _AVAILABLE = {name: (path, op) for name, path in OPERATORS.items()
@@ -147,4 +152,4 @@ nnx = None if _nnx is None else _namespace(
     "nnx", {name: _nnx_module(name, path, op) for name, (path, op) in _AVAILABLE.items()})
 
 __all__ = sorted(_AVAILABLE) + ["linen", "nnx"]
-__getattr__ = _missing_operator
+__getattr__ = _missing_operator(__name__)

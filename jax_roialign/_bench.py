@@ -1,0 +1,346 @@
+"""`python -m jax_roialign bench`: every operator on standard detection workloads.
+
+Times the forward pass and forward+backward (the gradient w.r.t. the features, with the
+forward output also returned so that neither half can be optimised away) of each
+operator under `jax.jit`, next to the pure-JAX reference (`jax_roialign.reference`) and,
+when importable in the same interpreter, torchvision (never a dependency). Each time is
+the median of `--repeats` calls after one warm-up call (which includes compilation),
+fewer when they exceed `--budget` seconds (the pure-JAX reference can take a minute a
+call on the larger workloads).
+
+Workloads (features N, C, H, W; rois; output; spatial scale; sampling ratio):
+  c4    Faster R-CNN C4 head:  (1, 1024, 50, 68), 512 rois, 14x14, 1/16, adaptive (0)
+  fpn   FPN level P2 box head: (2, 256, 200, 272), 1000 rois, 7x7, 1/4, 2
+  mask  Mask R-CNN mask head:  (2, 256, 100, 136), 200 rois, 14x14, 1/8, 2
+  tiny  a seconds-long smoke test for CI: (2, 8, 16, 20), 16 rois, 4x4, 1/4, 2
+The position-sensitive ops need C divisible by PH*PW; they get C rounded down to a
+multiple of it (at least PH*PW), e.g. 980 channels for c4.
+
+Achieved GB/s = minimal bytes moved / time, where the minimal bytes are what any
+implementation must touch at least once: forward = features read + rois read + output
+written; forward+backward = that + output gradient read + feature gradient written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_roialign as jra
+from jax_roialign import reference
+
+
+class Workload(NamedTuple):
+    shape: tuple        # features (N, C, H, W)
+    rois: int
+    size: int           # output PH = PW
+    scale: float
+    sampling: int       # sampling_ratio (0: adaptive)
+    what: str
+
+
+WORKLOADS = {
+    "c4": Workload((1, 1024, 50, 68), 512, 14, 1 / 16, 0, "Faster R-CNN C4 head"),
+    "fpn": Workload((2, 256, 200, 272), 1000, 7, 1 / 4, 2, "FPN level P2 box head"),
+    "mask": Workload((2, 256, 100, 136), 200, 14, 1 / 8, 2, "Mask R-CNN mask head"),
+    "tiny": Workload((2, 8, 16, 20), 16, 4, 1 / 4, 2, "tiny smoke test"),
+}
+STANDARD = ("c4", "fpn", "mask")
+
+
+class Op(NamedTuple):
+    path: str                          # jax_roialign.<path>; the name --ops takes
+    args: Callable[[Workload], tuple]  # positional arguments after (features, rois)
+    torchvision: str | None            # torchvision.ops.<name> with the same arguments
+    position_sensitive: bool = False
+
+
+OPS = (
+    Op("roi_align", lambda w: (w.size, w.scale, w.sampling, False), "roi_align"),
+    Op("roi_pool", lambda w: (w.size, w.scale), "roi_pool"),
+    Op("ps_roi_align", lambda w: (w.size, w.scale, w.sampling), "ps_roi_align", True),
+    Op("ps_roi_pool", lambda w: (w.size, w.scale), "ps_roi_pool", True),
+    Op("legacy.roi_align", lambda w: (w.size, w.scale), None),
+    Op("legacy.roi_align_avg", lambda w: (w.size, w.scale), None),
+    Op("legacy.roi_align_max", lambda w: (w.size, w.scale), None),
+)
+OURS, REFERENCE, TORCHVISION = "jax_roialign", "reference", "torchvision"
+GBPS_DEFINITION = ("minimal bytes / time; forward: features read + rois read + output "
+                   "written; forward+backward: that + output gradient read + feature "
+                   "gradient written")
+
+
+def _lookup(root, path):
+    for part in path.split("."):
+        root = getattr(root, part, None)
+    return root
+
+
+def reference_op(path):
+    """jax_roialign.reference's version of an op: reference.<path>, or with the dots as
+    underscores (reference.legacy_roi_align), or None."""
+    return _lookup(reference, path) or getattr(reference, path.replace(".", "_"), None)
+
+
+def channels_for(op: Op, w: Workload) -> int:
+    bins = w.size * w.size
+    return max(w.shape[1] // bins, 1) * bins if op.position_sensitive else w.shape[1]
+
+
+def proposals(rng, num_images, height, width, scale, count):
+    """(K, 5) rows of random boxes in input-image pixels, sized as a detector's proposals."""
+    hi, wi = height / scale, width / scale
+    cx, cy = rng.uniform(0, wi, count), rng.uniform(0, hi, count)
+    bw, bh = np.exp(rng.uniform(np.log(16), np.log(max(wi, 32) / 2), (2, count)))
+    idx = rng.integers(0, num_images, count)
+    return np.stack([idx, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
+
+
+def median_ms(fn, repeats, budget_s):
+    """(median ms, ms of the first call, which compiles, number of timed calls).
+
+    Stops before `repeats` timed calls once they have taken `budget_s` seconds, so that
+    a slow peer cannot stretch the run to hours; when the first call alone exceeds the
+    budget, its time (compilation included, then a small share) is the result, with 0
+    timed calls."""
+    t = time.perf_counter()
+    fn()
+    first = (time.perf_counter() - t) * 1e3
+    if first > budget_s * 1e3:
+        return first, first, 0
+    times = []
+    while len(times) < repeats and (not times or sum(times) < budget_s * 1e3):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times)), first, len(times)
+
+
+def jax_timers(fn, args, features, rois, cotangent, layout):
+    """Forward and forward+backward closures of a JAX op, jit-compiled."""
+    forward = jax.jit(lambda x, r: fn(x, r, *args, layout=layout))
+
+    @jax.jit
+    def forward_backward(x, r, c):
+        out, pullback = jax.vjp(lambda y: fn(y, r, *args, layout=layout), x)
+        return out, pullback(c)[0]
+
+    return (lambda: jax.block_until_ready(forward(features, rois)),
+            lambda: jax.block_until_ready(forward_backward(features, rois, cotangent)))
+
+
+def torch_timers(fn, args, features, rois, cotangent):
+    import torch
+
+    def forward():
+        with torch.no_grad():
+            fn(features, rois, *args)
+
+    def forward_backward():
+        x = features.detach().requires_grad_(True)
+        fn(x, rois, *args).backward(cotangent)
+
+    return forward, forward_backward
+
+
+def import_torchvision():
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        return None
+    return torch, torchvision
+
+
+MEASURES = ("forward", "forward_backward")
+
+
+def _error(e: Exception) -> str:
+    lines = str(e).strip().splitlines() or [""]
+    return f"{type(e).__name__}: {lines[0][:160]}"
+
+
+def bench_op(op: Op, name: str, w: Workload, args, log):
+    """Rows (one dict per implementation) for one op on one workload."""
+    fn = _lookup(jra, op.path)
+    if fn is None:
+        log(f"{op.path}: not in this version of jax_roialign ({jra.__version__}): skipped")
+        return []
+    rng = np.random.default_rng(0)
+    n, _, h, wd = w.shape
+    c = channels_for(op, w)
+    dtype = jnp.dtype(args.dtype)
+    f_nchw = rng.normal(size=(n, c, h, wd)).astype(np.float32)
+    rois = proposals(rng, n, h, wd, w.scale, w.rois)
+    cot_nchw = rng.normal(size=(w.rois, c // (w.size * w.size) if op.position_sensitive else c,
+                                w.size, w.size)).astype(np.float32)
+    to_layout = (lambda a: a) if args.layout == "NCHW" else (lambda a: a.transpose(0, 2, 3, 1))
+    feats = jnp.asarray(to_layout(f_nchw), dtype)
+    cot = jnp.asarray(to_layout(cot_nchw), dtype)
+    op_args = op.args(w)
+    # The output has the cotangent's shape; the feature gradient the features'.
+    item = dtype.itemsize
+    fwd_bytes = feats.size * item + rois.nbytes + cot.size * item
+    fb_bytes = fwd_bytes + cot.size * item + feats.size * item
+
+    impls = []
+    rois_j = jnp.asarray(rois)  # on the device once, not converted at every call
+    if OURS in args.peers:
+        impls.append((OURS, lambda: jax_timers(fn, op_args, feats, rois_j, cot, args.layout)))
+    ref = reference_op(op.path)
+    if REFERENCE in args.peers and ref is not None:
+        impls.append((REFERENCE, lambda: jax_timers(ref, op_args, feats, rois_j, cot, args.layout)))
+    tv = import_torchvision() if TORCHVISION in args.peers and op.torchvision else None
+    if tv is not None:
+        torch, torchvision = tv
+        tdtype = getattr(torch, args.dtype)
+        version = torchvision.__version__.split("+")[0]  # without the build tag (+cpu, +cu130)
+        impls.append((f"{TORCHVISION} {version}", lambda: torch_timers(
+            getattr(torchvision.ops, op.torchvision), op_args,
+            torch.from_numpy(f_nchw).to(tdtype), torch.from_numpy(rois),
+            torch.from_numpy(cot_nchw).to(tdtype))))
+
+    rows = []
+    for impl, make in impls:
+        row = dict(workload=name, op=op.path, impl=impl, channels=c,
+                   bytes_forward=int(fwd_bytes), bytes_forward_backward=int(fb_bytes))
+        try:
+            timers = make()
+        except Exception as e:  # a peer that cannot even start is a row, not a crash
+            timers = (None, None)
+            row["forward_error"] = row["forward_backward_error"] = _error(e)
+        for key, fn, nbytes in zip(MEASURES, timers, (fwd_bytes, fb_bytes)):
+            if fn is None:
+                continue
+            try:
+                row[f"{key}_ms"], row[f"{key}_first_call_ms"], row[f"{key}_calls"] = \
+                    median_ms(fn, args.repeats, args.budget)
+                row[f"{key}_gbps"] = nbytes / row[f"{key}_ms"] / 1e6
+            except Exception as e:  # e.g. a peer out of memory: reported, the run goes on
+                row[f"{key}_error"] = _error(e)
+        rows.append(row)
+    ours = next((r for r in rows if r["impl"] == OURS), {})
+    for r in rows:
+        for key in MEASURES:
+            if f"{key}_ms" in r and f"{key}_ms" in ours:
+                # How many times longer the row takes than jax_roialign (> 1: we are faster).
+                r[f"{key}_ratio"] = r[f"{key}_ms"] / ours[f"{key}_ms"]
+    return rows
+
+
+HEADER = (f"{'op':<22}{'implementation':<22}{'fwd ms':>10}{'GB/s':>7}{'x':>8}"
+          f"{'fwd+bwd ms':>12}{'GB/s':>7}{'x':>8}")
+
+
+def format_row(r, first, repeats):
+    """The row's table line, then one line per failed measurement."""
+    def cell(key, width):
+        if f"{key}_ms" not in r:
+            return f"{'failed':>{width + 1}}{'':>7}{'':>8}"
+        # Times from fewer calls than --repeats (the --budget ran out) are marked * (~ for
+        # the first call alone); jax_roialign's own ratios (1.00x) are left blank.
+        calls = r[f"{key}_calls"]
+        mark = "~" if calls == 0 else "*" if calls < repeats else " "
+        ratio = f"{r[f'{key}_ratio']:7.2f}x" if f"{key}_ratio" in r and r["impl"] != OURS \
+            else f"{'':>8}"
+        return f"{r[f'{key}_ms']:{width}.2f}{mark}{r[f'{key}_gbps']:7.1f}{ratio}"
+
+    lines = [f"{r['op'] if first else '':<22}{r['impl']:<22}{cell('forward', 9)}"
+             f"{cell('forward_backward', 11)}".rstrip()]
+    lines += [f"{'':<22}  {key.replace('_backward', '+backward')} failed: {r[f'{key}_error']}"
+              for key in MEASURES if f"{key}_error" in r]
+    return "\n".join(lines)
+
+
+def describe(name, w, args):
+    sr = "adaptive (0)" if w.sampling <= 0 else str(w.sampling)
+    return (f"{name} ({w.what}): features {w.shape} {args.dtype} {args.layout}, {w.rois} rois, "
+            f"{w.size}x{w.size}, scale 1/{round(1 / w.scale)}, sampling_ratio {sr}")
+
+
+def machine():
+    return dict(jax_roialign=jra.__version__, jax=jax.__version__, backend=jax.default_backend(),
+                kernels=jra.kernel_platforms(), cpu=platform.processor() or platform.machine(),
+                cores=os.cpu_count(), python=platform.python_version())
+
+
+def _names(value, allowed, what):
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in names if v not in allowed]
+    if unknown:
+        raise SystemExit(f"bench: unknown {what} {', '.join(unknown)}; choose from "
+                         f"{', '.join(allowed)}")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workload", default=",".join(STANDARD),
+                   help=f"comma-separated, from {', '.join(WORKLOADS)} (default: "
+                        f"{','.join(STANDARD)})")
+    p.add_argument("--tiny", action="store_true", help="only the tiny workload (CI)")
+    p.add_argument("--ops", default=",".join(o.path for o in OPS),
+                   help=f"comma-separated, from {', '.join(o.path for o in OPS)} (default: all)")
+    p.add_argument("--peers", default=f"{OURS},{REFERENCE},{TORCHVISION}",
+                   help=f"comma-separated implementations to time, from {OURS}, {REFERENCE}, "
+                        f"{TORCHVISION} (default: all; torchvision where importable)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed calls per measurement (default 5)")
+    p.add_argument("--budget", type=float, default=10.0,
+                   help="seconds per measurement after which fewer than --repeats calls "
+                        "are timed (marked *; ~ when the first call, which compiles, "
+                        "exceeds it and is taken alone; default 10)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="features dtype (default float32)")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
+                   help="features layout for the JAX implementations (torchvision: NCHW)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document on stdout (progress goes to stderr)")
+
+
+def run(args) -> int:
+    workloads = ["tiny"] if args.tiny else _names(args.workload, list(WORKLOADS), "workload")
+    wanted = _names(args.ops, [o.path for o in OPS], "op")
+    args.peers = _names(args.peers, [OURS, REFERENCE, TORCHVISION], "peer")
+    ops = [o for o in OPS if o.path in wanted]
+    out = sys.stderr if args.json else sys.stdout
+    log = lambda line: print(line, file=out, flush=True)
+
+    m = machine()
+    log(f"jax_roialign {m['jax_roialign']}, jax {m['jax']}, backend {m['backend']}, kernels for: "
+        f"{', '.join(m['kernels']) or 'none'}; {m['cpu']}, {m['cores']} cores; "
+        f"median of {args.repeats} calls after a warm-up, ms")
+    if TORCHVISION in args.peers:
+        tv = import_torchvision()
+        log("torchvision is not importable here: not timed" if tv is None else
+            f"torchvision {tv[1].__version__} (torch {tv[0].__version__}, "
+            f"{tv[0].get_num_threads()} threads; always NCHW)")
+    log(f"GB/s: {GBPS_DEFINITION}. x: the row's time / jax_roialign's (> 1: jax_roialign is "
+        f"faster). *: fewer than {args.repeats} calls, as the --budget of {args.budget:g} s ran "
+        f"out; ~: the first call alone, compilation included")
+    results = []
+    for name in workloads:
+        w = WORKLOADS[name]
+        log("")
+        log(describe(name, w, args))
+        log(HEADER)
+        for op in ops:
+            rows = bench_op(op, name, w, args, log)
+            for i, r in enumerate(rows):
+                log(format_row(r, i == 0, args.repeats))
+            results += rows
+    if args.json:
+        print(json.dumps(dict(machine=m, repeats=args.repeats, budget_s=args.budget,
+                              dtype=args.dtype, layout=args.layout,
+                              gbps_definition=GBPS_DEFINITION,
+                              workloads={k: WORKLOADS[k]._asdict() for k in workloads},
+                              results=results), indent=1))
+    return 0

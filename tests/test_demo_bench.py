@@ -1,0 +1,127 @@
+"""`python -m jax_roialign demo` and `... bench`, end to end with tiny budgets, as a user
+(or CI) runs them: in a subprocess, with jax's default configuration."""
+
+import importlib.util
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_roialign import _demo
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_png(path):
+    """(width, height, raw scanlines) of an 8-bit RGB PNG, every chunk's CRC checked."""
+    data = open(path, "rb").read()
+    assert data[:8] == PNG_SIGNATURE
+    pos, chunks = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF, f"bad CRC in {tag}"
+        chunks.append((tag, body))
+        pos += 12 + length
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[0][1][:10])
+    assert (depth, colour) == (8, 2), "expected 8-bit RGB"
+    raw = zlib.decompress(b"".join(body for tag, body in chunks if tag == b"IDAT"))
+    assert len(raw) == height * (1 + 3 * width)
+    return width, height, raw
+
+
+def run(*args, timeout=600):
+    out = subprocess.run([sys.executable, "-m", "jax_roialign", *args],
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def test_demo_end_to_end_writes_a_valid_png(tmp_path):
+    path = tmp_path / "demo.png"
+    out = run("demo", "--steps", "3", "--out", str(path)).stdout
+    width, height, _ = read_png(path)
+    assert width > 1000 and height > 500
+    assert "wrote" in out and "RoIAlign" in out
+    try:
+        from PIL import Image
+    except ImportError:
+        pass
+    else:
+        with Image.open(path) as img:
+            img.load()  # decodes every pixel
+            assert img.size == (width, height)
+    if _demo_has_flax():
+        assert "held-out accuracy" in out and "ms/step" in out
+        assert "gradient norm reaching the backbone" in out
+    else:
+        assert "pip install jax_roialign[demo]" in out
+
+
+def _demo_has_flax():
+    return all(importlib.util.find_spec(name) for name in ("flax", "optax"))
+
+
+def test_png_writer_without_pillow_round_trips(tmp_path):
+    rgb = (np.arange(5 * 7 * 3).reshape(5, 7, 3) * 3 % 256).astype(np.uint8)
+    _demo.write_png(tmp_path / "x.png", rgb)
+    width, height, raw = read_png(tmp_path / "x.png")
+    assert (width, height) == (7, 5)
+    rows = np.frombuffer(raw, np.uint8).reshape(5, 1 + 7 * 3)
+    assert np.all(rows[:, 0] == 0)  # filter type 0 on every scanline
+    np.testing.assert_array_equal(rows[:, 1:].reshape(5, 7, 3), rgb)
+
+
+def test_picture_without_pillow(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+    errors, labelled = _demo.picture(tmp_path / "p.png", "NCHW", jnp.float32, print)
+    assert not labelled
+    read_png(tmp_path / "p.png")
+    # RoIAlign's crops are closer to the box's own pixels than RoIPool's and legacy's.
+    for other in ("roi_pool", "legacy"):
+        if errors[other] is not None:
+            assert np.all(errors["roi_align"] < errors[other])
+
+
+def test_training_without_flax_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flax", None)
+    monkeypatch.setitem(sys.modules, "flax.linen", None)
+    lines = []
+    assert _demo.train(2, "NHWC", jnp.float32, lines.append) is None
+    assert "pip install jax_roialign[demo]" in lines[0]
+
+
+def test_bench_tiny_prints_the_table_and_valid_json():
+    # With --json the table goes to stderr and the JSON document alone to stdout.
+    out = run("bench", "--tiny", "--repeats", "1", "--json")
+    doc = json.loads(out.stdout)
+    assert list(doc["workloads"]) == ["tiny"] and "features read" in doc["gbps_definition"]
+    ours = [r for r in doc["results"] if r["impl"] == "jax_roialign"]
+    assert any(r["op"] == "roi_align" for r in ours)
+    for r in ours:
+        assert not [k for k in r if k.endswith("_error")], r
+        assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
+        assert r["forward_gbps"] > 0 and r["forward_ratio"] == 1.0
+    assert any(r["impl"] == "reference" for r in doc["results"])
+    table = out.stderr
+    assert "fwd ms" in table and "fwd+bwd ms" in table and "GB/s" in table
+    assert "roi_align" in table and "jax_roialign" in table
+
+
+def test_bench_rejects_unknown_names():
+    out = subprocess.run([sys.executable, "-m", "jax_roialign", "bench", "--ops", "roi_nope"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "roi_nope" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("command", ["demo", "bench", "check"])
+def test_subcommand_help(command):
+    out = run(command, "--help").stdout
+    assert "usage: python -m jax_roialign " + command in out

@@ -1,0 +1,252 @@
+"""jax_roialign.flax (linen and nnx) and jax_roialign.haiku: every operator's module inside
+a model with a convolution before it, under jit and grad, equal to its function.
+
+Skipped only when the framework (the extra) is not installed; CI installs both.
+"""
+
+import inspect
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_roialign as jra
+
+CHANNELS = 18  # divisible by 3x3, so the position-sensitive ops take it too
+
+# (module name, operator path, positional configuration, keyword configuration)
+CASES = [
+    ("RoIAlign", "roi_align", (3, 0.5, 2, True), {}),
+    ("RoIAlign", "roi_align", (3, 0.5), {"mode": "max"}),
+    ("RoIPool", "roi_pool", (3, 0.5), {}),
+    ("PSRoIAlign", "ps_roi_align", (3, 0.5, 2), {}),
+    ("PSRoIPool", "ps_roi_pool", (3, 0.5), {}),
+    ("LegacyRoIAlign", "legacy.roi_align", (3, 0.5), {}),
+    ("LegacyRoIAlignAvg", "legacy.roi_align_avg", (3, 0.5), {}),
+    ("LegacyRoIAlignMax", "legacy.roi_align_max", (3, 0.5), {}),
+]
+IDS = [f"{c[0]}-{c[3].get('mode', '')}".rstrip("-") for c in CASES]
+
+
+def operator_or_skip(path):
+    op = jra
+    for part in path.split("."):
+        op = getattr(op, part, None)
+    if op is None:
+        pytest.skip(f"jax_roialign.{path} is not in this version of the core yet")
+    return op
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(2, 12, 14, 3)), jnp.float32)
+    # (N, R, 4) boxes in input pixels (spatial_scale 0.5: the images are a stride-2 map).
+    corners = np.sort(rng.uniform(0, 24, (2, 3, 2, 2)), axis=2)  # (N, R, x|y, lo|hi)
+    boxes = jnp.asarray(corners.transpose(0, 1, 3, 2).reshape(2, 3, 4), jnp.float32)
+    return images, boxes
+
+
+def check_against_function(path, op, args, kwargs, out, features, boxes):
+    """The module's output equals the function's, in NHWC (the modules' default)."""
+    expected = op(features, boxes, *args, layout="NHWC", **kwargs)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    assert out.shape == (2, 3, 3, 3, CHANNELS // 9 if path.startswith("ps_") else CHANNELS)
+
+
+def check_backbone_grads(kernel_grad):
+    g = np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(kernel_grad)])
+    assert np.all(np.isfinite(g)) and np.any(g != 0), "no gradient reached the convolution"
+
+
+# ----------------------------------------------------------------------------- Flax linen
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_linen_module_under_jit_and_grad(case, data):
+    nn = pytest.importorskip("flax.linen")
+    from jax_roialign import flax as jf
+
+    name, path, args, kwargs = case
+    op = operator_or_skip(path)
+    module = getattr(jf, name)(*args, **kwargs)
+    images, boxes = data
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x, b):
+            features = nn.Conv(CHANNELS, (3, 3))(x)
+            return module.clone()(features, b), features
+
+    model = Model()
+    params = model.init(jax.random.PRNGKey(0), images, boxes)
+    out, features = jax.jit(model.apply)(params, images, boxes)
+    check_against_function(path, op, args, kwargs, out, features, boxes)
+
+    loss = lambda p: jnp.sum(model.apply(p, images, boxes)[0] ** 2)
+    grads = jax.jit(jax.grad(loss))(params)
+    check_backbone_grads(grads["params"]["Conv_0"]["kernel"])
+
+    via_module = jax.grad(lambda f: jnp.sum(module.apply({}, f, boxes) ** 2))(features)
+    via_function = jax.grad(
+        lambda f: jnp.sum(op(f, boxes, *args, layout="NHWC", **kwargs) ** 2))(features)
+    np.testing.assert_allclose(via_module, via_function, rtol=1e-6, atol=1e-6)
+
+
+def test_linen_layout_defaults_to_nhwc_and_nchw_is_accepted(data):
+    pytest.importorskip("flax.linen")
+    from jax_roialign.flax import RoIAlign
+
+    images, boxes = data
+    assert RoIAlign(7).layout == "NHWC"
+    nhwc = RoIAlign(3, 0.5, 2, True).apply({}, images, boxes)
+    nchw = RoIAlign(3, 0.5, 2, True, layout="NCHW").apply({}, images.transpose(0, 3, 1, 2), boxes)
+    np.testing.assert_allclose(nchw.transpose(0, 1, 3, 4, 2), nhwc, rtol=1e-6, atol=1e-6)
+
+
+def test_linen_box_gradient_through_the_module(data):
+    """The boxes are differentiable through the module, as through the function."""
+    pytest.importorskip("flax.linen")
+    from jax_roialign.flax import RoIAlign
+
+    images, boxes = data
+    module = RoIAlign(3, 0.5, 2, True)
+    g = jax.jit(jax.grad(lambda b: jnp.sum(module.apply({}, images, b) ** 2)))(boxes)
+    expected = jax.grad(
+        lambda b: jnp.sum(jra.roi_align(images, b, 3, 0.5, 2, True, layout="NHWC") ** 2))(boxes)
+    np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_linen_signatures_follow_the_functions():
+    pytest.importorskip("flax.linen")
+    from jax_roialign import flax as jf
+
+    for name, path, _, _ in CASES:
+        op = operator_or_skip(path)
+        fields = inspect.signature(getattr(jf, name)).parameters
+        for p in list(inspect.signature(op).parameters.values())[2:]:
+            default = "NHWC" if p.name == "layout" else p.default
+            assert fields[p.name].default == default, (name, p.name)
+
+
+def test_linen_bad_configuration_is_reported_at_the_call(data):
+    pytest.importorskip("flax.linen")
+    from jax_roialign.flax import RoIAlign
+
+    images, boxes = data
+    with pytest.raises(ValueError, match="output_size"):
+        RoIAlign(0).apply({}, images, boxes)
+    with pytest.raises(ValueError, match="mode"):
+        RoIAlign(3, mode="median").apply({}, images, boxes)
+
+
+# ----------------------------------------------------------------------------- Flax nnx
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_nnx_module_under_jit_and_grad(case, data):
+    pytest.importorskip("flax")
+    from jax_roialign import flax as jf
+
+    if jf.nnx is None:
+        pytest.skip("the installed Flax has no flax.nnx")
+    from flax import nnx
+
+    name, path, args, kwargs = case
+    op = operator_or_skip(path)
+    images, boxes = data
+    pool_type = getattr(jf.nnx, name)
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, CHANNELS, (3, 3), rngs=rngs)
+            self.pool = pool_type(*args, **kwargs)
+
+        def __call__(self, x, b):
+            features = self.conv(x)
+            return self.pool(features, b), features
+
+    model = Model(nnx.Rngs(0))
+    out, features = nnx.jit(lambda m, x, b: m(x, b))(model, images, boxes)
+    check_against_function(path, op, args, kwargs, out, features, boxes)
+
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(images, boxes)[0] ** 2)))(model)
+    check_backbone_grads(nnx.state(grads.conv)["kernel"])
+
+
+def test_nnx_import_forms():
+    pytest.importorskip("flax")
+    from jax_roialign import flax as jf
+
+    if jf.nnx is None:
+        pytest.skip("the installed Flax has no flax.nnx")
+    from jax_roialign.flax.nnx import RoIAlign
+
+    from jax_roialign.flax.linen import RoIAlign as LinenRoIAlign
+
+    assert RoIAlign is jf.nnx.RoIAlign and LinenRoIAlign is jf.RoIAlign
+    assert RoIAlign(7).layout == "NHWC"
+    assert list(inspect.signature(RoIAlign).parameters)[:4] == [
+        "output_size", "spatial_scale", "sampling_ratio", "aligned"]
+
+
+# ----------------------------------------------------------------------------- Haiku
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_haiku_module_under_jit_and_grad(case, data):
+    hk = pytest.importorskip("haiku")
+    from jax_roialign import haiku as jh
+
+    name, path, args, kwargs = case
+    op = operator_or_skip(path)
+    images, boxes = data
+
+    def forward(x, b):
+        features = hk.Conv2D(CHANNELS, 3)(x)
+        return getattr(jh, name)(*args, **kwargs)(features, b), features
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    params = model.init(jax.random.PRNGKey(0), images, boxes)
+    out, features = jax.jit(model.apply)(params, images, boxes)
+    check_against_function(path, op, args, kwargs, out, features, boxes)
+
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, images, boxes)[0] ** 2)))(params)
+    check_backbone_grads(grads["conv2_d"]["w"])
+
+
+def test_haiku_layout_default_and_name():
+    hk = pytest.importorskip("haiku")
+    from jax_roialign.haiku import RoIAlign
+
+    def forward():
+        m = RoIAlign(7, 1 / 16, name="pooler")
+        return m.layout, m.module_name
+
+    layout, module_name = hk.transform(forward).apply({}, None)
+    assert layout == "NHWC" and module_name == "pooler"
+    assert "name" in inspect.signature(RoIAlign).parameters
+
+
+# ----------------------------------------------------------------------------- optional imports
+
+def run_python(code):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_importing_the_core_imports_neither_framework():
+    out = run_python("import sys, jax_roialign, jax_roialign.reference\n"
+                     "optional = ('flax', 'haiku', 'PIL', 'optax', 'torch')\n"
+                     "print(sorted(m for m in optional if m in sys.modules))")
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("framework", ["flax", "haiku"])
+def test_missing_framework_names_the_extra(framework):
+    # None in sys.modules makes `import flax` fail as if Flax were not installed.
+    out = run_python(f"import sys\nsys.modules['{framework}'] = None\n"
+                     f"try:\n    import jax_roialign.{framework}\n"
+                     f"except ImportError as e:\n    print(e)\n")
+    assert f"pip install jax_roialign[{framework}]" in out
