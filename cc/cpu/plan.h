@@ -55,24 +55,4 @@ class RoiPlan {
   }
 };
 
-// Max mode: the winning sample of a bin (index relative to the bin's first,
-// -1 when an implicit outside 0 or an empty bin wins) given the samples'
-// values; ties go to the first in grid order.
-template <typename A, typename G, typename Value>
-inline int64_t max_winner(const RoiPlan<G>& r, const PlanBin& b, Value value, A* best) {
-  int64_t arg = -1;
-  A m = A(0);
-  for (int64_t i = b.begin; i < b.end; ++i) {
-    const A v = value(r.samples[i]);
-    if (arg < 0 || v > m) { m = v; arg = i - b.begin; }
-  }
-  if (b.outside >= 0 &&
-      (arg < 0 || A(0) > m || (A(0) == m && b.outside < r.ordinals[b.begin + arg]))) {
-    m = A(0);
-    arg = -1;
-  }
-  *best = arg < 0 ? A(0) : m;
-  return arg;
-}
-
 }  // namespace jax_roialign::cpu

@@ -77,12 +77,62 @@ struct Kernels {
     }
   }
 
+  // Max mode, blocked like forward_avg: per channel, the first largest sample
+  // value (same arithmetic as sample_value), then the implicit-0 rule.
+  static void forward_max(const RoiShape& s, const T* f, const RoiPlan<G>& r, T* out,
+                          int32_t* winner, int64_t k, int64_t c0, int64_t c1,
+                          std::vector<A>& best, std::vector<int32_t>& arg) {
+    const int64_t cs = channel_step(s);
+    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    const int64_t nb = block(s, c0, c1);
+    best.resize(nb);
+    arg.resize(nb);
+    for (int64_t cb = c0; cb < c1; cb += nb) {
+      const int64_t n = std::min(nb, c1 - cb);
+      for (int64_t bin = 0; bin < s.bins(); ++bin) {
+        const T* img = f + s.feature_offset(r.image, s.input_channel(cb, bin), 0);
+        const PlanBin& b = r.bins[bin];
+        std::fill(arg.begin(), arg.begin() + n, -1);
+        for (int64_t i = b.begin; i < b.end; ++i) {
+          const Sample<G>& p = r.samples[i];
+          const int32_t rel = int32_t(i - b.begin);
+          const T* q0 = img + p.at[0] * ps;
+          const T* q1 = img + p.at[1] * ps;
+          const T* q2 = img + p.at[2] * ps;
+          const T* q3 = img + p.at[3] * ps;
+          const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
+          for (int64_t c = 0; c < n; ++c) {
+            const A v = p.single ? load<A>(q0[c * cs])
+                                 : w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
+                                       w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]);
+            if (arg[c] < 0 || v > best[c]) {
+              best[c] = v;
+              arg[c] = rel;
+            }
+          }
+        }
+        for (int64_t c = 0; c < n; ++c) {
+          A m = best[c];
+          int32_t a = arg[c];
+          if (b.outside >= 0 &&
+              (a < 0 || A(0) > m || (A(0) == m && b.outside < r.ordinals[b.begin + a]))) {
+            a = -1;
+          }
+          const int64_t o = s.output_offset(k, cb + c, bin);
+          out[o] = store<T>(a < 0 ? A(0) : m);
+          winner[o] = a;
+        }
+      }
+    }
+  }
+
   // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
   // winners (`winner` written) or, with `given`, evaluates given winners.
   static void forward(const RoiShape& s, const T* f, const G* rois, T* out, int32_t* winner,
                       const int32_t* given, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
     RoiPlan<G> r;
     std::vector<A> acc;
+    std::vector<int32_t> arg;
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
     for (int64_t k = k0; k < k1; ++k) {
       r.build(s, rois, k, false);
@@ -98,21 +148,18 @@ struct Kernels {
         forward_avg(s, f, r, out, k, c0, c1, acc);
         continue;
       }
+      if (!given) {
+        forward_max(s, f, r, out, winner, k, c0, c1, acc, arg);
+        continue;
+      }
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t bin = 0; bin < s.bins(); ++bin) {
           const T* img = f + s.feature_offset(r.image, s.input_channel(c, bin), 0);
           auto read = [&](int64_t at) { return load<A>(img[at * ps]); };
           const PlanBin& b = r.bins[bin];
           const int64_t o = s.output_offset(k, c, bin);
-          if (given) {
-            out[o] = store<T>(given[o] < 0 ? A(0)
-                                           : sample_value<A>(r.samples[b.begin + given[o]], read));
-          } else {
-            A best;
-            winner[o] = int32_t(max_winner<A>(
-                r, b, [&](const Sample<G>& p) { return sample_value<A>(p, read); }, &best));
-            out[o] = store<T>(best);
-          }
+          out[o] = store<T>(given[o] < 0 ? A(0)
+                                         : sample_value<A>(r.samples[b.begin + given[o]], read));
         }
       }
     }
