@@ -101,14 +101,19 @@ struct Kernels {
           const T* q2 = img + p.at[2] * ps;
           const T* q3 = img + p.at[3] * ps;
           const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
-          for (int64_t c = 0; c < n; ++c) {
-            const A v = p.single ? load<A>(q0[c * cs])
-                                 : w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
-                                       w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]);
-            if (arg[c] < 0 || v > best[c]) {
-              best[c] = v;
-              arg[c] = rel;
-            }
+          // Branch-free updates (select, not jump): the comparisons of
+          // random data would mispredict and the loop would not vectorise.
+          auto update = [&](int64_t c, A v) {
+            const bool better = (arg[c] < 0) | (v > best[c]);
+            best[c] = better ? v : best[c];
+            arg[c] = better ? rel : arg[c];
+          };
+          if (p.single) {
+            for (int64_t c = 0; c < n; ++c) update(c, load<A>(q0[c * cs]));
+          } else {
+            for (int64_t c = 0; c < n; ++c)
+              update(c, w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
+                            w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]));
           }
         }
         for (int64_t c = 0; c < n; ++c) {
