@@ -65,14 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .reference import (
-    ADAPTIVE_GRID_CAP,
-    _MAX_UNROLLED_SAMPLES,
-    _axis_interp,
-    _exact_div,
-    _no_fma,
-    _valid_batch_index,
-)
+from .reference import ADAPTIVE_GRID_CAP, _axis_interp, _exact_div, _no_fma, _valid_batch_index
 
 __all__ = ["roi_pool_core", "ps_roi_align_core", "ps_roi_pool_core", "legacy_core",
            "LEGACY_VARIANTS"]
@@ -82,6 +75,10 @@ LEGACY_VARIANTS = ("plain", "avg", "max")
 
 # cc/roi_pool.h kMaxCorner: rounded corners saturate here.
 _MAX_CORNER = 1.0e15
+
+# ps_roi_align: fixed grids with at most this many samples per bin are unrolled in Python;
+# larger ones (and adaptive grids) run in a lax.scan.
+_MAX_UNROLLED_SAMPLES = 16
 
 
 # ----------------------------------------------------------------------------- shared
@@ -224,20 +221,27 @@ def _pool_axis(lo, hi, s, P, extent, position_sensitive):
 
 def _cell_loop(bound_y, bound_x, max_sy, max_sx, step, carry):
     """``carry = step(carry, dy, dx)`` for dy < bound_y (outer), dx < bound_x (inner),
-    skipping (``lax.cond``) dy >= max_sy and dx >= max_sx."""
+    skipping (``lax.cond``) dy >= max_sy and dx >= max_sx.
+
+    Every cell and every row is a ``jax.checkpoint`` (recomputed in the backward pass):
+    a ``lax.cond`` inside a scan would otherwise store its residuals (the features among
+    them) once per step."""
     if bound_y <= 0 or bound_x <= 0:
         return carry
+    skip = lambda c: c
 
-    def inner(carry, dx, dy):
-        return lax.cond(dx < max_sx, lambda c: step(c, dy, dx), lambda c: c, carry), None
+    def one_cell(c, dy, dx):
+        return lax.cond(dx < max_sx, lambda cc: step(cc, dy, dx), skip, c)
+
+    def one_row(c, dy):
+        def inner(cc, dx):
+            return jax.checkpoint(one_cell)(cc, dy, dx), None
+
+        row = lambda cc: lax.scan(inner, cc, jnp.arange(bound_x, dtype=jnp.int32))[0]
+        return lax.cond(dy < max_sy, row, skip, c)
 
     def outer(carry, dy):
-        def row(c):
-            c, _ = lax.scan(lambda cc, dx: inner(cc, dx, dy), c,
-                            jnp.arange(bound_x, dtype=jnp.int32))
-            return c
-
-        return lax.cond(dy < max_sy, row, lambda c: c, carry), None
+        return jax.checkpoint(one_row)(carry, dy), None
 
     carry, _ = lax.scan(outer, carry, jnp.arange(bound_y, dtype=jnp.int32))
     return carry
@@ -398,37 +402,24 @@ def ps_roi_align_core(features, rois, pooled_height: int, pooled_width: int,
         inwin = iny[:, :, None] & inx[:, None, :]
         return jnp.where(inwin[..., None], val, jnp.zeros((), gdt))
 
-    sample_ckpt = jax.checkpoint(sample)
-
-    if sr > 0:
-        g, n_steps = sr, sr * sr
-        unrolled = n_steps <= _MAX_UNROLLED_SAMPLES
-    else:
-        g, n_steps = cap, cap * cap
-        unrolled = False
-        max_gh = jnp.max(gh, initial=0)
-        max_gw = jnp.max(gw, initial=0)
-
     def step(acc, iy, ix):
-        val = sample_ckpt(table, geom, iy, ix)
+        val = sample(table, geom, iy, ix)
         if sr > 0:
             return acc + val
         m = ((iy < gh) & (ix < gw))[:, None, None, None]
         return jnp.where(m, acc + val, acc)
 
     acc = jnp.zeros((k, PH, PW, c), gdt)
-    if unrolled:
-        for st in range(n_steps):
-            acc = step(acc, st // g, st % g)
+    if 0 < sr * sr <= _MAX_UNROLLED_SAMPLES:
+        # Unrolled, iy-major; each sample recomputed in the backward pass.
+        for st in range(sr * sr):
+            acc = jax.checkpoint(step)(acc, st // sr, st % sr)
     else:
-        def body(acc, st):
-            iy, ix = st // g, st % g
-            if sr > 0:
-                return step(acc, iy, ix), None
-            pred = (iy < max_gh) & (ix < max_gw)
-            return lax.cond(pred, lambda a: step(a, iy, ix), lambda a: a, acc), None
-
-        acc, _ = lax.scan(body, acc, jnp.arange(n_steps, dtype=jnp.int32))
+        # Nested scans, iy outer; adaptive grids skip the steps beyond the largest grid.
+        g = sr if sr > 0 else cap
+        lim_h = jnp.max(gh, initial=0) if sr <= 0 else g
+        lim_w = jnp.max(gw, initial=0) if sr <= 0 else g
+        acc = _cell_loop(g, g, lim_h, lim_w, step, acc)
     out = _exact_div(acc, count[:, None, None, None])
     return _finalise(out, alive, features.dtype, layout)
 

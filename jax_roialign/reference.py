@@ -78,10 +78,6 @@ __all__ = ["ADAPTIVE_GRID_CAP", "roi_align_core", "roi_align", "roi_pool", "ps_r
 #: ``cap x cap`` grid, which deviates from SPEC.md.
 ADAPTIVE_GRID_CAP = 16
 
-# Fixed grids with at most this many samples per bin are unrolled in Python (best XLA
-# fusion); larger ones run in a lax.scan.
-_MAX_UNROLLED_SAMPLES = 16
-
 
 def _no_fma(p):
     """Returns ``p`` unchanged, hiding the product that made it from FMA contraction."""
@@ -93,6 +89,27 @@ def _exact_div(x, d):
     d = lax.stop_gradient(jnp.asarray(d, x.dtype))
     d = lax.optimization_barrier(jnp.broadcast_to(d, x.shape))
     return x / d
+
+
+@jax.custom_jvp
+def _gather(table, idxs, dtype):
+    """``tuple(table[i].astype(dtype) for i in idxs)``, one gather of whole rows each (XLA
+    fuses each into its consumer).  The JVP gathers them all at once, so that its
+    transpose (the gradient w.r.t. ``table``) is ONE scatter-add, accumulated in
+    ``dtype``: XLA:CPU runs one big scatter much faster than several small ones.
+    Indices are unsigned (no negative-index fix-up) and in bounds."""
+    return tuple(table.at[i].get(mode="promise_in_bounds").astype(dtype) for i in idxs)
+
+
+def _gather_jvp(dtype, primals, tangents):
+    table, idxs = primals
+    out = _gather(table, idxs, dtype)
+    d = tangents[0].astype(dtype).at[jnp.stack(idxs)].get(mode="promise_in_bounds")
+    return out, tuple(d[j] for j in range(len(idxs)))
+
+
+_gather = jax.custom_jvp(_gather.fun, nondiff_argnums=(2,))
+_gather.defjvp(_gather_jvp)
 
 
 def _valid_batch_index(b, n):
@@ -152,15 +169,14 @@ def roi_align_core(features, rois, pooled_height: int, pooled_width: int,
     rois = jnp.asarray(rois)
     if layout == "NCHW":
         n, c, hgt, wid = features.shape
-        table = jnp.transpose(features, (0, 2, 3, 1))
+        table = jnp.transpose(features, (0, 2, 3, 1)).reshape(n * hgt * wid, c)
     elif layout == "NHWC":
         n, hgt, wid, c = features.shape
-        table = features
+        table = features.reshape(n * hgt * wid, c)
     else:
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     if mode not in ("avg", "max"):
         raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
-    table = table.reshape(n * hgt * wid, c)  # one contiguous row of C per feature cell
 
     gdt = jnp.float64 if features.dtype == jnp.float64 else jnp.float32  # geometry & acc
     k = rois.shape[0]
@@ -183,8 +199,7 @@ def roi_align_core(features, rois, pooled_height: int, pooled_width: int,
     alive = alive & finite
     coords = jnp.where(alive[:, None], coords, jnp.zeros((), gdt))  # dead rows: no NaN
     xs, ys, xe, ye = corners(coords)
-    b = jnp.where(alive, bidx, 0).astype(jnp.int32)
-    b = jnp.clip(b, 0, n - 1)
+    b = jnp.clip(jnp.where(alive, bidx, 0), 0, n - 1).astype(jnp.uint32)
 
     rw = xe - xs
     rh = ye - ys
@@ -204,79 +219,93 @@ def roi_align_core(features, rois, pooled_height: int, pooled_width: int,
     gwf = jnp.maximum(gw, 1).astype(gdt)
     count = jnp.maximum(gh * gw, 1).astype(gdt)
 
-    # Loop-invariant part of the sample positions: ys + ph*bh, (K, PH); xs + pw*bw.
-    a_y = ys[:, None] + _no_fma(jnp.arange(PH, dtype=gdt)[None, :] * bh[:, None])
-    a_x = xs[:, None] + _no_fma(jnp.arange(PW, dtype=gdt)[None, :] * bw[:, None])
-    base = b * (hgt * wid)
+    # ---- per-axis sample geometry, (G, K, P) arrays: G grid indices, P bins ---------
+    # Precomputed and stacked so that the loops below read it from memory: fused into
+    # the per-(K, PH, PW, C) loops, XLA would recompute it for every channel.  At least 2
+    # grid indices, so that the loops below are real loops (see `loop`).
+    g = sr if sr > 0 else cap
+    g_loop = max(g, 2)
 
-    geom = (a_y, a_x, bh, bw, ghf, gwf, base)
+    def axis_geometry(start, bsz, gdiv, p, size):
+        a = start[:, None] + _no_fma(jnp.arange(p, dtype=gdt)[None, :] * bsz[:, None])
+        i = jnp.arange(g_loop, dtype=gdt)[:, None]
+        t = _exact_div((i + 0.5) * bsz[None, :], gdiv[None, :])  # ((i + .5)*b) / g
+        inwin, lo, hi, l, h = _axis_interp(a[None] + t[:, :, None], size)  # ys + p*b + t
+        return inwin, lo.astype(jnp.uint32), hi.astype(jnp.uint32), l, h
 
-    def sample(table, geom, iy, ix):
-        """Bilinear value of sample (iy, ix) of every bin: (K, PH, PW, C) and in-window."""
-        a_y, a_x, bh, bw, ghf, gwf, base = geom
-        ty = _exact_div((jnp.asarray(iy, gdt) + 0.5) * bh, ghf)
-        tx = _exact_div((jnp.asarray(ix, gdt) + 0.5) * bw, gwf)
-        y = a_y + ty[:, None]  # (K, PH)
-        x = a_x + tx[:, None]  # (K, PW)
-        iny, yl, yh, ly, hy = _axis_interp(y, hgt)
-        inx, xl, xh, lx, hx = _axis_interp(x, wid)
-        inwin = iny[:, :, None] & inx[:, None, :]
-        rl = base[:, None] + yl * wid  # (K, PH)
-        rh_ = base[:, None] + yh * wid
-        terms = ((hy[:, :, None] * hx[:, None, :], rl[:, :, None] + xl[:, None, :]),
-                 (hy[:, :, None] * lx[:, None, :], rl[:, :, None] + xh[:, None, :]),
-                 (ly[:, :, None] * hx[:, None, :], rh_[:, :, None] + xl[:, None, :]),
-                 (ly[:, :, None] * lx[:, None, :], rh_[:, :, None] + xh[:, None, :]))
+    iny, ylo, yhi, ly, hy = axis_geometry(ys, bh, ghf, PH, hgt)
+    inx, xlo, xhi, lx, hx = axis_geometry(xs, bw, gwf, PW, wid)
+    base = (b * (hgt * wid))[None, :, None]
+    ygeo = (iny, base + ylo * wid, base + yhi * wid, ly, hy)
+    xgeo = (inx, xlo, xhi, lx, hx)
+
+    def sample(table, yg, xg):
+        """Bilinear value of one sample (iy, ix) of every bin, (K, PH, PW, C)."""
+        iny, rlo, rhi, ly, hy = yg  # (K, PH)
+        inx, xlo, xhi, lx, hx = xg  # (K, PW)
+        ws = (hy[:, :, None] * hx[:, None, :], hy[:, :, None] * lx[:, None, :],
+              ly[:, :, None] * hx[:, None, :], ly[:, :, None] * lx[:, None, :])
+        idxs = (rlo[:, :, None] + xlo[:, None, :], rlo[:, :, None] + xhi[:, None, :],
+                rhi[:, :, None] + xlo[:, None, :], rhi[:, :, None] + xhi[:, None, :])
         val = None
-        for w, idx in terms:
-            f = table.at[idx].get(mode="promise_in_bounds").astype(gdt)
+        for w, f in zip(ws, _gather(table, idxs, gdt)):
             p = _no_fma(w[..., None] * f)
-            val = p if val is None else val + p
-        return jnp.where(inwin[..., None], val, jnp.zeros((), gdt)), inwin
-
-    # Recompute samples in the backward pass rather than storing gathered features.
-    sample_ckpt = jax.checkpoint(sample)
+            val = p if val is None else val + p  # ((w1 f1 + w2 f2) + w3 f3) + w4 f4
+        inwin = iny[:, :, None] & inx[:, None, :]
+        return jnp.where(inwin[..., None], val, jnp.zeros((), gdt))
 
     # ---- loop over the samples of a bin, iy-major, ix-minor ------------------------
-    if sr > 0:
-        gy = gx = sr
-        n_steps = sr * sr
-        unrolled = n_steps <= _MAX_UNROLLED_SAMPLES
-        need_mask = False
+    # Nested scans.  Their carry is materialised, so that the NCHW transpose at the end is
+    # not fused into the gathers (which would then read one float per row); XLA inlines
+    # a loop of one step, hence g_loop >= 2 with the extra steps skipped by lax.cond.
+    # Adaptive grids also skip the steps beyond the largest grid in the batch.
+    adaptive = sr <= 0
+    if adaptive:
+        lim_h = jnp.max(gh, initial=0)
+        lim_w = jnp.max(gw, initial=0)
     else:
-        gy = gx = cap
-        n_steps = cap * cap
-        unrolled = False
-        need_mask = True
-        max_gh = jnp.max(gh, initial=0)
-        max_gw = jnp.max(gw, initial=0)
+        lim_h = lim_w = g
 
     def loop(step, carry):
-        """Runs ``carry = step(carry, iy, ix)`` over the grid, in order."""
-        if unrolled:
-            for st in range(n_steps):
-                carry = step(carry, st // gx, st % gx)
-            return carry
+        """``carry = step(carry, iy, ix, y geometry of iy, x geometry of ix)`` in order.
 
-        def body(carry, st):
-            iy, ix = st // gx, st % gx
-            if not need_mask:
-                return step(carry, iy, ix), None
-            pred = (iy < max_gh) & (ix < max_gw)
-            return lax.cond(pred, lambda cr: step(cr, iy, ix), lambda cr: cr, carry), None
+        Every step (and every row of steps that sits in a ``lax.cond``) is a
+        ``jax.checkpoint``: the backward pass recomputes it, so that nothing of size
+        (K, PH, PW, C) is stored per step (a ``lax.cond`` would otherwise turn
+        loop-invariant residuals such as the features into per-step ones)."""
+        steps = jnp.arange(g_loop, dtype=jnp.int32)
+        skip = lambda cr: cr
+        conditional = adaptive or g < g_loop
 
-        carry, _ = lax.scan(body, carry, jnp.arange(n_steps, dtype=jnp.int32))
-        return carry
+        def one_step(cr, iy, ix, yg, xg):
+            run = lambda c: step(c, iy, ix, yg, xg)
+            return lax.cond(ix < lim_w, run, skip, cr) if conditional else run(cr)
+
+        def one_row(cr, iy, yg):
+            def inner(c, xsl):
+                ix, xg = xsl
+                return jax.checkpoint(one_step)(c, iy, ix, yg, xg), None
+
+            row = lambda c: lax.scan(inner, c, (steps, xgeo))[0]
+            return lax.cond(iy < lim_h, row, skip, cr) if conditional else row(cr)
+
+        def outer(cr, ysl):
+            iy, yg = ysl
+            row = jax.checkpoint(one_row) if conditional else one_row
+            return row(cr, iy, yg), None
+
+        return lax.scan(outer, carry, (steps, ygeo))[0]
 
     def sample_mask(iy, ix):
-        if not need_mask:
+        """Per-roi grid membership of sample (iy, ix), or None for a fixed grid."""
+        if not adaptive:
             return None
-        return ((iy < gh)[:, None, None] & (ix < gw)[:, None, None])[..., None]
+        return ((iy < gh) & (ix < gw))[:, None, None, None]
 
     zeros = jnp.zeros((k, PH, PW, c), gdt)
     if mode == "avg":
-        def step(acc, iy, ix):
-            val, _ = sample_ckpt(table, geom, iy, ix)
+        def step(acc, iy, ix, yg, xg):
+            val = sample(table, yg, xg)
             m = sample_mask(iy, ix)
             return acc + val if m is None else jnp.where(m, acc + val, acc)
 
@@ -285,26 +314,24 @@ def roi_align_core(features, rois, pooled_height: int, pooled_width: int,
     else:
         # Pass 1 (no gradient): first arg-max sample of every output element.  Outside
         # samples are 0 and can win; NaN values never win.
-        tsg, gsg = lax.stop_gradient(table), lax.stop_gradient(geom)
+        tsg = lax.stop_gradient(table)
 
-        def step1(carry, iy, ix):
+        def step1(carry, iy, ix, yg, xg):
             best, arg = carry
-            val, _ = sample(tsg, gsg, iy, ix)
+            val = sample(tsg, lax.stop_gradient(yg), lax.stop_gradient(xg))
             better = val > best
             m = sample_mask(iy, ix)
             if m is not None:
                 better = better & m
-            st = jnp.asarray(iy * gx + ix, jnp.int32)
-            return jnp.where(better, val, best), jnp.where(better, st, arg)
+            return jnp.where(better, val, best), jnp.where(better, iy * g + ix, arg)
 
         _, arg = loop(step1, (jnp.full((k, PH, PW, c), -jnp.inf, gdt),
                               jnp.full((k, PH, PW, c), -1, jnp.int32)))
 
         # Pass 2 (differentiable): select the arg-max sample's value.  An empty grid
-        # (or all-NaN bin) keeps arg == -1 and gives 0.
-        def step2(out, iy, ix):
-            val, _ = sample_ckpt(table, geom, iy, ix)
-            return jnp.where(arg == iy * gx + ix, val, out)
+        # (or an all-NaN bin) keeps arg == -1 and gives 0.
+        def step2(out, iy, ix, yg, xg):
+            return jnp.where(arg == iy * g + ix, sample(table, yg, xg), out)
 
         out = loop(step2, zeros)
 

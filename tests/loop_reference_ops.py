@@ -135,12 +135,18 @@ def ps_roi_pool_numpy(features, rois, pooled_height, pooled_width, spatial_scale
 
 
 def ps_roi_align_numpy(features, rois, pooled_height, pooled_width, spatial_scale,
-                       sampling_ratio, layout, dtype=np.float64, adaptive_grid_cap=None):
+                       sampling_ratio, layout, dtype=np.float64, adaptive_grid_cap=None,
+                       max_samples=10 ** 7):
     """SPEC.md ps_roi_align: roi_align's aligned geometry (0.5 offset, no size clamp),
     ``gh x gw`` grid (``sampling_ratio`` or ``ceil(rh/PH)``, clamped to
     ``adaptive_grid_cap`` if given), average with divisor ``max(gh*gw, 1)`` (empty grid 0),
     position-sensitive channels.  torchvision's order: ``y = (ph*bh + ys) + ((iy+.5)*bh)/gh``,
-    ``out_sum += val`` iy-major, then ``out_sum / count``."""
+    ``out_sum += val`` iy-major, then ``out_sum / count``.
+
+    Raises ``ValueError`` rather than loop for ever when a bin has more than
+    ``max_samples`` in-window samples: with an unbounded adaptive grid, a box far larger
+    than the map in precision terms (e.g. ``±1e12`` in float32) puts ~``ulp(x1*s)``
+    consecutive samples on the same in-window position."""
     T = np.dtype(dtype).type
     f = _nhwc(features, layout).astype(dtype)
     rois = np.asarray(rois, np.float64)
@@ -164,6 +170,9 @@ def ps_roi_align_numpy(features, rois, pooled_height, pooled_width, spatial_scal
             for pw in range(p_w):
                 xpos = _positions(xs, pw, bw, gw, T)
                 rx = _window_range(xpos, gw, w)
+                if len(ry) * len(rx) > max_samples:
+                    raise ValueError(f"roi {k}: {len(ry) * len(rx)} in-window samples in bin "
+                                     f"({ph}, {pw}) (positions collapse); see max_samples")
                 chans = [(co * p_h + ph) * p_w + pw for co in range(c_out)]
                 fc = fb[:, :, chans]
                 acc = np.zeros(c_out, dtype)

@@ -1,0 +1,869 @@
+// The five RoI kernels on CUDA, for every operator and storage type. The
+// samples come from cc/bin_sampler.h (which turns roi_align.h, roi_pool.h and
+// legacy.h into "sample i of this (roi, bin)"), exactly as on the CPU: the same
+// in-window samples in the same order, the same max-mode winners (index of
+// the winning sample among the bin's in-window samples, iy-major; -1 when an
+// implicit outside zero or an empty grid wins), the same divisors, the same
+// per-element expressions as cc/cpu/roi_kernels.h. Floating-point results may
+// differ from the CPU's in the last bits: nvcc contracts a*b+c into FMA (as
+// torchvision's CUDA kernels are built); the CPU build does not.
+//
+// Work mapping
+// ------------
+// A block takes a "unit": one roi, up to kUnitBins of its bins, and a range of
+// output channels. It builds the BinSampler of each of its bins in shared
+// memory (one thread per bin), then enumerates the bins' samples into a
+// shared-memory table (one thread per sample: taps, weights, and for the box
+// kernels the slopes), and only then walks the unit's output elements
+// ("items"), reading every sample's geometry from the table: the geometry is
+// computed once per block and reused by every channel. Items are walked in
+// output order so that stores coalesce:
+//   NHWC  item (bin, c), c fastest: a warp covers 32 consecutive channels of a
+//         bin, each corner load of a sample is one coalesced access, and the
+//         loop bounds are warp-uniform;
+//   NCHW  item (c, bin), bin fastest: a warp covers neighbouring bins of one
+//         channel plane (torchvision's mapping); their loads share the
+//         plane's cache lines.
+// Bins whose samples exceed the table are processed in several passes; a
+// single bin larger than the table (a huge fixed sampling_ratio, or a huge box
+// on a huge map) computes its samples where they are used, from the same
+// sampler. Only in-window samples exist: a huge box costs what a box the size
+// of the map costs. With few rois, a roi's channels are split over several
+// blocks (each rebuilds the cheap geometry) so that the GPU fills.
+//
+// backward_features
+// -----------------
+// Fast path (float32/float64, deterministic=0): the forward mapping, each item
+// scattering g * w / count into the gradient, zeroed first with
+// cudaMemsetAsync on the stream, by atomicAdd; the order of the additions, so
+// the last bits, vary run to run.
+// Deterministic path (deterministic=1; always for float16/bfloat16, which so
+// accumulate in float32 with no scratch buffer and round once): a block owns
+// a spatial tile x up to 64 (float64: 32) input channels of one image,
+// accumulated in shared memory, one thread per channel. It walks the rois of
+// its image in index order -- an order-preserving parallel filter drops those
+// whose box (plus a margin) misses the tile -- builds each remaining roi's
+// sample tables with corner positions relative to the tile, and each thread
+// adds its channel's contributions in (roi, bin, sample, corner) order: the CPU
+// kernel's order, so results are bit-identical run to run. Each gradient
+// element is written once: no memset, no atomics, no scratch memory. Cost over
+// the atomic path (not measured here; no GPU on the build machine): every
+// block reads the boxes of its whole image (all K rows for the (K, 5) form),
+// and a roi overlapping T tiles has its samplers and tables built, and its
+// samples scanned, T times per channel group; the additions themselves are as
+// many as in the atomic path, in shared instead of global memory. Expect a few
+// times the atomic path's time for Detectron-sized workloads.
+//
+// backward_boxes: one block per roi over all its bins and channels; every
+// thread sums its items' terms in double in a fixed order, then a fixed tree
+// reduces the block: deterministic.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "../bin_sampler.h"
+#include "roi_launch.h"
+
+namespace jax_roialign::cuda {
+namespace {
+
+constexpr int kThreads = 256;               // items and box-gradient kernels
+constexpr int kMinBlocks = 3;               // resident blocks per SM they are built for
+constexpr size_t kSmemBytes = 48 * 1024;     // static + dynamic shared memory without opt-in
+constexpr size_t kStaticSmemMargin = 1024;  // the kernels' static shared arrays, bounded
+constexpr int64_t kUnitBins = 32;           // samplers a block holds at once
+constexpr size_t kItemsTableBytes = 16 * 1024;  // sample table of the items kernels
+constexpr int64_t kMaxCount = int64_t(1) << 40;  // saturates sample counts in sums
+
+template <typename X>
+JRA_HD X imin(X a, X b) { return a < b ? a : b; }
+template <typename X>
+JRA_HD X imax(X a, X b) { return a < b ? b : a; }
+
+JRA_HD size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
+
+// a / b and a % b, in 32 bits when both fit (64-bit division is slow on GPUs).
+JRA_HD void divmod(int64_t a, int64_t b, int64_t* q, int64_t* r) {
+  if (((a | b) >> 31) == 0) {
+    const uint32_t ua = uint32_t(a), ub = uint32_t(b), uq = ua / ub;
+    *q = uq;
+    *r = ua - uq * ub;
+  } else {
+    *q = a / b;
+    *r = a - *q * b;
+  }
+}
+
+JRA_HD int64_t pixel_stride(const RoiShape& s) { return s.layout == Layout::kNHWC ? s.C : 1; }
+
+// ------------------------------------------------------------- sample tables
+
+// Corner offsets (y * W + x) of a sample; at[1] < 0 marks a single cell
+// (weight 1 on at[0], nothing else read).
+template <typename G>
+__device__ void set_corners(int32_t at[4], const Sample<G>& p) {
+  for (int j = 0; j < 4; ++j) at[j] = int32_t(p.at[j]);
+  if (p.single) at[1] = at[2] = at[3] = -1;
+}
+
+template <typename G>
+struct ValueEntry {   // forward, forward_selected, atomic backward
+  int32_t at[4];
+  G w[4];
+
+  __device__ Sample<G> sample() const {
+    Sample<G> p;
+    p.single = at[1] < 0;
+    for (int j = 0; j < 4; ++j) {
+      p.at[j] = p.single ? at[0] : at[j];
+      p.w[j] = w[j];
+    }
+    return p;
+  }
+};
+
+template <typename G_>
+struct ValueMaker {
+  using G = G_;
+  using Entry = ValueEntry<G_>;
+  __device__ Entry operator()(const BinSampler<G>& b, int64_t i) const {
+    const Sample<G> p = b.sample(i);
+    Entry e;
+    set_corners(e.at, p);
+    for (int j = 0; j < 4; ++j) e.w[j] = p.w[j];
+    return e;
+  }
+};
+
+template <typename G>
+struct JvpEntry {     // forward_boxes: directional derivative of each corner weight
+  int32_t at[4];
+  G dw[4];
+};
+
+template <typename G_>
+struct JvpMaker {
+  using G = G_;
+  using Entry = JvpEntry<G_>;
+  G t[4];             // rois_dot corners (x1, y1, x2, y2)
+  __device__ Entry operator()(const BinSampler<G>& b, int64_t i) const {
+    SampleSlopes<G> d;
+    const Sample<G> p = b.sample(i, &d);
+    Entry e;
+    for (int j = 0; j < 4; ++j) e.at[j] = int32_t(p.at[j]);  // reads all four, as the CPU
+    const G ydot = d.y_lo * t[1] + d.y_hi * t[3];
+    const G xdot = d.x_lo * t[0] + d.x_hi * t[2];
+    for (int j = 0; j < 4; ++j) e.dw[j] = d.dy[j] * ydot + d.dx[j] * xdot;
+    return e;
+  }
+};
+
+template <typename G>
+struct VjpEntry {     // backward_boxes
+  int32_t at[4];
+  G dy[4], dx[4];
+  G y_lo, y_hi, x_lo, x_hi;
+};
+
+template <typename G_>
+struct VjpMaker {
+  using G = G_;
+  using Entry = VjpEntry<G_>;
+  __device__ Entry operator()(const BinSampler<G>& b, int64_t i) const {
+    SampleSlopes<G> d;
+    const Sample<G> p = b.sample(i, &d);
+    Entry e;
+    for (int j = 0; j < 4; ++j) {
+      e.at[j] = int32_t(p.at[j]);
+      e.dy[j] = d.dy[j];
+      e.dx[j] = d.dx[j];
+    }
+    e.y_lo = d.y_lo;
+    e.y_hi = d.y_hi;
+    e.x_lo = d.x_lo;
+    e.x_hi = d.x_hi;
+    return e;
+  }
+};
+
+template <typename G>
+struct TileEntry {    // deterministic backward: corners as tile-local pixels, -1 outside
+  int32_t loc[4];
+  G w[4];
+};
+
+template <typename G_>
+struct TileMaker {
+  using G = G_;
+  using Entry = TileEntry<G_>;
+  int64_t y0, x0, tile_h, tile_w, W;
+  __device__ Entry operator()(const BinSampler<G>& b, int64_t i) const {
+    const Sample<G> p = b.sample(i);
+    Entry e;
+    const int corners = p.single ? 1 : 4;
+    for (int j = 0; j < 4; ++j) {
+      e.w[j] = p.w[j];
+      e.loc[j] = -1;
+      if (j >= corners) continue;
+      const int64_t y = p.at[j] / W, x = p.at[j] - y * W;
+      if (y >= y0 && y < y0 + tile_h && x >= x0 && x < x0 + tile_w)
+        e.loc[j] = int32_t((y - y0) * tile_w + (x - x0));
+    }
+    return e;
+  }
+};
+
+// A block's samplers and sample table in shared memory.
+template <typename G, typename Entry>
+struct Unit {
+  BinSampler<G>* samplers;   // kUnitBins
+  int64_t* off;              // kUnitBins + 1: prefix sums of the (saturated) counts
+  Entry* table;              // cap entries
+  int64_t cap;
+};
+
+template <typename G, typename Entry>
+JRA_HD size_t unit_bytes(int64_t cap) {
+  return align16(sizeof(BinSampler<G>) * kUnitBins) + align16(sizeof(int64_t) * (kUnitBins + 1)) +
+         align16(sizeof(Entry) * size_t(cap));
+}
+
+template <typename G, typename Entry>
+__device__ Unit<G, Entry> unit_at(unsigned char* p, int64_t cap) {
+  Unit<G, Entry> u;
+  u.samplers = reinterpret_cast<BinSampler<G>*>(p);
+  p += align16(sizeof(BinSampler<G>) * kUnitBins);
+  u.off = reinterpret_cast<int64_t*>(p);
+  p += align16(sizeof(int64_t) * (kUnitBins + 1));
+  u.table = reinterpret_cast<Entry*>(p);
+  u.cap = cap;
+  return u;
+}
+
+// Samplers of bins [b0, b0 + nb) of roi k, and their offsets. Every thread of
+// the block calls it (it synchronises; it starts with a barrier, so the
+// previous samplers and table may be read until the call).
+template <typename G, typename Entry>
+__device__ void load_samplers(const RoiShape& s, const G* rois, int64_t k, int64_t b0, int64_t nb,
+                              const Unit<G, Entry>& u) {
+  __syncthreads();
+  for (int64_t t = threadIdx.x; t < nb; t += blockDim.x)
+    u.samplers[t] = bin_sampler(s, rois, k, b0 + t);
+  __syncthreads();
+  if (threadIdx.x < 32) {  // nb <= 32: one lane per bin, a warp scan
+    const unsigned lane = threadIdx.x;
+    const int64_t count = lane < nb ? imin(imax<int64_t>(u.samplers[lane].count(), 0), kMaxCount) : 0;
+    int64_t incl = count;
+    for (unsigned d = 1; d < 32; d <<= 1) {
+      const int64_t v = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += v;
+    }
+    if (lane == 0) u.off[0] = 0;
+    if (lane < nb) u.off[lane + 1] = incl;
+  }
+  __syncthreads();
+}
+
+// The pass after bin p0: bins [p0, p1) whose samples fit the table together
+// (at least one bin; a lone bin that does not fit is not tabled).
+template <typename G, typename Entry>
+__device__ int64_t pass_end(const Unit<G, Entry>& u, int64_t p0, int64_t nb) {
+  int64_t p1 = p0 + 1;
+  while (p1 < nb && u.off[p1 + 1] - u.off[p0] <= u.cap) ++p1;
+  return p1;
+}
+
+// A sample's entry, computed out of line: it runs once per sample per block
+// (or, for a bin larger than the table, where used), and inlining the
+// operator's geometry would cost the hot loops their registers.
+template <typename Maker>
+__device__ __noinline__ typename Maker::Entry make_entry(const Maker& make,
+                                                         const BinSampler<typename Maker::G>& b,
+                                                         int64_t i) {
+  return make(b, i);
+}
+
+// Fills the table with the samples of bins [p0, p1) (when they fit).
+template <typename G, typename Maker>
+__device__ void fill_table(const Unit<G, typename Maker::Entry>& u, int64_t p0, int64_t p1,
+                           const Maker& make) {
+  const int64_t base = u.off[p0], n = u.off[p1] - base;
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
+    int64_t lo = p0, hi = p1;  // the last bin p with off[p] <= base + e
+    while (hi - lo > 1) {
+      const int64_t m = lo + (hi - lo) / 2;
+      if (u.off[m] <= base + e) lo = m; else hi = m;
+    }
+    u.table[e] = make_entry(make, u.samplers[lo], base + e - u.off[lo]);
+  }
+  __syncthreads();
+}
+
+// Sample i of local bin bl in the current pass: from the table, or computed.
+template <typename G, typename Maker>
+struct PassView {
+  const Unit<G, typename Maker::Entry>* u;
+  const Maker* make;
+  int64_t base;
+  bool tabled;
+
+  __device__ typename Maker::Entry operator()(int64_t bl, int64_t i) const {
+    return tabled ? u->table[u->off[bl] - base + i] : make_entry(*make, u->samplers[bl], i);
+  }
+};
+
+// ------------------------------------------------------------------ kernels
+
+// The launch parameters of every kernel.
+template <typename T>
+struct Args {
+  using G = typename Types<T>::Geometry;
+  using A = typename Types<T>::Accum;
+  RoiShape s;
+  const T* in;               // features; cotangent for the backward_features kernels
+  const G* rois;
+  const G* rois_dot;         // forward_boxes
+  const int32_t* winner_in;
+  int32_t* winner_out;
+  T* out;                    // forward outputs; grad_features (deterministic path)
+  A* grad;                   // atomic backward: grad_features, zeroed
+  const T* ct;               // backward_boxes cotangent
+  G* grad_rois;
+  int64_t splits;            // channel ranges per (roi, bin chunk)
+  int64_t cap;               // table entries
+};
+
+enum class Kind : int { kForward, kSelected, kForwardBoxes, kBackwardAtomic };
+
+template <typename T, Kind K>
+struct KindMaker {
+  using type = ValueMaker<typename Types<T>::Geometry>;
+};
+template <typename T>
+struct KindMaker<T, Kind::kForwardBoxes> {
+  using type = JvpMaker<typename Types<T>::Geometry>;
+};
+
+// Item (c, bin) of the unit's roi at output offset o; `bl` is the bin's local
+// index, `sample(bl, i)` its samples.
+template <typename T, Kind K, typename View>
+__device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geometry>& b,
+                     const View& sample, int64_t bl, int64_t c, int64_t bin, int64_t o) {
+  using G = typename Types<T>::Geometry;
+  using A = typename Types<T>::Accum;
+  const RoiShape& s = a.s;
+  const int64_t ps = pixel_stride(s);
+  const int64_t base = s.feature_offset(b.image, s.input_channel(c, bin), 0);
+  const int64_t n = b.count();
+  const bool avg = s.mode == PoolMode::kAvg;
+
+  if constexpr (K == Kind::kBackwardAtomic) {
+    const A g = load<A>(a.in[o]);
+    if (g == A(0)) return;  // it would add exact zeros
+    A* img = a.grad + base;
+    if (avg) {
+      const A divisor = A(b.divisor);
+      for (int64_t i = 0; i < n; ++i) {
+        const Sample<G> p = sample(bl, i).sample();
+        const int corners = p.single ? 1 : 4;
+        for (int j = 0; j < corners; ++j) atomicAdd(img + p.at[j] * ps, g * A(p.w[j]) / divisor);
+      }
+    } else {
+      const int32_t w = a.winner_in[o];
+      if (w < 0 || w >= n) return;
+      const Sample<G> p = sample(bl, w).sample();
+      const int corners = p.single ? 1 : 4;
+      for (int j = 0; j < corners; ++j) atomicAdd(img + p.at[j] * ps, g * A(p.w[j]));
+    }
+  } else if constexpr (K == Kind::kForwardBoxes) {
+    const T* img = a.in + base;
+    A v = A(0);
+    int64_t i0 = 0, i1 = n;
+    if (!avg) {
+      const int32_t w = a.winner_in[o];
+      i0 = w >= 0 && w < n ? w : n;
+      i1 = i0 < n ? i0 + 1 : n;
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      const JvpEntry<G> e = sample(bl, i);
+      for (int j = 0; j < 4; ++j) v += A(e.dw[j]) * load<A>(img[int64_t(e.at[j]) * ps]);
+    }
+    a.out[o] = store<T>(v / A(b.divisor));
+  } else {
+    const T* img = a.in + base;
+    auto read = [&](int64_t at) { return load<A>(img[at * ps]); };
+    if (avg) {
+      A acc = A(0);
+      for (int64_t i = 0; i < n; ++i) acc += sample_value<A>(sample(bl, i).sample(), read);
+      a.out[o] = store<T>(acc / A(b.divisor));
+    } else if constexpr (K == Kind::kSelected) {
+      const int32_t w = a.winner_in[o];
+      a.out[o] = store<T>(w >= 0 && w < n ? sample_value<A>(sample(bl, w).sample(), read) : A(0));
+    } else {
+      // cpu/plan.h max_winner: the first maximum in grid order; an implicit
+      // outside zero wins ties against the samples after it.
+      int64_t arg = -1;
+      A m = A(0);
+      for (int64_t i = 0; i < n; ++i) {
+        const A v = sample_value<A>(sample(bl, i).sample(), read);
+        if (arg < 0 || v > m) {
+          m = v;
+          arg = i;
+        }
+      }
+      if (b.outside >= 0 &&
+          (arg < 0 || A(0) > m || (A(0) == m && b.outside < b.ordinal(arg)))) {
+        m = A(0);
+        arg = -1;
+      }
+      a.winner_out[o] = int32_t(arg);
+      a.out[o] = store<T>(arg < 0 ? A(0) : m);
+    }
+  }
+}
+
+// Forward, forward_selected, forward_boxes, and the atomic backward.
+template <typename T, Kind K>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) items_kernel(const Args<T> a) {
+  using G = typename Types<T>::Geometry;
+  using A = typename Types<T>::Accum;
+  using Maker = typename KindMaker<T, K>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const RoiShape& s = a.s;
+  const Unit<G, typename Maker::Entry> u = unit_at<G, typename Maker::Entry>(smem, a.cap);
+  const int64_t bins = s.bins();
+  const int64_t chunks = (bins + kUnitBins - 1) / kUnitBins;
+  const int64_t per_roi = chunks * a.splits;
+  const int64_t per_split = (s.Cout + a.splits - 1) / a.splits;
+  for (int64_t unit = blockIdx.x; unit < s.K * per_roi; unit += gridDim.x) {
+    const int64_t k = unit / per_roi;
+    const int64_t chunk = (unit - k * per_roi) / a.splits;
+    const int64_t split = unit - k * per_roi - chunk * a.splits;
+    const int64_t b0 = chunk * kUnitBins, nb = imin(kUnitBins, bins - b0);
+    const int64_t c0 = split * per_split, nc = imin(per_split, s.Cout - c0);
+    load_samplers(s, a.rois, k, b0, nb, u);
+    const bool valid = u.samplers[0].image >= 0;
+    Maker make{};
+    if constexpr (K == Kind::kForwardBoxes) {
+      const G* t = roi_corners(s, a.rois_dot, k);
+      for (int j = 0; j < 4; ++j) make.t[j] = t[j];
+    }
+    for (int64_t p0 = 0, p1; p0 < nb; p0 = p1) {
+      p1 = pass_end(u, p0, nb);
+      const bool tabled = u.off[p1] - u.off[p0] <= u.cap;
+      if (valid && tabled) fill_table(u, p0, p1, make);
+      const PassView<G, Maker> view{&u, &make, u.off[p0], tabled};
+      const int64_t np = p1 - p0;
+      for (int64_t idx = threadIdx.x; idx < np * imax<int64_t>(nc, 0); idx += blockDim.x) {
+        int64_t bl, c;
+        if (s.layout == Layout::kNHWC) divmod(idx, nc, &bl, &c); else divmod(idx, np, &c, &bl);
+        bl += p0;
+        c += c0;
+        const int64_t bin = b0 + bl;
+        const int64_t o = s.output_offset(k, c, bin);
+        if (!valid) {  // zeros, and no winner
+          if constexpr (K != Kind::kBackwardAtomic) {
+            a.out[o] = store<T>(A(0));
+            if (K == Kind::kForward && s.mode == PoolMode::kMax) a.winner_out[o] = -1;
+          }
+          continue;
+        }
+        item<T, K>(a, u.samplers[bl], view, bl, c, bin, o);
+      }
+      __syncthreads();  // the next pass rewrites the table
+    }
+  }
+}
+
+// grad_rois: one block per roi; per-thread sums in double, then a fixed tree.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) boxes_grad_kernel(const Args<T> a) {
+  using G = typename Types<T>::Geometry;
+  using A = typename Types<T>::Accum;
+  using Maker = VjpMaker<G>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ double red[4][kThreads];
+  const RoiShape& s = a.s;
+  const Unit<G, VjpEntry<G>> u = unit_at<G, VjpEntry<G>>(smem, a.cap);
+  const int64_t bins = s.bins();
+  const int64_t ps = pixel_stride(s);
+  const Maker make{};
+  for (int64_t k = blockIdx.x; k < s.K; k += gridDim.x) {
+    double gx_lo = 0, gy_lo = 0, gx_hi = 0, gy_hi = 0;
+    for (int64_t b0 = 0; b0 < bins; b0 += kUnitBins) {
+      const int64_t nb = imin(kUnitBins, bins - b0);
+      load_samplers(s, a.rois, k, b0, nb, u);
+      if (u.samplers[0].image < 0) break;  // uniform: the roi gets zeros
+      for (int64_t p0 = 0, p1; p0 < nb; p0 = p1) {
+        p1 = pass_end(u, p0, nb);
+        const bool tabled = u.off[p1] - u.off[p0] <= u.cap;
+        if (tabled) fill_table(u, p0, p1, make);
+        const PassView<G, Maker> sample{&u, &make, u.off[p0], tabled};
+        const int64_t np = p1 - p0;
+        for (int64_t idx = threadIdx.x; idx < np * s.Cout; idx += blockDim.x) {
+          int64_t bl, c;
+          if (s.layout == Layout::kNHWC) divmod(idx, s.Cout, &bl, &c); else divmod(idx, np, &c, &bl);
+          bl += p0;
+          const int64_t bin = b0 + bl;
+          const int64_t o = s.output_offset(k, c, bin);
+          const BinSampler<G>& b = u.samplers[bl];
+          const int64_t n = b.count();
+          const double g = double(load<A>(a.ct[o])) / b.divisor;
+          int64_t i0 = 0, i1 = n;
+          if (s.mode == PoolMode::kMax) {
+            const int32_t w = a.winner_in[o];
+            i0 = w >= 0 && w < n ? w : n;
+            i1 = i0 < n ? i0 + 1 : n;
+          }
+          if (g == 0) continue;
+          const T* img = a.in + s.feature_offset(b.image, s.input_channel(c, bin), 0);
+          for (int64_t i = i0; i < i1; ++i) {
+            const VjpEntry<G> e = sample(bl, i);
+            double sy = 0, sx = 0;  // d(sample value)/d(sample y), /d(sample x)
+            for (int j = 0; j < 4; ++j) {
+              const double v = double(load<A>(img[int64_t(e.at[j]) * ps]));
+              sy += double(e.dy[j]) * v;
+              sx += double(e.dx[j]) * v;
+            }
+            gy_lo += g * sy * double(e.y_lo);
+            gy_hi += g * sy * double(e.y_hi);
+            gx_lo += g * sx * double(e.x_lo);
+            gx_hi += g * sx * double(e.x_hi);
+          }
+        }
+        __syncthreads();  // the next pass rewrites the table
+      }
+    }
+    const unsigned tid = threadIdx.x;
+    red[0][tid] = gx_lo;
+    red[1][tid] = gy_lo;
+    red[2][tid] = gx_hi;
+    red[3][tid] = gy_hi;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+      if (tid < half)
+        for (int j = 0; j < 4; ++j) red[j][tid] += red[j][tid + half];
+      __syncthreads();
+    }
+    if (tid == 0) {
+      G* row = a.grad_rois + k * s.roi_stride();
+      for (int64_t j = 0; j < s.roi_stride(); ++j) row[j] = G(0);
+      G* corners = row + (s.R > 0 ? 0 : 1);
+      for (int j = 0; j < 4; ++j) corners[j] = G(red[j][0]);
+    }
+    // load_samplers' leading barrier orders these reads before `red` is rewritten.
+  }
+}
+
+// ---------------------------------------------------- deterministic backward
+
+struct TileShape {
+  int64_t tile_h, tile_w;    // pixels of a tile
+  int64_t group;             // input channels per block (= blockDim.x)
+  int64_t tiles_y, tiles_x, groups;
+};
+
+// Whether roi k of image n may read the tile [y0, y1] x [x0, x1] (inclusive).
+// A conservative test, shared by every operator: each reads within a cell or
+// two of its scaled box (roi_align's and legacy's taps, the unaligned size
+// clamp to 1, legacy's +1 size, roi_pool's rounding and +1, the 0.5 offset),
+// so a margin of 4 cells plus the rounding of the coordinates holds them all.
+// NaN coordinates pass (the exact tables then find no sample).
+template <typename G>
+__device__ bool may_touch(const RoiShape& s, const G* rois, int64_t k, int64_t n, int64_t y0,
+                          int64_t y1, int64_t x0, int64_t x1) {
+  if (roi_image(s, rois, k) != n) return false;
+  const G* c = roi_corners(s, rois, k);
+  auto misses = [&](G lo_corner, G hi_corner, int64_t t0, int64_t t1) {
+    const double a = double(lo_corner) * s.spatial_scale, b = double(hi_corner) * s.spatial_scale;
+    const double m = 4.0 + 1e-5 * (fabs(a) + fabs(b));
+    return fmax(a, b) + m < double(t0) || fmin(a, b) - m > double(t1);  // false on NaN
+  };
+  return !misses(c[1], c[3], y0, y1) && !misses(c[0], c[2], x0, x1);
+}
+
+template <typename T>
+__global__ void gather_backward_kernel(const Args<T> a, const TileShape ts) {
+  using G = typename Types<T>::Geometry;
+  using A = typename Types<T>::Accum;
+  using Maker = TileMaker<G>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int32_t warp_counts[32];
+  const RoiShape& s = a.s;
+  const int64_t tile_px = ts.tile_h * ts.tile_w;
+  const int64_t stride = ts.group + 1;  // padded: conflict-free in both write-out orders
+  A* acc = reinterpret_cast<A*>(smem);
+  unsigned char* p = smem + align16(sizeof(A) * size_t(tile_px * stride));
+  int64_t* list = reinterpret_cast<int64_t*>(p);
+  p += align16(sizeof(int64_t) * size_t(ts.group));
+  const Unit<G, TileEntry<G>> u = unit_at<G, TileEntry<G>>(p, a.cap);
+  const int64_t tiles = ts.tiles_y * ts.tiles_x;
+  const int64_t blocks = s.N * ts.groups * tiles;
+  const int64_t bins = s.bins();
+  const bool ps_op = position_sensitive(s.op);
+  const unsigned tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
+
+  for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+    const int64_t n = blk / (ts.groups * tiles);
+    const int64_t group = (blk - n * ts.groups * tiles) / tiles;
+    const int64_t tile = blk - n * ts.groups * tiles - group * tiles;
+    const int64_t y0 = (tile / ts.tiles_x) * ts.tile_h, x0 = (tile % ts.tiles_x) * ts.tile_w;
+    const int64_t ci = group * ts.group + tid;  // this thread's input channel
+    const bool active = ci < s.C;
+    const int64_t c = ps_op ? ci / bins : ci;   // the output channel that reads it
+    const int64_t my_bin = ps_op ? ci - c * bins : -1;
+    const Maker make{y0, x0, ts.tile_h, ts.tile_w, s.W};
+    __syncthreads();  // the previous tile's write-out is done with acc
+    for (int64_t i = tid; i < tile_px * stride; i += blockDim.x) acc[i] = A(0);
+
+    const int64_t first = s.R > 0 ? n * s.R : 0, last = s.R > 0 ? (n + 1) * s.R : s.K;
+    for (int64_t start = first; start < last; start += blockDim.x) {
+      // The rois of this batch that may touch the tile, in index order.
+      const int64_t mine = start + tid;
+      const bool hit = mine < last && may_touch(s, a.rois, mine, n, y0, y0 + ts.tile_h - 1, x0,
+                                                x0 + ts.tile_w - 1);
+      const unsigned ballot = __ballot_sync(0xffffffffu, hit);
+      __syncthreads();  // the previous batch is done with list and warp_counts
+      if (lane == 0) warp_counts[warp] = __popc(ballot);
+      __syncthreads();
+      int64_t before = 0, count = 0;
+      for (unsigned w = 0; w < blockDim.x / 32; ++w) {
+        if (w < warp) before += warp_counts[w];
+        count += warp_counts[w];
+      }
+      if (hit) list[before + __popc(ballot & ((1u << lane) - 1u))] = mine;
+      __syncthreads();
+
+      for (int64_t li = 0; li < count; ++li) {
+        const int64_t k = list[li];
+        for (int64_t b0 = 0; b0 < bins; b0 += kUnitBins) {
+          const int64_t nb = imin(kUnitBins, bins - b0);
+          load_samplers(s, a.rois, k, b0, nb, u);
+          for (int64_t p0 = 0, p1; p0 < nb; p0 = p1) {
+            p1 = pass_end(u, p0, nb);
+            const bool tabled = u.off[p1] - u.off[p0] <= u.cap;
+            if (tabled) fill_table(u, p0, p1, make);
+            const PassView<G, Maker> sample{&u, &make, u.off[p0], tabled};
+            for (int64_t bl = p0; active && bl < p1; ++bl) {
+              const int64_t bin = b0 + bl;
+              if (ps_op && bin != my_bin) continue;
+              const int64_t o = s.output_offset(k, c, bin);
+              const A g = load<A>(a.in[o]);
+              if (g == A(0)) continue;  // it would add exact zeros
+              const BinSampler<G>& b = u.samplers[bl];
+              const int64_t nsamples = b.count();
+              // The CPU kernel's expressions: g * w / count (avg), g * w (max).
+              if (s.mode == PoolMode::kAvg) {
+                const A divisor = A(b.divisor);
+                for (int64_t i = 0; i < nsamples; ++i) {
+                  const TileEntry<G> e = sample(bl, i);
+                  for (int j = 0; j < 4; ++j)
+                    if (e.loc[j] >= 0) acc[e.loc[j] * stride + tid] += g * A(e.w[j]) / divisor;
+                }
+              } else {
+                const int32_t w = a.winner_in[o];
+                if (w < 0 || w >= nsamples) continue;
+                const TileEntry<G> e = sample(bl, w);
+                for (int j = 0; j < 4; ++j)
+                  if (e.loc[j] >= 0) acc[e.loc[j] * stride + tid] += g * A(e.w[j]);
+              }
+            }
+            __syncthreads();  // the next pass rewrites the table
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // Write the tile: channel-fastest for NHWC, pixel-fastest for NCHW.
+    const int64_t cells = tile_px * ts.group;
+    for (int64_t i = tid; i < cells; i += blockDim.x) {
+      int64_t px, cl, py, pxx;
+      if (s.layout == Layout::kNHWC) divmod(i, ts.group, &px, &cl); else divmod(i, tile_px, &cl, &px);
+      divmod(px, ts.tile_w, &py, &pxx);
+      const int64_t yy = y0 + py, xx = x0 + pxx;
+      const int64_t c_in = group * ts.group + cl;
+      if (yy < s.H && xx < s.W && c_in < s.C)
+        a.out[s.feature_offset(n, c_in, yy * s.W + xx)] = store<T>(acc[px * stride + cl]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ host side
+
+int multiprocessors() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      sms <= 0)
+    return 132;
+  return sms;
+}
+
+unsigned grid_size(int64_t blocks) {
+  return unsigned(imax<int64_t>(1, imin<int64_t>(blocks, int64_t(1) << 30)));
+}
+
+template <typename T>
+Args<T> base_args(const RoiShape& s, const typename Types<T>::Geometry* rois) {
+  Args<T> a{};
+  a.s = s;
+  a.rois = rois;
+  a.splits = 1;
+  return a;
+}
+
+template <typename T, Kind K>
+cudaError_t launch_items(Args<T> a, cudaStream_t stream) {
+  using G = typename Types<T>::Geometry;
+  using Entry = typename KindMaker<T, K>::type::Entry;
+  const RoiShape& s = a.s;
+  const int64_t bins = s.bins();
+  if (s.K == 0 || s.Cout == 0) return cudaSuccess;
+  a.cap = int64_t(kItemsTableBytes / sizeof(Entry));
+  // Units: (roi, chunk of bins, channel range). Split channels only when the
+  // rois alone do not give ~8 resident blocks per multiprocessor, keeping
+  // >= 256 items per block.
+  const int64_t chunks = (bins + kUnitBins - 1) / kUnitBins;
+  const int64_t units = s.K * chunks;
+  const int64_t target = int64_t(multiprocessors()) * 8;
+  if (units < target) {
+    const int64_t items = imin(bins, kUnitBins) * s.Cout;
+    a.splits = imax<int64_t>(1, imin((target + units - 1) / units, items / 256));
+    a.splits = imin(a.splits, s.Cout);
+  }
+  items_kernel<T, K><<<grid_size(units * a.splits), kThreads, unit_bytes<G, Entry>(a.cap),
+                       stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t gather_backward(Args<T> a, cudaStream_t stream) {
+  using G = typename Types<T>::Geometry;
+  using A = typename Types<T>::Accum;
+  const RoiShape& s = a.s;
+  if (s.N == 0 || s.C == 0 || s.H == 0 || s.W == 0) return cudaSuccess;
+  TileShape ts;
+  ts.group = imin<int64_t>((s.C + 31) / 32 * 32, sizeof(A) == 8 ? 32 : 64);
+  // ~26 KiB of accumulators in 16-pixel-wide tiles (a 64-byte float32 row per plane).
+  ts.tile_w = 16;
+  ts.tile_h = imax<int64_t>(
+      1, imin<int64_t>(16, int64_t(26 * 1024 / sizeof(A)) / ((ts.group + 1) * ts.tile_w)));
+  ts.tiles_y = (s.H + ts.tile_h - 1) / ts.tile_h;
+  ts.tiles_x = (s.W + ts.tile_w - 1) / ts.tile_w;
+  ts.groups = (s.C + ts.group - 1) / ts.group;
+  const size_t head = align16(sizeof(A) * size_t(ts.tile_h * ts.tile_w * (ts.group + 1))) +
+                      align16(sizeof(int64_t) * size_t(ts.group));
+  const size_t fixed = head + unit_bytes<G, TileEntry<G>>(0);
+  // Entries are 16-byte multiples, so the table adds no alignment padding.
+  static_assert(sizeof(TileEntry<G>) % 16 == 0, "tile entries pad");
+  a.cap = imax<int64_t>(
+      1, int64_t((kSmemBytes - kStaticSmemMargin - fixed) / sizeof(TileEntry<G>)));
+  const size_t bytes = head + unit_bytes<G, TileEntry<G>>(a.cap);
+  gather_backward_kernel<T><<<grid_size(s.N * ts.groups * ts.tiles_y * ts.tiles_x),
+                              unsigned(ts.group), bytes, stream>>>(a, ts);
+  return cudaGetLastError();
+}
+
+// Features with an empty spatial extent: nothing can be read; outputs are zeros.
+bool empty_map(const RoiShape& s) { return s.H == 0 || s.W == 0; }
+
+}  // namespace
+
+template <typename T>
+cudaError_t Launch<T>::forward(const RoiShape& s, const T* features, const G* rois, T* out,
+                               int32_t* winner, cudaStream_t stream) {
+  const bool max = s.mode == PoolMode::kMax;
+  if (empty_map(s)) {
+    const size_t n = size_t(s.K * s.Cout * s.bins());
+    if (n == 0) return cudaSuccess;
+    cudaMemsetAsync(out, 0, n * sizeof(T), stream);
+    if (max) cudaMemsetAsync(winner, 0xff, n * sizeof(int32_t), stream);  // all -1
+    return cudaGetLastError();
+  }
+  Args<T> a = base_args<T>(s, rois);
+  a.in = features;
+  a.out = out;
+  a.winner_out = max ? winner : nullptr;
+  return launch_items<T, Kind::kForward>(a, stream);
+}
+
+template <typename T>
+cudaError_t Launch<T>::forward_selected(const RoiShape& s, const T* features, const G* rois,
+                                        const int32_t* winner, T* out, cudaStream_t stream) {
+  if (empty_map(s)) {
+    const size_t n = size_t(s.K * s.Cout * s.bins());
+    if (n != 0) cudaMemsetAsync(out, 0, n * sizeof(T), stream);
+    return cudaGetLastError();
+  }
+  Args<T> a = base_args<T>(s, rois);
+  a.in = features;
+  a.out = out;
+  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
+  return launch_items<T, Kind::kSelected>(a, stream);
+}
+
+template <typename T>
+cudaError_t Launch<T>::backward_features(const RoiShape& s, const T* cotangent, const G* rois,
+                                         const int32_t* winner, T* grad_features,
+                                         bool deterministic, cudaStream_t stream) {
+  using A = typename Types<T>::Accum;
+  Args<T> a = base_args<T>(s, rois);
+  a.in = cotangent;
+  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
+  if constexpr (std::is_same_v<T, A>) {
+    if (!deterministic) {
+      const size_t n = size_t(s.N * s.C * s.H * s.W);
+      if (n == 0) return cudaSuccess;
+      cudaMemsetAsync(grad_features, 0, n * sizeof(T), stream);  // +0.0
+      a.grad = grad_features;
+      return launch_items<T, Kind::kBackwardAtomic>(a, stream);
+    }
+  }
+  a.out = grad_features;
+  return gather_backward<T>(a, stream);
+}
+
+template <typename T>
+cudaError_t Launch<T>::forward_boxes(const RoiShape& s, const T* features, const G* rois,
+                                     const G* rois_dot, const int32_t* winner, T* out_dot,
+                                     cudaStream_t stream) {
+  if (empty_map(s)) {
+    const size_t n = size_t(s.K * s.Cout * s.bins());
+    if (n != 0) cudaMemsetAsync(out_dot, 0, n * sizeof(T), stream);
+    return cudaGetLastError();
+  }
+  Args<T> a = base_args<T>(s, rois);
+  a.in = features;
+  a.rois_dot = rois_dot;
+  a.out = out_dot;
+  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
+  return launch_items<T, Kind::kForwardBoxes>(a, stream);
+}
+
+template <typename T>
+cudaError_t Launch<T>::backward_boxes(const RoiShape& s, const T* features, const G* rois,
+                                      const T* cotangent, const int32_t* winner, G* grad_rois,
+                                      cudaStream_t stream) {
+  if (s.K == 0) return cudaSuccess;
+  if (empty_map(s)) {
+    cudaMemsetAsync(grad_rois, 0, size_t(s.K * s.roi_stride()) * sizeof(G), stream);
+    return cudaGetLastError();
+  }
+  Args<T> a = base_args<T>(s, rois);
+  a.in = features;
+  a.ct = cotangent;
+  a.grad_rois = grad_rois;
+  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
+  a.cap = int64_t(kItemsTableBytes / sizeof(VjpEntry<G>));
+  boxes_grad_kernel<T><<<grid_size(s.K), kThreads, unit_bytes<G, VjpEntry<G>>(a.cap), stream>>>(a);
+  return cudaGetLastError();
+}
+
+template struct Launch<float>;
+template struct Launch<double>;
+template struct Launch<Half>;
+template struct Launch<BFloat16>;
+
+}  // namespace jax_roialign::cuda
