@@ -138,16 +138,31 @@ def jax_timers(fn, args, features, rois, cotangent, layout):
             lambda: jax.block_until_ready(forward_backward(features, rois, cotangent)))
 
 
+def torch_device():
+    """Where torchvision runs: CUDA when JAX runs on a GPU and torch sees one, so the
+    peers are timed on the same device; else the CPU."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def torch_timers(fn, args, features, rois, cotangent):
     import torch
+
+    device = torch_device()
+    features, rois, cotangent = (t.to(device) for t in (features, rois, cotangent))
+    # CUDA launches are asynchronous: wait for the work, as block_until_ready does.
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def forward():
         with torch.no_grad():
             fn(features, rois, *args)
+        sync()
 
     def forward_backward():
         x = features.detach().requires_grad_(True)
         fn(x, rois, *args).backward(cotangent)
+        sync()
 
     return forward, forward_backward
 

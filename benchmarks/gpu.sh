@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU, jax's CUDA plugin, nvcc and cmake (and, if wanted,
+# torch + torchvision): build with CUDA, run the GPU tests, time every operator against
+# torchvision CUDA on the same device, and write the table next to this script.
+#   bash benchmarks/gpu.sh [out-dir]     (from the repository root)
+set -euo pipefail
+out=${1:-benchmarks}
+JAX_ROIALIGN_CUDA=ON python -m pip install --no-build-isolation -q ".[test]" 2>&1 | tail -n 3
+python -c "import jax, jax_roialign as j; print(jax.devices(), j.kernel_platforms())"
+(cd tests && python -m pytest -q -x test_gpu.py) | tee "$out/gpu_tests.txt"
+{
+  echo "# $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  echo "# command: python -m jax_roialign bench --peers jax_roialign,torchvision --layout NCHW"
+  python -m jax_roialign bench --peers jax_roialign,torchvision --layout NCHW
+  echo "# command: python -m jax_roialign bench --peers jax_roialign,torchvision --layout NHWC"
+  python -m jax_roialign bench --peers jax_roialign,torchvision --layout NHWC
+} 2>&1 | tee "$out/gpu_bench.txt"
