@@ -24,7 +24,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax._src import dispatch
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching

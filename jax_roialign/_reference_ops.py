@@ -410,7 +410,7 @@ def ps_roi_align_core(features, rois, pooled_height: int, pooled_width: int,
         return jnp.where(m, acc + val, acc)
 
     acc = jnp.zeros((k, PH, PW, c), gdt)
-    if 0 < sr * sr <= _MAX_UNROLLED_SAMPLES:
+    if sr > 0 and sr * sr <= _MAX_UNROLLED_SAMPLES:
         # Unrolled, iy-major; each sample recomputed in the backward pass.
         for st in range(sr * sr):
             acc = jax.checkpoint(step)(acc, st // sr, st % sr)

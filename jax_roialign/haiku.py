@@ -32,32 +32,9 @@ except ImportError as e:  # exercised by a subprocess test that hides Haiku
 
 import jax_roialign
 
-# Module name -> operator path in jax_roialign (jax_roialign/flax.py has the same table).
-OPERATORS = {
-    "RoIAlign": "roi_align",
-    "RoIPool": "roi_pool",
-    "PSRoIAlign": "ps_roi_align",
-    "PSRoIPool": "ps_roi_pool",
-    "LegacyRoIAlign": "legacy.roi_align",
-    "LegacyRoIAlignAvg": "legacy.roi_align_avg",
-    "LegacyRoIAlignMax": "legacy.roi_align_max",
-}
-
-DEFAULT_LAYOUT = "NHWC"
-
-
-def _operator(path: str):
-    """jax_roialign.<path>, or None when this version of the package lacks it."""
-    obj = jax_roialign
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _config_parameters(op) -> list[inspect.Parameter]:
-    """The operator's parameters after (features, rois), with layout defaulting to NHWC."""
-    params = list(inspect.signature(op).parameters.values())[2:]
-    return [p.replace(default=DEFAULT_LAYOUT) if p.name == "layout" else p for p in params]
+from ._modules import OPERATORS
+from ._modules import config_parameters as _config_parameters
+from ._modules import operator as _operator
 
 
 def _module(name: str, path: str, op) -> type:

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 __all__ = ["ADAPTIVE_GRID_CAP", "roi_align_core", "roi_align", "roi_pool", "ps_roi_align",
