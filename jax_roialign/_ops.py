@@ -61,6 +61,12 @@ def apply(op, features, rois, output_size, spatial_scale=1.0, sampling_ratio=0, 
     )
     params.update(spec.fixed)
     boxes = _args.rois(name, rois, num_images, features.dtype)
+    height, width = (features.shape[2:] if layout == "NCHW" else features.shape[1:3])
+    if height == 0 or width == 0:
+        # An empty map: every sample is outside it, so every output is 0 (and the
+        # kernels' tap arithmetic assumes at least one row and column).
+        out = _primitives.output_shape(features.shape, boxes.array.shape, size, layout, op)
+        return jnp.zeros(out, features.dtype)
     if use_kernels is None:
         use_kernels = _lowering.has_kernels(jax.default_backend())
     if not use_kernels:

@@ -157,13 +157,13 @@ def roi_align_numpy(features, rois, pooled_height, pooled_width, spatial_scale,
                 else:
                     if gh * gw == 0:
                         continue
-                    best = np.full(c, -np.inf, dtype)
+                    best = np.full(c, np.nan, dtype)  # fmax: NaN samples never win
                     if len(ry) * len(rx) < gh * gw:
                         best = np.zeros(c, dtype)  # some sample is outside: a 0 that can win
                     for iy in ry:
                         for ix in rx:
                             best = np.fmax(best, _bilinear(fb, ypos(iy), xpos(ix), T))
-                    out[k, ph, pw] = np.where(np.isneginf(best), 0, best)
+                    out[k, ph, pw] = np.where(np.isnan(best), 0, best)
     return out if layout == "NHWC" else out.transpose(0, 3, 1, 2)
 
 

@@ -244,3 +244,14 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="roi_pool: layout must be one of"):
         jra.roi_pool(f, np.zeros((1, 5)), 2, layout="HWC")
     assert jra.legacy.roi_align_avg(f, np.zeros((1, 5)), 1, 1.0).shape == (1, 10, 1, 1)
+
+
+@pytest.mark.parametrize("op", OPS, ids=OP_IDS)
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0)])
+def test_empty_maps_give_zeros(op, shape):
+    f = jnp.ones((1, op.channels(2, (2, 2))) + shape)
+    rois = jnp.asarray([[0, 0.0, 0.0, 3.0, 3.0]])
+    out, (gf, gr) = jax.value_and_grad(lambda x, r: jnp.sum(op(op.kernel, x, r, (2, 2), 1.0)),
+                                       argnums=(0, 1))(f, rois)
+    assert op(op.kernel, f, rois, (2, 2), 1.0).shape[-2:] == (2, 2)
+    assert out == 0 and gf.shape == f.shape and np.all(gr == 0)
