@@ -30,6 +30,7 @@ def test_default_config_float32_under_jit_grad_vmap():
     """Users run with x64 off: everything stays float32 and works."""
     code = r"""
 import jax, jax.numpy as jnp, numpy as np
+import jax_roialign as jra
 assert not jax.config.jax_enable_x64
 f = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 8, 8)), jnp.float32)
 boxes = jnp.asarray([[[1., 1., 5., 6.]], [[0.5, 2., 7., 7.]]])
