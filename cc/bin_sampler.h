@@ -7,6 +7,7 @@
 // ordinal of the first sample that is an implicit 0 decides ties.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "legacy.h"
@@ -57,7 +58,9 @@ struct BinSampler {
           ax.position_derivative(pw, ix, &d->x_lo, &d->x_hi);
         }
         break;
-      default:  // legacy lattices: node (ph + iy, pw + ix)
+      case Op::kLegacy:
+      case Op::kLegacyAvg:
+      case Op::kLegacyMax:  // lattice node (ph + iy, pw + ix)
         ty = ly.tap(ly.position(ph + iy));
         tx = lx.tap(lx.position(pw + ix));
         if (d) {
@@ -72,7 +75,7 @@ struct BinSampler {
 };
 
 template <typename G>
-JRA_HD BinSampler<G> bin_sampler(const RoiShape& s, const G* rois, int64_t k, int64_t bin) {
+JRA_HD BinSampler<G> bin_sampler(const RoiCall& s, const G* rois, int64_t k, int64_t bin) {
   BinSampler<G> b{};
   b.op = s.op;
   b.image = roi_image(s, rois, k);
@@ -120,7 +123,9 @@ JRA_HD BinSampler<G> bin_sampler(const RoiShape& s, const G* rois, int64_t k, in
       if (avg && b.count() > 0) b.divisor = double(G(b.count()));
       break;
     }
-    default: {  // legacy: the span x span lattice nodes from (ph, pw)
+    case Op::kLegacy:
+    case Op::kLegacyAvg:
+    case Op::kLegacyMax: {  // the span x span lattice nodes from (ph, pw)
       const int64_t span = legacy_span(s.op);
       b.ly = legacy_axis(c[1], c[3], s, legacy_nodes(s.op, s.PH), s.H);
       b.lx = legacy_axis(c[0], c[2], s, legacy_nodes(s.op, s.PW), s.W);
@@ -143,6 +148,46 @@ JRA_HD BinSampler<G> bin_sampler(const RoiShape& s, const G* rois, int64_t k, in
     }
   }
   return b;
+}
+
+// The feature cells roi k may read, [y0, y1] x [x0, x1] (inclusive, a
+// conservative bound; NaN where a coordinate is NaN, which no comparison
+// excludes). The deterministic CUDA backward skips the rois whose footprint
+// misses a tile.
+struct Footprint {
+  double y0, y1, x0, x1;
+};
+
+// The scaled box widened by `margin` cells and the rounding of its corners.
+JRA_HD Footprint near_box(double x1, double y1, double x2, double y2, double scale,
+                          double margin) {
+  using std::fabs;
+  using std::fmax;
+  using std::fmin;
+  x1 *= scale; y1 *= scale; x2 *= scale; y2 *= scale;
+  const double my = margin + 1e-5 * (fabs(y1) + fabs(y2));
+  const double mx = margin + 1e-5 * (fabs(x1) + fabs(x2));
+  return Footprint{fmin(y1, y2) - my, fmax(y1, y2) + my, fmin(x1, x2) - mx, fmax(x1, x2) + mx};
+}
+
+template <typename G>
+JRA_HD Footprint roi_footprint(const RoiCall& s, const G* rois, int64_t k) {
+  const G* c = roi_corners(s, rois, k);
+  switch (s.op) {
+    // Each reads within a cell or two of its scaled box: the taps, the
+    // unaligned size clamp to 1, the 0.5 offset, legacy's +1 size, roi_pool's
+    // rounding and +1. Four cells of margin hold them all.
+    case Op::kRoiAlign:
+    case Op::kPsRoiAlign:
+    case Op::kRoiPool:
+    case Op::kPsRoiPool:
+    case Op::kLegacy:
+    case Op::kLegacyAvg:
+    case Op::kLegacyMax:
+      return near_box(double(c[0]), double(c[1]), double(c[2]), double(c[3]), s.spatial_scale,
+                      4.0);
+  }
+  return Footprint{-1e300, 1e300, -1e300, 1e300};  // unreachable: every operator is a case
 }
 
 }  // namespace jax_roialign

@@ -1,4 +1,4 @@
-// The faster-rcnn.pytorch RoIAlign layers' math (SPEC.md "legacy"): one
+// The faster-rcnn.pytorch RoIAlign layers' math (docs/semantics.md, "legacy"): one
 // bilinear point per lattice node, the lattice spanning the roi with a +1
 // size and (L - 1) intervals; a node outside [0, H) x [0, W) is 0, a node on
 // [H-1, H) extrapolates from rows H-2, H-1. Fixed here, unlike the original:
@@ -50,7 +50,7 @@ struct LegacyAxis {
 
 // `nodes` is the lattice size L >= 2 along this axis.
 template <typename G>
-JRA_HD LegacyAxis<G> legacy_axis(G lo, G hi, const RoiShape& s, int64_t nodes, int64_t extent) {
+JRA_HD LegacyAxis<G> legacy_axis(G lo, G hi, const RoiCall& s, int64_t nodes, int64_t extent) {
   LegacyAxis<G> a;
   a.scale = G(s.spatial_scale);
   a.start = lo * a.scale;

@@ -80,7 +80,7 @@ JRA_HD Half to_half(float f) {
 }
 
 // Per storage type: `Geometry` for box coordinates and sample positions (float32,
-// float64 for float64 features, as SPEC.md says), `Accum` for sums.
+// float64 for float64 features, docs/semantics.md), `Accum` for sums.
 template <typename T> struct Types;
 template <> struct Types<float> { using Geometry = float; using Accum = float; };
 template <> struct Types<double> { using Geometry = double; using Accum = double; };

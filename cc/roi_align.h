@@ -1,4 +1,4 @@
-// roi_align's math, once (SPEC.md "roi_align", and ps_roi_align, which is its
+// roi_align's math, once (docs/semantics.md, "roi_align", and ps_roi_align, which is its
 // aligned geometry): box geometry, the sampling grid, the window test, the
 // bilinear taps and their derivatives. Compiled
 // by the CPU kernels and by nvcc; every function is host+device and free of
@@ -49,7 +49,7 @@ struct AxisGeometry {
 };
 
 template <typename G>
-JRA_HD AxisGeometry<G> axis_geometry(G lo, G hi, const RoiShape& s, int64_t bins,
+JRA_HD AxisGeometry<G> axis_geometry(G lo, G hi, const RoiCall& s, int64_t bins,
                                      int64_t extent) {
   AxisGeometry<G> a;
   const G scale = G(s.spatial_scale);
@@ -114,7 +114,7 @@ JRA_HD void window_range(const AxisGeometry<G>& a, int64_t p, int64_t* lo, int64
   *hi = h;
 }
 
-// The bilinear taps of an in-window sample along one axis (SPEC.md's clamp:
+// The bilinear taps of an in-window sample along one axis (docs/semantics.md's clamp:
 // y <= 0 reads row 0, the last row reads itself; both have slope 0).
 template <typename G>
 JRA_HD AxisTap<G> axis_tap(G v, int64_t extent) {
@@ -144,7 +144,7 @@ struct RoiGeometry {
 };
 
 template <typename G>
-JRA_HD RoiGeometry<G> roi_geometry(const RoiShape& s, const G* rois, int64_t k) {
+JRA_HD RoiGeometry<G> roi_geometry(const RoiCall& s, const G* rois, int64_t k) {
   RoiGeometry<G> r;
   r.image = roi_image(s, rois, k);
   const G* c = roi_corners(s, rois, k);

@@ -13,24 +13,51 @@ namespace jax_roialign {
 enum class Layout : int64_t { kNCHW = 0, kNHWC = 1 };
 enum class PoolMode : int64_t { kAvg = 0, kMax = 1 };
 
-// The operators (SPEC.md). The code is the FFI attribute "op".
-enum class Op : int64_t {
-  kRoiAlign = 0,     // roi_align.h, avg or max
-  kRoiPool = 1,      // roi_pool.h, max over cells
-  kPsRoiAlign = 2,   // roi_align.h geometry, position-sensitive channels, avg
-  kPsRoiPool = 3,    // roi_pool.h cells, position-sensitive channels, avg
-  kLegacy = 4,       // legacy.h: one lattice point per bin
-  kLegacyAvg = 5,    // legacy.h: 2x2 average of lattice points
-  kLegacyMax = 6,    // legacy.h: 2x2 max of lattice points
-};
-constexpr int64_t kNumOps = 7;
+// The operators, listed once: X(enum name, Python name, position-sensitive
+// channels, has a box derivative). The Python name is the operator's key in
+// jax_roialign/_src/operators.py; the compiled modules export this table
+// (bindings.h), and the code of an operator is its position here. The math of
+// each is in its header (docs/semantics.md defines it).
+//   roi_align      roi_align.h, avg or max
+//   roi_pool       roi_pool.h, max over cells (piecewise constant in the box)
+//   ps_roi_align   roi_align.h geometry, position-sensitive channels, avg
+//   ps_roi_pool    roi_pool.h cells, position-sensitive channels, avg
+//   legacy         legacy.h: one lattice point per bin
+//   legacy_avg     legacy.h: 2x2 average of lattice points
+//   legacy_max     legacy.h: 2x2 max of lattice points
+#define JRA_OPERATORS(X)                              \
+  X(kRoiAlign, roi_align, false, true)                \
+  X(kRoiPool, roi_pool, false, false)                 \
+  X(kPsRoiAlign, ps_roi_align, true, true)            \
+  X(kPsRoiPool, ps_roi_pool, true, false)             \
+  X(kLegacy, legacy, false, true)                     \
+  X(kLegacyAvg, legacy_avg, false, true)              \
+  X(kLegacyMax, legacy_max, false, true)
 
-JRA_HD bool position_sensitive(Op op) { return op == Op::kPsRoiAlign || op == Op::kPsRoiPool; }
+#define JRA_OP_ENUM(id, name, ps, box) id,
+enum class Op : int64_t { JRA_OPERATORS(JRA_OP_ENUM) };
+#undef JRA_OP_ENUM
+#define JRA_OP_COUNT(id, name, ps, box) +1
+constexpr int64_t kNumOps = 0 JRA_OPERATORS(JRA_OP_COUNT);
+#undef JRA_OP_COUNT
+
+JRA_HD bool position_sensitive(Op op) {
+#define JRA_OP_PS(id, name, ps, box) if (op == Op::id) return ps;
+  JRA_OPERATORS(JRA_OP_PS)
+#undef JRA_OP_PS
+  return false;
+}
+
 // The pool ops are piecewise constant in the box corners: no box derivative.
-JRA_HD bool has_box_derivative(Op op) { return op != Op::kRoiPool && op != Op::kPsRoiPool; }
+JRA_HD bool has_box_derivative(Op op) {
+#define JRA_OP_BOX(id, name, ps, box) if (op == Op::id) return box;
+  JRA_OPERATORS(JRA_OP_BOX)
+#undef JRA_OP_BOX
+  return false;
+}
 
-// Static shape and attributes of one call.
-struct RoiShape {
+// The static shape and the attributes of one kernel call.
+struct RoiCall {
   Op op;
   int64_t N, C, H, W;     // features (C input channels)
   int64_t Cout;           // output channels: C, or C / (PH * PW) position-sensitive
@@ -64,7 +91,7 @@ struct RoiShape {
 // Image of roi k, or -1 when its batch index is not an integer in [0, N)
 // (NaN included): such a roi reads nothing, writes zeros, gets no gradient.
 template <typename G>
-JRA_HD int64_t roi_image(const RoiShape& s, const G* rois, int64_t k) {
+JRA_HD int64_t roi_image(const RoiCall& s, const G* rois, int64_t k) {
   if (s.R > 0) return k / s.R;
   const G b = rois[k * 5];
   if (!(b >= G(0) && b < G(s.N)) || b != G(int64_t(b))) return -1;
@@ -73,7 +100,7 @@ JRA_HD int64_t roi_image(const RoiShape& s, const G* rois, int64_t k) {
 
 // Pointer to roi k's (x1, y1, x2, y2).
 template <typename G>
-JRA_HD const G* roi_corners(const RoiShape& s, const G* rois, int64_t k) {
+JRA_HD const G* roi_corners(const RoiCall& s, const G* rois, int64_t k) {
   return rois + k * s.roi_stride() + (s.R > 0 ? 0 : 1);
 }
 

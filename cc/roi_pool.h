@@ -1,12 +1,10 @@
-// roi_pool and ps_roi_pool's math (SPEC.md; torchvision's CPU kernels):
+// roi_pool and ps_roi_pool's math (docs/semantics.md; torchvision's CPU kernels):
 // corners rounded half away from zero, bins with float edges floor/ceil,
 // clipped to the map. roi_pool clips edges to [0, H] and takes +1 in the roi
 // size; ps_roi_pool clips to [0, H-1] (so its forward never reads the last
 // row or column, as torchvision's) and takes no +1.
-//
-// SPEC.md says "integer arithmetic for the bin edges"; torchvision computes
-// them in floating point (ceil((p+1) * (size/P)) can exceed the integer
-// answer, e.g. P = 7, size = 29 in float64), and we follow torchvision.
+// Bin edges are floating point, as torchvision computes them: ceil((p+1) *
+// (size/P)) can exceed the integer answer (P = 7, size = 29 in float64).
 #pragma once
 
 #include <cmath>
@@ -49,7 +47,7 @@ JRA_HD int64_t round_corner(G v) {
 
 // One axis of a roi: `lo`, `hi` in input pixels; `bins` P; `extent` H.
 template <typename G>
-JRA_HD PoolAxis<G> pool_axis(G lo, G hi, const RoiShape& s, int64_t bins, int64_t extent) {
+JRA_HD PoolAxis<G> pool_axis(G lo, G hi, const RoiCall& s, int64_t bins, int64_t extent) {
   PoolAxis<G> a;
   const G scale = G(s.spatial_scale);
   const G l = lo * scale, h = hi * scale;

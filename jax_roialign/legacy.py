@@ -12,28 +12,8 @@ then each bin to integer cells), so its pooled features are misaligned with the
 box; RoIAlign keeps coordinates real and interpolates.
 """
 
-from __future__ import annotations
-
-from ._ops import apply as _apply
+from ._src.api import legacy_roi_align as roi_align
+from ._src.api import legacy_roi_align_avg as roi_align_avg
+from ._src.api import legacy_roi_align_max as roi_align_max
 
 __all__ = ["roi_align", "roi_align_avg", "roi_align_max"]
-
-
-def roi_align(features, rois, output_size, spatial_scale, *, layout="NCHW", deterministic=None):
-    """``RoIAlign(AH, AW, s)``: the (AH, AW) lattice itself (AH, AW >= 2)."""
-    return _apply("legacy", features, rois, output_size, spatial_scale, layout=layout,
-                  deterministic=deterministic, public_name="legacy.roi_align")
-
-
-def roi_align_avg(features, rois, output_size, spatial_scale, *, layout="NCHW",
-                  deterministic=None):
-    """``RoIAlignAvg(AH, AW, s)``: an (AH+1, AW+1) lattice, then a 2x2 average pool, stride 1."""
-    return _apply("legacy_avg", features, rois, output_size, spatial_scale, layout=layout,
-                  deterministic=deterministic, public_name="legacy.roi_align_avg")
-
-
-def roi_align_max(features, rois, output_size, spatial_scale, *, layout="NCHW",
-                  deterministic=None):
-    """``RoIAlignMax(AH, AW, s)``: an (AH+1, AW+1) lattice, then a 2x2 max pool, stride 1."""
-    return _apply("legacy_max", features, rois, output_size, spatial_scale, layout=layout,
-                  deterministic=deterministic, public_name="legacy.roi_align_max")

@@ -1,10 +1,10 @@
-"""Plain-Python loop transcription of SPEC.md's roi_align: the tests' independent oracle.
+"""Plain-Python loop transcription of docs/semantics.md's roi_align: the tests' independent oracle.
 
 Like torchvision's ``test_ops.py`` reference: scalar loops, no vectorisation, float64 by
 default.  With ``dtype=np.float32`` every operation is an IEEE float32 operation on NumPy
 scalars in torchvision's CPU order (no FMA), which emulates torchvision bit for bit.
 
-The adaptive grid is unbounded (``adaptive_grid_cap=None``, SPEC.md) or clamped like the
+The adaptive grid is unbounded (``adaptive_grid_cap=None``, docs/semantics.md) or clamped like the
 pure-JAX reference.  Samples outside ``[-1, H] x [-1, W]`` are never visited one by one:
 the in-window index range is found from the (monotone) sample positions, so a box of
 1e9 pixels costs what a box the size of the map costs.
@@ -89,7 +89,7 @@ def _window_range(pos, g, size):
 
 
 def _axis(v, size, T):
-    """SPEC.md per-axis bilinear rules: (low, high, l, clamped)."""
+    """docs/semantics.md per-axis bilinear rules: (low, high, l, clamped)."""
     clamped = False
     if v <= 0:
         v = T(0)
@@ -122,7 +122,7 @@ def _nhwc(features, layout):
 def roi_align_numpy(features, rois, pooled_height, pooled_width, spatial_scale,
                     sampling_ratio, aligned, mode, layout, dtype=np.float64,
                     adaptive_grid_cap=None):
-    """SPEC.md roi_align, scalar loops in ``dtype`` (float64 by default).
+    """docs/semantics.md roi_align, scalar loops in ``dtype`` (float64 by default).
 
     Returns ``(K, C, PH, PW)`` (NCHW) or ``(K, PH, PW, C)`` (NHWC) in ``dtype``.
     """
@@ -171,7 +171,7 @@ def roi_align_numpy_box_grad(features, rois, cot, pooled_height, pooled_width,
                              spatial_scale, sampling_ratio, aligned, layout,
                              adaptive_grid_cap=None):
     """Analytic float64 gradient of ``sum(avg roi_align * cot)`` w.r.t. ``rois[:, 1:5]``,
-    written from SPEC.md's formulas (``∂y/∂y1 = s*(1 - (ph + (iy+.5)/gh)/PH)``, ...), with
+    written from docs/semantics.md's formulas (``∂y/∂y1 = s*(1 - (ph + (iy+.5)/gh)/PH)``, ...), with
     clamped and out-of-window samples contributing 0.  Returns ``(K, 4)``."""
     T = np.float64
     f = _nhwc(features, layout).astype(T)

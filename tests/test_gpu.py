@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import jax_roialign as jra
-from test_family import OPS as FAMILY
-from test_roi_align import edge_rois, smooth_rois, to_layout
+from cases import CASES, IDS, edge_rois, features, smooth_rois, to_layout
 
 
 def _gpus():
@@ -23,19 +22,7 @@ GPUS = _gpus()
 pytestmark = pytest.mark.skipif(not GPUS, reason="no GPU on this machine")
 CPU = jax.devices("cpu")[0]
 
-# (name, fn(features, rois, layout) -> out, has box gradient)
-CASES = [
-    ("roi_align avg", lambda f, r, lay: jra.roi_align(f, r, (3, 2), 0.5, -1, True, layout=lay), True),
-    ("roi_align max", lambda f, r, lay: jra.roi_align(f, r, (3, 2), 0.5, 2, False, mode="max",
-                                                     layout=lay), True),
-] + [(op.name, (lambda op: lambda f, r, lay: op(op.kernel, f, r, (2, 2), 0.5, 2, lay))(op),
-      op.box_grad) for op in FAMILY]
-IDS = [c[0] for c in CASES]
 TOL = {jnp.float32: 1e-5, jnp.float64: 1e-12, jnp.bfloat16: 2e-2, jnp.float16: 2e-3}
-
-
-def channels(name):
-    return 8 if name.startswith("ps_") else 3  # ps ops: 2 outputs x 2x2 bins
 
 
 def on(device, *xs):
@@ -46,9 +33,10 @@ def on(device, *xs):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16])
 def test_gpu_equals_cpu(case, layout, dtype):
-    name, fn, box_grad = case
+    """The same function: tolerances allow only nvcc's FMA contraction."""
+    fn = lambda f, r, lay: case("kernel", f, r, (3, 2), 0.5, -1, True, lay)
     rng = np.random.default_rng(0)
-    f = jnp.asarray(to_layout(rng.normal(size=(2, channels(name), 9, 11)), layout), dtype)
+    f = jnp.asarray(features(case, rng, (3, 2), layout, c_out=3, h=9, w=11), dtype)
     rois = jnp.asarray(edge_rois(2, 9, 11, 0.5, rng), jnp.float64 if dtype == jnp.float64
                        else jnp.float32)
     tol = TOL[dtype]
@@ -64,16 +52,16 @@ def test_gpu_equals_cpu(case, layout, dtype):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_gpu_transforms(case):
-    name, fn, box_grad = case
+    fn = lambda f, r, lay: case("kernel", f, r, (2, 2), 0.5, 2, True, lay)
     rng = np.random.default_rng(1)
-    f = jnp.asarray(rng.normal(size=(3, 2, channels(name), 7, 7)), jnp.float32)
+    f = jnp.asarray(rng.normal(size=(3, 2, case.channels(2, (2, 2)), 7, 7)), jnp.float32)
     boxes = jnp.asarray(np.stack([smooth_rois(rng, 4, 7, 7, 0.5)[:, 1:].reshape(2, 2, 4)
                                   for _ in range(3)]), jnp.float32)
     f, boxes = on(GPUS[0], f, boxes)
     got = jax.jit(jax.vmap(lambda x, b: fn(x, b, "NCHW")))(f, boxes)
     want = jnp.stack([fn(f[i], boxes[i], "NCHW") for i in range(3)])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    if box_grad:
+    if case.box_derivative:
         t = jnp.ones_like(boxes[0])
         _, jvp = jax.jvp(lambda b: fn(f[0], b, "NCHW"), (boxes[0],), (t,))
         vjp = jax.grad(lambda b: jnp.sum(fn(f[0], b, "NCHW")))(boxes[0])

@@ -14,30 +14,14 @@ import numpy as np
 import pytest
 
 import jax_roialign as jra
+from cases import CASES
 
 CHANNELS = 18  # divisible by 3x3, so the position-sensitive ops take it too
 
-# (module name, operator path, positional configuration, keyword configuration)
-CASES = [
-    ("RoIAlign", "roi_align", (3, 0.5, 2, True), {}),
-    ("RoIAlign", "roi_align", (3, 0.5), {"mode": "max"}),
-    ("RoIPool", "roi_pool", (3, 0.5), {}),
-    ("PSRoIAlign", "ps_roi_align", (3, 0.5, 2), {}),
-    ("PSRoIPool", "ps_roi_pool", (3, 0.5), {}),
-    ("LegacyRoIAlign", "legacy.roi_align", (3, 0.5), {}),
-    ("LegacyRoIAlignAvg", "legacy.roi_align_avg", (3, 0.5), {}),
-    ("LegacyRoIAlignMax", "legacy.roi_align_max", (3, 0.5), {}),
-]
-IDS = [f"{c[0]}-{c[3].get('mode', '')}".rstrip("-") for c in CASES]
-
-
-def operator_or_skip(path):
-    op = jra
-    for part in path.split("."):
-        op = getattr(op, part, None)
-    if op is None:
-        pytest.skip(f"jax_roialign.{path} is not in this version of the core yet")
-    return op
+# (module name, the function, keyword configuration): one per operator case.
+MODULE_CASES = [(c.op.module, c.fn, {k: v for k, v in c.kwargs(2, True).items() if k != "layout"})
+                for c in CASES]
+IDS = [c.id for c in CASES]
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +34,14 @@ def data():
     return images, boxes
 
 
-def check_against_function(path, op, args, kwargs, out, features, boxes):
+def check_against_function(fn, kwargs, out, features, boxes):
     """The module's output equals the function's, in NHWC (the modules' default)."""
-    expected = op(features, boxes, *args, layout="NHWC", **kwargs)
+    expected = fn(features, boxes, *ARGS, layout="NHWC", **kwargs)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
-    assert out.shape == (2, 3, 3, 3, CHANNELS // 9 if path.startswith("ps_") else CHANNELS)
+    assert out.shape[:4] == (2, 3, 3, 3) and out.shape[4] in (CHANNELS, CHANNELS // 9)
+
+
+ARGS = (3, 0.5)  # output_size, spatial_scale: the positional configuration of every case
 
 
 def check_backbone_grads(kernel_grad):
@@ -64,14 +51,13 @@ def check_backbone_grads(kernel_grad):
 
 # ----------------------------------------------------------------------------- Flax linen
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", MODULE_CASES, ids=IDS)
 def test_linen_module_under_jit_and_grad(case, data):
     nn = pytest.importorskip("flax.linen")
     from jax_roialign import flax as jf
 
-    name, path, args, kwargs = case
-    op = operator_or_skip(path)
-    module = getattr(jf, name)(*args, **kwargs)
+    name, fn, kwargs = case
+    module = getattr(jf, name)(*ARGS, **kwargs)
     images, boxes = data
 
     class Model(nn.Module):
@@ -83,7 +69,7 @@ def test_linen_module_under_jit_and_grad(case, data):
     model = Model()
     params = model.init(jax.random.PRNGKey(0), images, boxes)
     out, features = jax.jit(model.apply)(params, images, boxes)
-    check_against_function(path, op, args, kwargs, out, features, boxes)
+    check_against_function(fn, kwargs, out, features, boxes)
 
     loss = lambda p: jnp.sum(model.apply(p, images, boxes)[0] ** 2)
     grads = jax.jit(jax.grad(loss))(params)
@@ -91,7 +77,7 @@ def test_linen_module_under_jit_and_grad(case, data):
 
     via_module = jax.grad(lambda f: jnp.sum(module.apply({}, f, boxes) ** 2))(features)
     via_function = jax.grad(
-        lambda f: jnp.sum(op(f, boxes, *args, layout="NHWC", **kwargs) ** 2))(features)
+        lambda f: jnp.sum(fn(f, boxes, *ARGS, layout="NHWC", **kwargs) ** 2))(features)
     np.testing.assert_allclose(via_module, via_function, rtol=1e-6, atol=1e-6)
 
 
@@ -123,10 +109,9 @@ def test_linen_signatures_follow_the_functions():
     pytest.importorskip("flax.linen")
     from jax_roialign import flax as jf
 
-    for name, path, _, _ in CASES:
-        op = operator_or_skip(path)
+    for name, fn, _ in MODULE_CASES:
         fields = inspect.signature(getattr(jf, name)).parameters
-        for p in list(inspect.signature(op).parameters.values())[2:]:
+        for p in list(inspect.signature(fn).parameters.values())[2:]:
             default = "NHWC" if p.name == "layout" else p.default
             assert fields[p.name].default == default, (name, p.name)
 
@@ -144,24 +129,21 @@ def test_linen_bad_configuration_is_reported_at_the_call(data):
 
 # ----------------------------------------------------------------------------- Flax nnx
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", MODULE_CASES, ids=IDS)
 def test_nnx_module_under_jit_and_grad(case, data):
     pytest.importorskip("flax")
-    from jax_roialign import flax as jf
-
-    if jf.nnx is None:
-        pytest.skip("the installed Flax has no flax.nnx")
     from flax import nnx
 
-    name, path, args, kwargs = case
-    op = operator_or_skip(path)
+    from jax_roialign import flax as jf
+
+    name, fn, kwargs = case
     images, boxes = data
     pool_type = getattr(jf.nnx, name)
 
     class Model(nnx.Module):
         def __init__(self, rngs):
             self.conv = nnx.Conv(3, CHANNELS, (3, 3), rngs=rngs)
-            self.pool = pool_type(*args, **kwargs)
+            self.pool = pool_type(*ARGS, **kwargs)
 
         def __call__(self, x, b):
             features = self.conv(x)
@@ -169,7 +151,7 @@ def test_nnx_module_under_jit_and_grad(case, data):
 
     model = Model(nnx.Rngs(0))
     out, features = nnx.jit(lambda m, x, b: m(x, b))(model, images, boxes)
-    check_against_function(path, op, args, kwargs, out, features, boxes)
+    check_against_function(fn, kwargs, out, features, boxes)
 
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(images, boxes)[0] ** 2)))(model)
     check_backbone_grads(nnx.state(grads.conv)["kernel"])
@@ -178,9 +160,6 @@ def test_nnx_module_under_jit_and_grad(case, data):
 def test_nnx_import_forms():
     pytest.importorskip("flax")
     from jax_roialign import flax as jf
-
-    if jf.nnx is None:
-        pytest.skip("the installed Flax has no flax.nnx")
     from jax_roialign.flax.nnx import RoIAlign
 
     from jax_roialign.flax.linen import RoIAlign as LinenRoIAlign
@@ -193,23 +172,22 @@ def test_nnx_import_forms():
 
 # ----------------------------------------------------------------------------- Haiku
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", MODULE_CASES, ids=IDS)
 def test_haiku_module_under_jit_and_grad(case, data):
     hk = pytest.importorskip("haiku")
     from jax_roialign import haiku as jh
 
-    name, path, args, kwargs = case
-    op = operator_or_skip(path)
+    name, fn, kwargs = case
     images, boxes = data
 
     def forward(x, b):
         features = hk.Conv2D(CHANNELS, 3)(x)
-        return getattr(jh, name)(*args, **kwargs)(features, b), features
+        return getattr(jh, name)(*ARGS, **kwargs)(features, b), features
 
     model = hk.without_apply_rng(hk.transform(forward))
     params = model.init(jax.random.PRNGKey(0), images, boxes)
     out, features = jax.jit(model.apply)(params, images, boxes)
-    check_against_function(path, op, args, kwargs, out, features, boxes)
+    check_against_function(fn, kwargs, out, features, boxes)
 
     grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, images, boxes)[0] ** 2)))(params)
     check_backbone_grads(grads["conv2_d"]["w"])

@@ -7,14 +7,16 @@ import sys
 
 import pytest
 
-from jax_roialign import _lowering
+from jax_roialign._src import lowering, primitives
 
-KERNELS = ["roi_forward", "roi_forward_selected", "roi_backward_features",
-           "roi_forward_boxes", "roi_backward_boxes"]
+# Each primitive lowers to the kernel of its name (cc/kernel_list.h).
+KERNELS = sorted(p.name.removeprefix("jax_roialign_") for p in (
+    primitives.forward_p, primitives.forward_selected_p, primitives.backward_features_p,
+    primitives.forward_boxes_p, primitives.backward_boxes_p))
 
 
 def test_cpu_module_registers_every_kernel():
-    assert _lowering.KERNELS["cpu"] == sorted(KERNELS)
+    assert lowering.KERNELS["cpu"] == KERNELS
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None or os.environ.get("JAX_ROIALIGN_CUDA") == "OFF",
@@ -22,8 +24,11 @@ def test_cpu_module_registers_every_kernel():
 def test_cuda_module_was_built_and_registers_every_kernel():
     from jax_roialign import _cuda
 
-    assert sorted(_cuda.registrations()) == sorted(KERNELS)
-    assert _lowering.KERNELS["cuda"] == sorted(KERNELS)
+    assert sorted(_cuda.kernels()) == KERNELS
+    assert lowering.KERNELS["cuda"] == KERNELS
+    from jax_roialign import _cpu
+
+    assert _cuda.operators() == _cpu.operators()
 
 
 def test_default_config_float32_under_jit_grad_vmap():

@@ -61,7 +61,7 @@ def _kwargs(params, *names):
 @pytest.mark.parametrize("params, arrays", list(cases("roi_pool")))
 def test_roi_pool_matches_torchvision(params, arrays):
     """Bin edges are computed in floating point, as torchvision does (cases flagged
-    float_bin_edge differ from SPEC.md's integer arithmetic)."""
+    float_bin_edge differ from integer arithmetic)."""
     kw = _kwargs(params, "spatial_scale")
     f = jnp.asarray(arrays["features"])
     out, vjp = jax.vjp(lambda x: jra.roi_pool(x, jnp.asarray(arrays["rois"]), **kw), f)
@@ -72,7 +72,7 @@ def test_roi_pool_matches_torchvision(params, arrays):
 
 @pytest.mark.parametrize("params, arrays", list(cases("ps_roi_align")))
 def test_ps_roi_align_matches_torchvision(params, arrays):
-    """torchvision gives NaN for an empty sampling grid; SPEC.md gives 0."""
+    """torchvision gives NaN for an empty sampling grid; docs/semantics.md gives 0."""
     kw = _kwargs(params, "spatial_scale", "sampling_ratio")
     f = jnp.asarray(arrays["features"])
     out, vjp = jax.vjp(lambda x: jra.ps_roi_align(x, jnp.asarray(arrays["rois"]), **kw), f)

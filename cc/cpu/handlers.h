@@ -1,11 +1,10 @@
-// The CPU FFI handler symbols, one per kernel (see roi_kernels.h); the `op`
-// attribute selects the operator.
+// The CPU FFI handler symbols, jax_roialign_<kernel>_cpu for every kernel of
+// kernel_list.h.
 #pragma once
 
+#include "../kernel_list.h"
 #include "xla/ffi/api/ffi.h"
 
-XLA_FFI_DECLARE_HANDLER_SYMBOL(jax_roialign_roi_forward_cpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(jax_roialign_roi_forward_selected_cpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(jax_roialign_roi_backward_features_cpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(jax_roialign_roi_forward_boxes_cpu);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(jax_roialign_roi_backward_boxes_cpu);
+#define JRA_DECLARE_CPU(kernel) XLA_FFI_DECLARE_HANDLER_SYMBOL(jax_roialign_##kernel##_cpu);
+JRA_KERNELS(JRA_DECLARE_CPU)
+#undef JRA_DECLARE_CPU

@@ -30,7 +30,7 @@ class RoiPlan {
 
   bool valid() const { return image >= 0; }
 
-  void build(const RoiShape& s, const G* rois, int64_t k, bool with_slopes) {
+  void build(const RoiCall& s, const G* rois, int64_t k, bool with_slopes) {
     bins.clear();
     samples.clear();
     ordinals.clear();

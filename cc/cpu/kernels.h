@@ -28,7 +28,7 @@ struct Kernels {
 
   // Input element offset of (image, channel, spatial) and the step between
   // consecutive output channels' input channels.
-  static int64_t channel_step(const RoiShape& s) {
+  static int64_t channel_step(const RoiCall& s) {
     const int64_t plane = s.layout == Layout::kNHWC ? 1 : s.H * s.W;
     return position_sensitive(s.op) ? plane * s.PH * s.PW : plane;
   }
@@ -39,11 +39,11 @@ struct Kernels {
   // arithmetic, and its order, is the per-channel loop's (torchvision's).
   static constexpr int64_t kPlaneBlock = 32;
 
-  static int64_t block(const RoiShape& s, int64_t c0, int64_t c1) {
+  static int64_t block(const RoiCall& s, int64_t c0, int64_t c1) {
     return s.layout == Layout::kNHWC && !position_sensitive(s.op) ? c1 - c0 : kPlaneBlock;
   }
 
-  static void forward_avg(const RoiShape& s, const T* f, const RoiPlan<G>& r, T* out, int64_t k,
+  static void forward_avg(const RoiCall& s, const T* f, const RoiPlan<G>& r, T* out, int64_t k,
                           int64_t c0, int64_t c1, std::vector<A>& acc) {
     const int64_t cs = channel_step(s);
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;  // pixel stride
@@ -79,7 +79,7 @@ struct Kernels {
 
   // Max mode, blocked like forward_avg: per channel, the first largest sample
   // value (same arithmetic as sample_value), then the implicit-0 rule.
-  static void forward_max(const RoiShape& s, const T* f, const RoiPlan<G>& r, T* out,
+  static void forward_max(const RoiCall& s, const T* f, const RoiPlan<G>& r, T* out,
                           int32_t* winner, int64_t k, int64_t c0, int64_t c1,
                           std::vector<A>& best, std::vector<int32_t>& arg) {
     const int64_t cs = channel_step(s);
@@ -133,7 +133,7 @@ struct Kernels {
 
   // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
   // winners (`winner` written) or, with `given`, evaluates given winners.
-  static void forward(const RoiShape& s, const T* f, const G* rois, T* out, int32_t* winner,
+  static void forward(const RoiCall& s, const T* f, const G* rois, T* out, int32_t* winner,
                       const int32_t* given, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
     RoiPlan<G> r;
     std::vector<A> acc;
@@ -174,7 +174,7 @@ struct Kernels {
   // (accumulator typed, zeroed by the caller), all rois in order: each element
   // sums its terms in (roi, bin, sample, corner) order, so the result is
   // bit-identical run to run and for any thread count.
-  static void backward_features(const RoiShape& s, const T* ct, const G* rois,
+  static void backward_features(const RoiCall& s, const T* ct, const G* rois,
                                 const int32_t* winner, A* grad, int64_t c0, int64_t c1) {
     RoiPlan<G> r;
     std::vector<A> g;
@@ -217,7 +217,7 @@ struct Kernels {
   }
 
   // d(out)/d(boxes) . boxes_dot, rows [k0, k1), output channels [c0, c1).
-  static void forward_boxes(const RoiShape& s, const T* f, const G* rois, const G* rois_dot,
+  static void forward_boxes(const RoiCall& s, const T* f, const G* rois, const G* rois_dot,
                             const int32_t* winner, T* out_dot, int64_t k0, int64_t k1,
                             int64_t c0, int64_t c1) {
     RoiPlan<G> r;
@@ -261,7 +261,7 @@ struct Kernels {
 
   // grad_boxes rows [k0, k1): the (x1, y1, x2, y2) slots of each row (a (K, 5)
   // row's batch index slot gets 0). Summed in double, in a fixed order.
-  static void backward_boxes(const RoiShape& s, const T* f, const G* rois, const T* ct,
+  static void backward_boxes(const RoiCall& s, const T* f, const G* rois, const T* ct,
                              const int32_t* winner, G* grad_rois, int64_t k0, int64_t k1) {
     RoiPlan<G> r;
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;

@@ -1,6 +1,6 @@
 // The CUDA FFI handlers of every operator (the `op` attribute picks it): check
-// the buffers (roi_ffi.h, shared with the CPU handlers), dispatch once on the
-// features dtype, enqueue the kernels on XLA's stream (roi_launch.h). They
+// the buffers (ffi_contract.h, shared with the CPU handlers), dispatch once on the
+// features dtype, enqueue the kernels on XLA's stream (launch.h). They
 // only launch work on the given stream -- no allocation, no synchronisation --
 // so they are declared compatible with command buffers (CUDA graphs).
 #include <cuda_runtime_api.h>
@@ -8,25 +8,16 @@
 #include <cstdint>
 #include <string>
 
-#include "../roi_ffi.h"
+#include "../ffi_contract.h"
 #include "handlers.h"
-#include "roi_launch.h"
+#include "launch.h"
 
 namespace jax_roialign::cuda {
 namespace {
 
-// Calls fn(T{}) with the storage type of `dtype`.
 template <typename Fn>
-ffi::Error dispatch_float(ffi::DataType dtype, Fn&& fn) {
-  switch (dtype) {
-    case ffi::DataType::F32: return fn(float{});
-    case ffi::DataType::F64: return fn(double{});
-    case ffi::DataType::F16: return fn(Half{});
-    case ffi::DataType::BF16: return fn(BFloat16{});
-    default:
-      return ffi::Error::InvalidArgument(
-          "jax_roialign: features must be float16, bfloat16, float32 or float64");
-  }
+ffi::Error dispatch_cuda(ffi::DataType dtype, Fn&& fn) {
+  return dispatch_float(dtype, fn, [](ffi::Error e) { return e; });
 }
 
 ffi::Error launch_error(cudaError_t e, const char* kernel) {
@@ -36,7 +27,7 @@ ffi::Error launch_error(cudaError_t e, const char* kernel) {
 }
 
 // The kernels keep a sample's corner offsets within a feature plane in int32.
-ffi::Error check_plane(const RoiShape& s) {
+ffi::Error check_plane(const RoiCall& s) {
   if (s.H > 0 && s.W > INT32_MAX / s.H)
     return ffi::Error::InvalidArgument(
         "jax_roialign: the CUDA kernels need H * W < 2^31 per feature plane, got H = " +
@@ -47,48 +38,48 @@ ffi::Error check_plane(const RoiShape& s) {
 ffi::Error Forward(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                    ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> winner,
                    RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_forward(features, rois, winner->dimensions(), *out, attrs, &s); e.failure())
     return e;
   if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_float(features.element_type(), [&](auto tag) {
+  return dispatch_cuda(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     int32_t* w = s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
     return launch_error(Launch<T>::forward(s, features.reinterpret_data<T>(),
                                            rois.reinterpret_data<G>(), out->reinterpret_data<T>(),
                                            w, stream),
-                        "roi_forward");
+                        "forward");
   });
 }
 
 ffi::Error ForwardSelected(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                            ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> out,
                            RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_forward(features, rois, winner.dimensions(), *out, attrs, &s); e.failure())
     return e;
   if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_float(features.element_type(), [&](auto tag) {
+  return dispatch_cuda(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
     return launch_error(
         Launch<T>::forward_selected(s, features.reinterpret_data<T>(), rois.reinterpret_data<G>(),
                                     w, out->reinterpret_data<T>(), stream),
-        "roi_forward_selected");
+        "forward_selected");
   });
 }
 
 ffi::Error BackwardFeatures(cudaStream_t stream, ffi::AnyBuffer cotangent, ffi::AnyBuffer rois,
                             ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> grad_features,
                             RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_backward_features(cotangent, rois, winner, *grad_features, attrs, &s);
       e.failure())
     return e;
   if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_float(grad_features->element_type(), [&](auto tag) {
+  return dispatch_cuda(grad_features->element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
@@ -97,20 +88,20 @@ ffi::Error BackwardFeatures(cudaStream_t stream, ffi::AnyBuffer cotangent, ffi::
                                      rois.reinterpret_data<G>(), w,
                                      grad_features->reinterpret_data<T>(),
                                      attrs.deterministic != 0, stream),
-        "roi_backward_features");
+        "backward_features");
   });
 }
 
 ffi::Error ForwardBoxes(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                         ffi::AnyBuffer rois_dot, ffi::AnyBuffer winner,
                         ffi::Result<ffi::AnyBuffer> out_dot, RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_boxes(features, rois, rois_dot, "rois_dot", *out_dot, "out_dot", winner,
                            attrs, &s);
       e.failure())
     return e;
   if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_float(features.element_type(), [&](auto tag) {
+  return dispatch_cuda(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
@@ -118,20 +109,20 @@ ffi::Error ForwardBoxes(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBu
         Launch<T>::forward_boxes(s, features.reinterpret_data<T>(), rois.reinterpret_data<G>(),
                                  rois_dot.reinterpret_data<G>(), w,
                                  out_dot->reinterpret_data<T>(), stream),
-        "roi_forward_boxes");
+        "forward_boxes");
   });
 }
 
 ffi::Error BackwardBoxes(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                          ffi::AnyBuffer cotangent, ffi::AnyBuffer winner,
                          ffi::Result<ffi::AnyBuffer> grad_rois, RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_boxes(features, rois, *grad_rois, "grad_rois", cotangent, "cotangent",
                            winner, attrs, &s);
       e.failure())
     return e;
   if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_float(features.element_type(), [&](auto tag) {
+  return dispatch_cuda(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
@@ -139,7 +130,7 @@ ffi::Error BackwardBoxes(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyB
         Launch<T>::backward_boxes(s, features.reinterpret_data<T>(), rois.reinterpret_data<G>(),
                                   cotangent.reinterpret_data<T>(), w,
                                   grad_rois->reinterpret_data<G>(), stream),
-        "roi_backward_boxes");
+        "backward_boxes");
   });
 }
 
@@ -147,61 +138,19 @@ ffi::Error BackwardBoxes(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyB
 }  // namespace jax_roialign::cuda
 
 namespace ffi = xla::ffi;
-using jax_roialign::RoiAttrs;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_cuda,
-                              jax_roialign::cuda::Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()   // features
-                                  .Arg<ffi::AnyBuffer>()   // rois, geometry dtype
-                                  .Ret<ffi::AnyBuffer>()   // out
-                                  .Ret<ffi::AnyBuffer>()   // winner (int32; (0,) in avg mode)
-                                  .Attrs<RoiAttrs>(),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_forward_cuda, jax_roialign::cuda::Forward,
+                              jax_roialign::forward_binding<ffi::PlatformStream<cudaStream_t>>(),
                               {ffi::Traits::kCmdBufferCompatible});
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_selected_cuda,
-                              jax_roialign::cuda::ForwardSelected,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()   // features
-                                  .Arg<ffi::AnyBuffer>()   // rois
-                                  .Arg<ffi::AnyBuffer>()   // winner to evaluate (max mode)
-                                  .Ret<ffi::AnyBuffer>()   // out
-                                  .Attrs<RoiAttrs>(),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_forward_selected_cuda, jax_roialign::cuda::ForwardSelected,
+                              jax_roialign::forward_selected_binding<ffi::PlatformStream<cudaStream_t>>(),
                               {ffi::Traits::kCmdBufferCompatible});
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_backward_features_cuda,
-                              jax_roialign::cuda::BackwardFeatures,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()   // cotangent of out
-                                  .Arg<ffi::AnyBuffer>()   // rois
-                                  .Arg<ffi::AnyBuffer>()   // winner
-                                  .Ret<ffi::AnyBuffer>()   // grad_features
-                                  .Attrs<RoiAttrs>(),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_backward_features_cuda, jax_roialign::cuda::BackwardFeatures,
+                              jax_roialign::backward_features_binding<ffi::PlatformStream<cudaStream_t>>(),
                               {ffi::Traits::kCmdBufferCompatible});
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_boxes_cuda,
-                              jax_roialign::cuda::ForwardBoxes,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()   // features
-                                  .Arg<ffi::AnyBuffer>()   // rois
-                                  .Arg<ffi::AnyBuffer>()   // rois tangent
-                                  .Arg<ffi::AnyBuffer>()   // winner
-                                  .Ret<ffi::AnyBuffer>()   // out tangent
-                                  .Attrs<RoiAttrs>(),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_forward_boxes_cuda, jax_roialign::cuda::ForwardBoxes,
+                              jax_roialign::forward_boxes_binding<ffi::PlatformStream<cudaStream_t>>(),
                               {ffi::Traits::kCmdBufferCompatible});
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_backward_boxes_cuda,
-                              jax_roialign::cuda::BackwardBoxes,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()   // features
-                                  .Arg<ffi::AnyBuffer>()   // rois
-                                  .Arg<ffi::AnyBuffer>()   // cotangent of out
-                                  .Arg<ffi::AnyBuffer>()   // winner
-                                  .Ret<ffi::AnyBuffer>()   // grad_rois
-                                  .Attrs<RoiAttrs>(),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_backward_boxes_cuda, jax_roialign::cuda::BackwardBoxes,
+                              jax_roialign::backward_boxes_binding<ffi::PlatformStream<cudaStream_t>>(),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -1,7 +1,8 @@
-// The operators' FFI contract, shared by the CPU and CUDA bindings: the
-// attributes every target receives, and the check that the buffers XLA hands
-// over agree with them. The Python layer validates user arguments;
-// this guards the boundary, returning errors that name the argument.
+// The operators' FFI contract, shared by the CPU and CUDA handlers: the
+// attributes every target receives, each kernel's argument list, and the check
+// that the buffers XLA hands over agree with the attributes. The Python layer
+// validates user arguments; this guards the boundary, returning errors that
+// name the argument.
 #pragma once
 
 #include <cstdint>
@@ -59,10 +60,25 @@ inline ffi::DataType geometry_dtype(ffi::DataType features) {
   return features == ffi::DataType::F64 ? ffi::DataType::F64 : ffi::DataType::F32;
 }
 
+// Calls fn(T{}) with the storage type T of `dtype` (features and their
+// gradients); any other dtype is an error, returned through `fail`.
+template <typename Fn, typename Fail>
+auto dispatch_float(ffi::DataType dtype, Fn&& fn, Fail fail) -> decltype(fn(float{})) {
+  switch (dtype) {
+    case ffi::DataType::F32: return fn(float{});
+    case ffi::DataType::F64: return fn(double{});
+    case ffi::DataType::F16: return fn(Half{});
+    case ffi::DataType::BF16: return fn(BFloat16{});
+    default:
+      return fail(ffi::Error::InvalidArgument(
+          "jax_roialign: features must be float16, bfloat16, float32 or float64"));
+  }
+}
+
 // Builds the call's shape from the features dimensions (N, C, H, W in the
 // attribute's layout), the rois, and the attributes; checks the rois dtype.
 inline ffi::Error make_shape(ffi::AnyBuffer::Dimensions features, ffi::DataType features_dtype,
-                             const ffi::AnyBuffer& rois, const RoiAttrs& a, RoiShape* s) {
+                             const ffi::AnyBuffer& rois, const RoiAttrs& a, RoiCall* s) {
   if (a.op < 0 || a.op >= kNumOps)
     return ffi::Error::InvalidArgument("jax_roialign: unknown op attribute " + std::to_string(a.op));
   s->op = Op(a.op);
@@ -118,7 +134,7 @@ inline ffi::Error make_shape(ffi::AnyBuffer::Dimensions features, ffi::DataType 
 
 // Dimensions of the pooled output (K rows flattened): (K, C, PH, PW) or
 // (K, PH, PW, C); the (N, R, 4) form's (N, R, ...) has the same element order.
-inline bool output_matches(const RoiShape& s, ffi::AnyBuffer::Dimensions d) {
+inline bool output_matches(const RoiCall& s, ffi::AnyBuffer::Dimensions d) {
   int64_t rows = 1;
   const size_t lead = s.R > 0 ? 2 : 1;
   if (d.size() != lead + 3) return false;
@@ -128,7 +144,7 @@ inline bool output_matches(const RoiShape& s, ffi::AnyBuffer::Dimensions d) {
                                                    : (a == s.PH && b == s.PW && c == s.Cout));
 }
 
-inline std::string output_expected(const RoiShape& s) {
+inline std::string output_expected(const RoiCall& s) {
   const std::string lead = s.R > 0 ? "(N, R, " : "(K, ";
   const std::string dims = s.layout == Layout::kNCHW ? "C, PH, PW)" : "PH, PW, C)";
   return lead + dims + " with rows " + std::to_string(s.K) + ", C " + std::to_string(s.Cout) +
@@ -136,7 +152,7 @@ inline std::string output_expected(const RoiShape& s) {
 }
 
 // Max mode needs the winners buffer shaped like the output; avg ignores it.
-inline ffi::Error check_winner(const RoiShape& s, ffi::AnyBuffer::Dimensions winner,
+inline ffi::Error check_winner(const RoiCall& s, ffi::AnyBuffer::Dimensions winner,
                                ffi::AnyBuffer::Dimensions output) {
   if (s.mode == PoolMode::kAvg) return ffi::Error::Success();
   bool same = winner.size() == output.size();
@@ -150,7 +166,7 @@ inline ffi::Error check_winner(const RoiShape& s, ffi::AnyBuffer::Dimensions win
 // forward / forward_selected: (features, rois) -> out, with winners (either).
 inline ffi::Error check_forward(const ffi::AnyBuffer& features, const ffi::AnyBuffer& rois,
                                 ffi::AnyBuffer::Dimensions winner, const ffi::AnyBuffer& out,
-                                const RoiAttrs& attrs, RoiShape* s) {
+                                const RoiAttrs& attrs, RoiCall* s) {
   if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, s);
       e.failure())
     return e;
@@ -164,7 +180,7 @@ inline ffi::Error check_backward_features(const ffi::AnyBuffer& cotangent,
                                           const ffi::AnyBuffer& rois,
                                           const ffi::AnyBuffer& winner,
                                           const ffi::AnyBuffer& grad_features,
-                                          const RoiAttrs& attrs, RoiShape* s) {
+                                          const RoiAttrs& attrs, RoiCall* s) {
   if (auto e = make_shape(grad_features.dimensions(), grad_features.element_type(), rois, attrs,
                           s);
       e.failure())
@@ -180,7 +196,7 @@ inline ffi::Error check_backward_features(const ffi::AnyBuffer& cotangent,
 inline ffi::Error check_boxes(const ffi::AnyBuffer& features, const ffi::AnyBuffer& rois,
                               const ffi::AnyBuffer& boxes_like, const char* boxes_name,
                               const ffi::AnyBuffer& out_like, const char* out_name,
-                              const ffi::AnyBuffer& winner, const RoiAttrs& attrs, RoiShape* s) {
+                              const ffi::AnyBuffer& winner, const RoiAttrs& attrs, RoiCall* s) {
   if (auto e = make_shape(features.dimensions(), features.element_type(), rois, attrs, s);
       e.failure())
     return e;
@@ -195,6 +211,65 @@ inline ffi::Error check_boxes(const ffi::AnyBuffer& features, const ffi::AnyBuff
       !output_matches(*s, out_like.dimensions()))
     return shape_error(out_name, output_expected(*s), out_like.dimensions());
   return check_winner(*s, winner.dimensions(), out_like.dimensions());
+}
+
+// Each kernel's binding (kernel_list.h), given the platform's context:
+// ffi::ThreadPool on the CPU, ffi::PlatformStream<cudaStream_t> on CUDA.
+template <typename Context>
+auto forward_binding() {
+  return ffi::Ffi::Bind()
+      .template Ctx<Context>()
+      .template Arg<ffi::AnyBuffer>()   // features
+      .template Arg<ffi::AnyBuffer>()   // rois, geometry dtype
+      .template Ret<ffi::AnyBuffer>()   // out
+      .template Ret<ffi::AnyBuffer>()   // winner (int32 shaped like out; (0,) in avg mode)
+      .template Attrs<RoiAttrs>();
+}
+
+template <typename Context>
+auto forward_selected_binding() {
+  return ffi::Ffi::Bind()
+      .template Ctx<Context>()
+      .template Arg<ffi::AnyBuffer>()   // features
+      .template Arg<ffi::AnyBuffer>()   // rois
+      .template Arg<ffi::AnyBuffer>()   // winner to evaluate (max mode)
+      .template Ret<ffi::AnyBuffer>()   // out
+      .template Attrs<RoiAttrs>();
+}
+
+template <typename Context>
+auto backward_features_binding() {
+  return ffi::Ffi::Bind()
+      .template Ctx<Context>()
+      .template Arg<ffi::AnyBuffer>()   // cotangent of out
+      .template Arg<ffi::AnyBuffer>()   // rois
+      .template Arg<ffi::AnyBuffer>()   // winner
+      .template Ret<ffi::AnyBuffer>()   // grad_features
+      .template Attrs<RoiAttrs>();
+}
+
+template <typename Context>
+auto forward_boxes_binding() {
+  return ffi::Ffi::Bind()
+      .template Ctx<Context>()
+      .template Arg<ffi::AnyBuffer>()   // features
+      .template Arg<ffi::AnyBuffer>()   // rois
+      .template Arg<ffi::AnyBuffer>()   // rois tangent
+      .template Arg<ffi::AnyBuffer>()   // winner
+      .template Ret<ffi::AnyBuffer>()   // out tangent
+      .template Attrs<RoiAttrs>();
+}
+
+template <typename Context>
+auto backward_boxes_binding() {
+  return ffi::Ffi::Bind()
+      .template Ctx<Context>()
+      .template Arg<ffi::AnyBuffer>()   // features
+      .template Arg<ffi::AnyBuffer>()   // rois
+      .template Arg<ffi::AnyBuffer>()   // cotangent of out
+      .template Arg<ffi::AnyBuffer>()   // winner
+      .template Ret<ffi::AnyBuffer>()   // grad_rois
+      .template Attrs<RoiAttrs>();
 }
 
 }  // namespace jax_roialign

@@ -4,7 +4,7 @@
 // in-window samples in the same order, the same max-mode winners (index of
 // the winning sample among the bin's in-window samples, iy-major; -1 when an
 // implicit outside zero or an empty grid wins), the same divisors, the same
-// per-element expressions as cc/cpu/roi_kernels.h. Floating-point results may
+// per-element expressions as cc/cpu/kernels.h. Floating-point results may
 // differ from the CPU's in the last bits: nvcc contracts a*b+c into FMA (as
 // torchvision's CUDA kernels are built); the CPU build does not.
 //
@@ -64,7 +64,7 @@
 #include <type_traits>
 
 #include "../bin_sampler.h"
-#include "roi_launch.h"
+#include "launch.h"
 
 namespace jax_roialign::cuda {
 namespace {
@@ -96,7 +96,7 @@ JRA_HD void divmod(int64_t a, int64_t b, int64_t* q, int64_t* r) {
   }
 }
 
-JRA_HD int64_t pixel_stride(const RoiShape& s) { return s.layout == Layout::kNHWC ? s.C : 1; }
+JRA_HD int64_t pixel_stride(const RoiCall& s) { return s.layout == Layout::kNHWC ? s.C : 1; }
 
 // ------------------------------------------------------------- sample tables
 
@@ -246,7 +246,7 @@ __device__ Unit<G, Entry> unit_at(unsigned char* p, int64_t cap) {
 // the block calls it (it synchronises; it starts with a barrier, so the
 // previous samplers and table may be read until the call).
 template <typename G, typename Entry>
-__device__ void load_samplers(const RoiShape& s, const G* rois, int64_t k, int64_t b0, int64_t nb,
+__device__ void load_samplers(const RoiCall& s, const G* rois, int64_t k, int64_t b0, int64_t nb,
                               const Unit<G, Entry>& u) {
   __syncthreads();
   for (int64_t t = threadIdx.x; t < nb; t += blockDim.x)
@@ -321,7 +321,7 @@ template <typename T>
 struct Args {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
-  RoiShape s;
+  RoiCall s;
   const T* in;               // features; cotangent for the backward_features kernels
   const G* rois;
   const G* rois_dot;         // forward_boxes
@@ -335,7 +335,7 @@ struct Args {
   int64_t cap;               // table entries
 };
 
-enum class Kind : int { kForward, kSelected, kForwardBoxes, kBackwardAtomic };
+enum class Kind : int { kForward, kForwardSelected, kForwardBoxes, kBackwardFeatures };
 
 template <typename T, Kind K>
 struct KindMaker {
@@ -353,13 +353,13 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
                      const View& sample, int64_t bl, int64_t c, int64_t bin, int64_t o) {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
-  const RoiShape& s = a.s;
+  const RoiCall& s = a.s;
   const int64_t ps = pixel_stride(s);
   const int64_t base = s.feature_offset(b.image, s.input_channel(c, bin), 0);
   const int64_t n = b.count();
   const bool avg = s.mode == PoolMode::kAvg;
 
-  if constexpr (K == Kind::kBackwardAtomic) {
+  if constexpr (K == Kind::kBackwardFeatures) {
     const A g = load<A>(a.in[o]);
     if (g == A(0)) return;  // it would add exact zeros
     A* img = a.grad + base;
@@ -398,7 +398,7 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
       A acc = A(0);
       for (int64_t i = 0; i < n; ++i) acc += sample_value<A>(sample(bl, i).sample(), read);
       a.out[o] = store<T>(acc / A(b.divisor));
-    } else if constexpr (K == Kind::kSelected) {
+    } else if constexpr (K == Kind::kForwardSelected) {
       const int32_t w = a.winner_in[o];
       a.out[o] = store<T>(w >= 0 && w < n ? sample_value<A>(sample(bl, w).sample(), read) : A(0));
     } else {
@@ -431,7 +431,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) items_kernel(const Args<
   using A = typename Types<T>::Accum;
   using Maker = typename KindMaker<T, K>::type;
   extern __shared__ __align__(16) unsigned char smem[];
-  const RoiShape& s = a.s;
+  const RoiCall& s = a.s;
   const Unit<G, typename Maker::Entry> u = unit_at<G, typename Maker::Entry>(smem, a.cap);
   const int64_t bins = s.bins();
   const int64_t chunks = (bins + kUnitBins - 1) / kUnitBins;
@@ -464,7 +464,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) items_kernel(const Args<
         const int64_t bin = b0 + bl;
         const int64_t o = s.output_offset(k, c, bin);
         if (!valid) {  // zeros, and no winner
-          if constexpr (K != Kind::kBackwardAtomic) {
+          if constexpr (K != Kind::kBackwardFeatures) {
             a.out[o] = store<T>(A(0));
             if (K == Kind::kForward && s.mode == PoolMode::kMax) a.winner_out[o] = -1;
           }
@@ -485,7 +485,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) boxes_grad_kernel(const 
   using Maker = VjpMaker<G>;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ double red[4][kThreads];
-  const RoiShape& s = a.s;
+  const RoiCall& s = a.s;
   const Unit<G, VjpEntry<G>> u = unit_at<G, VjpEntry<G>>(smem, a.cap);
   const int64_t bins = s.bins();
   const int64_t ps = pixel_stride(s);
@@ -565,33 +565,25 @@ struct TileShape {
   int64_t tiles_y, tiles_x, groups;
 };
 
-// Whether roi k of image n may read the tile [y0, y1] x [x0, x1] (inclusive).
-// A conservative test, shared by every operator: each reads within a cell or
-// two of its scaled box (roi_align's and legacy's taps, the unaligned size
-// clamp to 1, legacy's +1 size, roi_pool's rounding and +1, the 0.5 offset),
-// so a margin of 4 cells plus the rounding of the coordinates holds them all.
-// NaN coordinates pass (the exact tables then find no sample).
+// Whether roi k of image n may read the tile [y0, y1] x [x0, x1] (inclusive):
+// its footprint (bin_sampler.h) meets the tile. NaN footprints pass (the exact
+// tables then find no sample).
 template <typename G>
-__device__ bool may_touch(const RoiShape& s, const G* rois, int64_t k, int64_t n, int64_t y0,
+__device__ bool may_touch(const RoiCall& s, const G* rois, int64_t k, int64_t n, int64_t y0,
                           int64_t y1, int64_t x0, int64_t x1) {
   if (roi_image(s, rois, k) != n) return false;
-  const G* c = roi_corners(s, rois, k);
-  auto misses = [&](G lo_corner, G hi_corner, int64_t t0, int64_t t1) {
-    const double a = double(lo_corner) * s.spatial_scale, b = double(hi_corner) * s.spatial_scale;
-    const double m = 4.0 + 1e-5 * (fabs(a) + fabs(b));
-    return fmax(a, b) + m < double(t0) || fmin(a, b) - m > double(t1);  // false on NaN
-  };
-  return !misses(c[1], c[3], y0, y1) && !misses(c[0], c[2], x0, x1);
+  const Footprint f = roi_footprint(s, rois, k);
+  return !(f.y1 < double(y0) || f.y0 > double(y1) || f.x1 < double(x0) || f.x0 > double(x1));
 }
 
 template <typename T>
-__global__ void gather_backward_kernel(const Args<T> a, const TileShape ts) {
+__global__ void tiled_backward_features_kernel(const Args<T> a, const TileShape ts) {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
   using Maker = TileMaker<G>;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int32_t warp_counts[32];
-  const RoiShape& s = a.s;
+  const RoiCall& s = a.s;
   const int64_t tile_px = ts.tile_h * ts.tile_w;
   const int64_t stride = ts.group + 1;  // padded: conflict-free in both write-out orders
   A* acc = reinterpret_cast<A*>(smem);
@@ -706,7 +698,7 @@ unsigned grid_size(int64_t blocks) {
 }
 
 template <typename T>
-Args<T> base_args(const RoiShape& s, const typename Types<T>::Geometry* rois) {
+Args<T> base_args(const RoiCall& s, const typename Types<T>::Geometry* rois) {
   Args<T> a{};
   a.s = s;
   a.rois = rois;
@@ -718,7 +710,7 @@ template <typename T, Kind K>
 cudaError_t launch_items(Args<T> a, cudaStream_t stream) {
   using G = typename Types<T>::Geometry;
   using Entry = typename KindMaker<T, K>::type::Entry;
-  const RoiShape& s = a.s;
+  const RoiCall& s = a.s;
   const int64_t bins = s.bins();
   if (s.K == 0 || s.Cout == 0) return cudaSuccess;
   a.cap = int64_t(kItemsTableBytes / sizeof(Entry));
@@ -739,10 +731,10 @@ cudaError_t launch_items(Args<T> a, cudaStream_t stream) {
 }
 
 template <typename T>
-cudaError_t gather_backward(Args<T> a, cudaStream_t stream) {
+cudaError_t tiled_backward_features(Args<T> a, cudaStream_t stream) {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
-  const RoiShape& s = a.s;
+  const RoiCall& s = a.s;
   if (s.N == 0 || s.C == 0 || s.H == 0 || s.W == 0) return cudaSuccess;
   TileShape ts;
   ts.group = imin<int64_t>((s.C + 31) / 32 * 32, sizeof(A) == 8 ? 32 : 64);
@@ -761,18 +753,18 @@ cudaError_t gather_backward(Args<T> a, cudaStream_t stream) {
   a.cap = imax<int64_t>(
       1, int64_t((kSmemBytes - kStaticSmemMargin - fixed) / sizeof(TileEntry<G>)));
   const size_t bytes = head + unit_bytes<G, TileEntry<G>>(a.cap);
-  gather_backward_kernel<T><<<grid_size(s.N * ts.groups * ts.tiles_y * ts.tiles_x),
+  tiled_backward_features_kernel<T><<<grid_size(s.N * ts.groups * ts.tiles_y * ts.tiles_x),
                               unsigned(ts.group), bytes, stream>>>(a, ts);
   return cudaGetLastError();
 }
 
 // Features with an empty spatial extent: nothing can be read; outputs are zeros.
-bool empty_map(const RoiShape& s) { return s.H == 0 || s.W == 0; }
+bool empty_map(const RoiCall& s) { return s.H == 0 || s.W == 0; }
 
 }  // namespace
 
 template <typename T>
-cudaError_t Launch<T>::forward(const RoiShape& s, const T* features, const G* rois, T* out,
+cudaError_t Launch<T>::forward(const RoiCall& s, const T* features, const G* rois, T* out,
                                int32_t* winner, cudaStream_t stream) {
   const bool max = s.mode == PoolMode::kMax;
   if (empty_map(s)) {
@@ -790,7 +782,7 @@ cudaError_t Launch<T>::forward(const RoiShape& s, const T* features, const G* ro
 }
 
 template <typename T>
-cudaError_t Launch<T>::forward_selected(const RoiShape& s, const T* features, const G* rois,
+cudaError_t Launch<T>::forward_selected(const RoiCall& s, const T* features, const G* rois,
                                         const int32_t* winner, T* out, cudaStream_t stream) {
   if (empty_map(s)) {
     const size_t n = size_t(s.K * s.Cout * s.bins());
@@ -801,11 +793,11 @@ cudaError_t Launch<T>::forward_selected(const RoiShape& s, const T* features, co
   a.in = features;
   a.out = out;
   a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
-  return launch_items<T, Kind::kSelected>(a, stream);
+  return launch_items<T, Kind::kForwardSelected>(a, stream);
 }
 
 template <typename T>
-cudaError_t Launch<T>::backward_features(const RoiShape& s, const T* cotangent, const G* rois,
+cudaError_t Launch<T>::backward_features(const RoiCall& s, const T* cotangent, const G* rois,
                                          const int32_t* winner, T* grad_features,
                                          bool deterministic, cudaStream_t stream) {
   using A = typename Types<T>::Accum;
@@ -818,15 +810,15 @@ cudaError_t Launch<T>::backward_features(const RoiShape& s, const T* cotangent, 
       if (n == 0) return cudaSuccess;
       cudaMemsetAsync(grad_features, 0, n * sizeof(T), stream);  // +0.0
       a.grad = grad_features;
-      return launch_items<T, Kind::kBackwardAtomic>(a, stream);
+      return launch_items<T, Kind::kBackwardFeatures>(a, stream);
     }
   }
   a.out = grad_features;
-  return gather_backward<T>(a, stream);
+  return tiled_backward_features<T>(a, stream);
 }
 
 template <typename T>
-cudaError_t Launch<T>::forward_boxes(const RoiShape& s, const T* features, const G* rois,
+cudaError_t Launch<T>::forward_boxes(const RoiCall& s, const T* features, const G* rois,
                                      const G* rois_dot, const int32_t* winner, T* out_dot,
                                      cudaStream_t stream) {
   if (empty_map(s)) {
@@ -843,7 +835,7 @@ cudaError_t Launch<T>::forward_boxes(const RoiShape& s, const T* features, const
 }
 
 template <typename T>
-cudaError_t Launch<T>::backward_boxes(const RoiShape& s, const T* features, const G* rois,
+cudaError_t Launch<T>::backward_boxes(const RoiCall& s, const T* features, const G* rois,
                                       const T* cotangent, const int32_t* winner, G* grad_rois,
                                       cudaStream_t stream) {
   if (s.K == 0) return cudaSuccess;

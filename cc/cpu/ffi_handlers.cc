@@ -7,32 +7,24 @@
 #include <type_traits>
 #include <vector>
 
-#include "../roi_ffi.h"
+#include "../ffi_contract.h"
 #include "handlers.h"
 #include "parallel.h"
-#include "roi_kernels.h"
+#include "kernels.h"
 
 namespace jax_roialign::cpu {
 namespace {
 
-// Calls fn(T{}) with the storage type of `dtype`.
+// dispatch_float, with errors as ready futures.
 template <typename Fn>
-ffi::Future dispatch_float(ffi::DataType dtype, Fn&& fn) {
-  switch (dtype) {
-    case ffi::DataType::F32: return fn(float{});
-    case ffi::DataType::F64: return fn(double{});
-    case ffi::DataType::F16: return fn(Half{});
-    case ffi::DataType::BF16: return fn(BFloat16{});
-    default:
-      return ready_future(ffi::Error::InvalidArgument(
-          "jax_roialign: features must be float16, bfloat16, float32 or float64"));
-  }
+ffi::Future dispatch_cpu(ffi::DataType dtype, Fn&& fn) {
+  return dispatch_float(dtype, fn, [](ffi::Error e) { return ready_future(std::move(e)); });
 }
 
 // Splits rows x channels into about `threads` tasks: rows when there are
 // enough of them, else channels.
 template <typename Body>
-ffi::Future split_rows_channels(ffi::ThreadPool& pool, const RoiShape& s, Body body) {
+ffi::Future split_rows_channels(ffi::ThreadPool& pool, const RoiCall& s, Body body) {
   const int64_t threads = pool_threads(pool);
   if (s.K >= threads || s.Cout == 1)
     return parallel_for(pool, s.K, threads,
@@ -44,10 +36,10 @@ ffi::Future split_rows_channels(ffi::ThreadPool& pool, const RoiShape& s, Body b
 ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                     ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> winner,
                     RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_forward(features, rois, winner->dimensions(), *out, attrs, &s); e.failure())
     return ready_future(e);
-  return dispatch_float(features.element_type(), [&](auto tag) {
+  return dispatch_cpu(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     const T* f = features.reinterpret_data<T>();
@@ -63,10 +55,10 @@ ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffe
 ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                             ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> out,
                             RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_forward(features, rois, winner.dimensions(), *out, attrs, &s); e.failure())
     return ready_future(e);
-  return dispatch_float(features.element_type(), [&](auto tag) {
+  return dispatch_cpu(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     const T* f = features.reinterpret_data<T>();
@@ -82,11 +74,11 @@ ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::
 ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi::AnyBuffer rois,
                              ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> grad_features,
                              RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_backward_features(cotangent, rois, winner, *grad_features, attrs, &s);
       e.failure())
     return ready_future(e);
-  return dispatch_float(grad_features->element_type(), [&](auto tag) {
+  return dispatch_cpu(grad_features->element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     using A = typename Types<T>::Accum;
@@ -130,12 +122,12 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
 ffi::Future ForwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                          ffi::AnyBuffer rois_dot, ffi::AnyBuffer winner,
                          ffi::Result<ffi::AnyBuffer> out_dot, RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_boxes(features, rois, rois_dot, "rois_dot", *out_dot, "out_dot", winner,
                            attrs, &s);
       e.failure())
     return ready_future(e);
-  return dispatch_float(features.element_type(), [&](auto tag) {
+  return dispatch_cpu(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     const T* f = features.reinterpret_data<T>();
@@ -152,12 +144,12 @@ ffi::Future ForwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::Any
 ffi::Future BackwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                           ffi::AnyBuffer cotangent, ffi::AnyBuffer winner,
                           ffi::Result<ffi::AnyBuffer> grad_rois, RoiAttrs attrs) {
-  RoiShape s;
+  RoiCall s;
   if (auto e = check_boxes(features, rois, *grad_rois, "grad_rois", cotangent, "cotangent",
                            winner, attrs, &s);
       e.failure())
     return ready_future(e);
-  return dispatch_float(features.element_type(), [&](auto tag) {
+  return dispatch_cpu(features.element_type(), [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
     const T* f = features.reinterpret_data<T>();
@@ -176,56 +168,14 @@ ffi::Future BackwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::An
 }  // namespace jax_roialign::cpu
 
 namespace ffi = xla::ffi;
-using jax_roialign::RoiAttrs;
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_cpu,
-                              jax_roialign::cpu::Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()   // features
-                                  .Arg<ffi::AnyBuffer>()   // rois, geometry dtype
-                                  .Ret<ffi::AnyBuffer>()   // out
-                                  .Ret<ffi::AnyBuffer>()   // winner (int32; (0,) in avg mode)
-                                  .Attrs<RoiAttrs>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_selected_cpu,
-                              jax_roialign::cpu::ForwardSelected,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()   // features
-                                  .Arg<ffi::AnyBuffer>()   // rois
-                                  .Arg<ffi::AnyBuffer>()   // winner to evaluate (max mode)
-                                  .Ret<ffi::AnyBuffer>()   // out
-                                  .Attrs<RoiAttrs>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_backward_features_cpu,
-                              jax_roialign::cpu::BackwardFeatures,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()   // cotangent of out
-                                  .Arg<ffi::AnyBuffer>()   // rois
-                                  .Arg<ffi::AnyBuffer>()   // winner
-                                  .Ret<ffi::AnyBuffer>()   // grad_features
-                                  .Attrs<RoiAttrs>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_forward_boxes_cpu,
-                              jax_roialign::cpu::ForwardBoxes,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()   // features
-                                  .Arg<ffi::AnyBuffer>()   // rois
-                                  .Arg<ffi::AnyBuffer>()   // rois tangent
-                                  .Arg<ffi::AnyBuffer>()   // winner
-                                  .Ret<ffi::AnyBuffer>()   // out tangent
-                                  .Attrs<RoiAttrs>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_roi_backward_boxes_cpu,
-                              jax_roialign::cpu::BackwardBoxes,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()   // features
-                                  .Arg<ffi::AnyBuffer>()   // rois
-                                  .Arg<ffi::AnyBuffer>()   // cotangent of out
-                                  .Arg<ffi::AnyBuffer>()   // winner
-                                  .Ret<ffi::AnyBuffer>()   // grad_rois
-                                  .Attrs<RoiAttrs>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_forward_cpu, jax_roialign::cpu::Forward,
+                              jax_roialign::forward_binding<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_forward_selected_cpu, jax_roialign::cpu::ForwardSelected,
+                              jax_roialign::forward_selected_binding<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_backward_features_cpu, jax_roialign::cpu::BackwardFeatures,
+                              jax_roialign::backward_features_binding<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_forward_boxes_cpu, jax_roialign::cpu::ForwardBoxes,
+                              jax_roialign::forward_boxes_binding<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jax_roialign_backward_boxes_cpu, jax_roialign::cpu::BackwardBoxes,
+                              jax_roialign::backward_boxes_binding<ffi::ThreadPool>());

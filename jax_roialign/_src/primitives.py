@@ -1,34 +1,37 @@
-"""The operators' primitives: abstract evaluation, lowering, batching, AD rules.
+"""The five primitives every operator shares (cc/kernel_list.h): abstract evaluation,
+lowering, batching, and the AD rules that make any order of derivative in the features
+and first derivatives in the boxes.
 
-Every operator (parameter `op`) is linear in `features` once its max-mode
-winners are fixed, so differentiation is built from five kernels:
+Every operator (parameter `op`) is linear in `features` once its max-mode winners are
+fixed, so differentiation closes over five kernels:
 
-    forward_p            (features, rois)                  -> (out, winner)
-    selected_p           (x, rois, winner)                 -> out      linear in x
-    transpose_p          (cotangent, rois, winner)         -> grad x   = selected_p^T
-    boxes_jvp_p          (features, rois, rois_dot, winner) -> out_dot  linear in rois_dot
-    boxes_vjp_p          (features, rois, cotangent, winner) -> grad rois = boxes_jvp_p^T
+    forward_p            (features, rois)                   -> (out, winner)
+    forward_selected_p   (x, rois, winner)                  -> out        linear in x
+    backward_features_p  (cotangent, rois, winner)          -> grad x     forward_selected_p^T
+    forward_boxes_p      (features, rois, rois_dot, winner) -> out_dot    linear in rois_dot
+    backward_boxes_p     (features, rois, cotangent, winner) -> grad rois forward_boxes_p^T
 
-`winner` is the int32 index of each bin's winning sample in max mode (shaped
-like `out`), an empty (0,) array in avg mode. Every primitive carries the same
-parameters: op, output_size, spatial_scale, sampling_ratio, aligned, mode,
-layout, deterministic (transpose_p also features_shape). roi_pool and
-ps_roi_pool are piecewise constant in the boxes: their box derivative is zero. Derivatives of any order w.r.t. features,
-and first derivatives w.r.t. box coordinates (forward and reverse), follow;
-second derivatives involving box coordinates raise UnsupportedDerivativeError.
+`winner` is the int32 index of each bin's winning sample in max mode (shaped like `out`),
+an empty (0,) array in avg mode. Every primitive carries the same parameters: op,
+output_size, spatial_scale, sampling_ratio, aligned, mode, layout, deterministic
+(backward_features_p also features_shape). Operators without a box derivative (the
+registry's `box_derivative`) get a zero one. Second derivatives in which box coordinates
+vary raise UnsupportedDerivativeError.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 from jax._src import dispatch
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
-from . import _args, _lowering
+from . import args as _args
+from . import lowering as _lowering
+from .operators import BY_NAME
+from .shapes import out_aval, winner_aval
 
 
 class UnsupportedDerivativeError(NotImplementedError):
@@ -42,36 +45,11 @@ def _unsupported(what: str):
         "where the box derivative is not wanted.")
 
 
-# --------------------------------------------------------------------------- shapes
-
-POSITION_SENSITIVE = ("ps_roi_align", "ps_roi_pool")
-NO_BOX_DERIVATIVE = ("roi_pool", "ps_roi_pool")
-
-
-def output_shape(features_shape, rois_shape, output_size, layout, op):
-    """(K, ...) for (K, 5) rows, (N, R, ...) for (N, R, 4) boxes."""
-    ph, pw = output_size
-    channels = features_shape[1] if layout == "NCHW" else features_shape[3]
-    if op in POSITION_SENSITIVE:
-        channels //= ph * pw
-    rows = tuple(rois_shape[:1]) if len(rois_shape) == 2 else tuple(rois_shape[:2])
-    return rows + ((channels, ph, pw) if layout == "NCHW" else (ph, pw, channels))
-
-
-def _winner_shape(out_shape, mode):
-    return tuple(out_shape) if mode == "max" else (0,)
-
-
-def _out_aval(features, rois, p):
-    return jax.core.ShapedArray(
-        output_shape(features.shape, rois.shape, p["output_size"], p["layout"], p["op"]),
-        features.dtype)
-
-
 # --------------------------------------------------------------------------- primitives
 
-def _primitive(name, abstract_eval, kernel, multiple_results=False):
-    prim = Primitive(f"jax_roialign_{name}")
+def _primitive(kernel, abstract_eval, multiple_results=False):
+    """The primitive of `kernel` (cc/kernel_list.h), lowered to that kernel."""
+    prim = Primitive(f"jax_roialign_{kernel}")
     prim.multiple_results = multiple_results
     prim.def_impl(partial(dispatch.apply_primitive, prim))
     prim.def_abstract_eval(abstract_eval)
@@ -80,24 +58,20 @@ def _primitive(name, abstract_eval, kernel, multiple_results=False):
 
 
 def _forward_abstract(features, rois, **p):
-    out = _out_aval(features, rois, p)
-    return out, jax.core.ShapedArray(_winner_shape(out.shape, p["mode"]), jnp.int32)
+    out = out_aval(features, rois, p)
+    return out, winner_aval(out, p)
 
 
-forward_p = _primitive("forward", _forward_abstract, "roi_forward", True)
-selected_p = _primitive("selected", lambda x, rois, winner, **p: _out_aval(x, rois, p),
-                        "roi_forward_selected")
-transpose_p = _primitive(
-    "transpose",
-    lambda ct, rois, winner, *, features_shape, **p: jax.core.ShapedArray(features_shape, ct.dtype),
-    "roi_backward_features")
-boxes_jvp_p = _primitive(
-    "boxes_jvp", lambda f, rois, rois_dot, winner, **p: _out_aval(f, rois, p),
-    "roi_forward_boxes")
-boxes_vjp_p = _primitive(
-    "boxes_vjp",
-    lambda f, rois, ct, winner, **p: jax.core.ShapedArray(rois.shape, rois.dtype),
-    "roi_backward_boxes")
+forward_p = _primitive("forward", _forward_abstract, True)
+forward_selected_p = _primitive("forward_selected",
+                                lambda x, rois, winner, **p: out_aval(x, rois, p))
+backward_features_p = _primitive(
+    "backward_features",
+    lambda ct, rois, winner, *, features_shape, **p: ct.update(shape=tuple(features_shape)))
+forward_boxes_p = _primitive("forward_boxes",
+                             lambda f, rois, rois_dot, winner, **p: out_aval(f, rois, p))
+backward_boxes_p = _primitive("backward_boxes",
+                              lambda f, rois, ct, winner, **p: rois.update(shape=rois.shape))
 
 
 def _without(p, *keys):
@@ -112,7 +86,7 @@ def _is_zero(t):
 
 def _box_tangent(t, p):
     """A box tangent, or None where the operator has no box derivative."""
-    return None if _is_zero(t) or p["op"] in NO_BOX_DERIVATIVE else t
+    return None if _is_zero(t) or not BY_NAME[p["op"]].box_derivative else t
 
 
 def _sum(terms, like):
@@ -130,88 +104,88 @@ def _forward_jvp(primals, tangents, **p):
     fd, rd = tangents
     rd = _box_tangent(rd, p)
     out, winner = forward_p.bind(f, rois, **p)
-    out_dot = _sum([None if _is_zero(fd) else selected_p.bind(fd, rois, winner, **p),
-                    None if rd is None else boxes_jvp_p.bind(f, rois, rd, winner, **p)], out)
+    out_dot = _sum([None if _is_zero(fd) else forward_selected_p.bind(fd, rois, winner, **p),
+                    None if rd is None else forward_boxes_p.bind(f, rois, rd, winner, **p)], out)
     return (out, winner), (out_dot, ad.Zero(winner.aval.to_tangent_aval()))
 
 
-def _selected_jvp(primals, tangents, **p):
+def _forward_selected_jvp(primals, tangents, **p):
     x, rois, winner = primals
     xd, rd, _ = tangents
     rd = _box_tangent(rd, p)
-    out = selected_p.bind(x, rois, winner, **p)
-    return out, _sum([None if _is_zero(xd) else selected_p.bind(xd, rois, winner, **p),
-                      None if rd is None else boxes_jvp_p.bind(x, rois, rd, winner, **p)], out)
+    out = forward_selected_p.bind(x, rois, winner, **p)
+    return out, _sum([None if _is_zero(xd) else forward_selected_p.bind(xd, rois, winner, **p),
+                      None if rd is None else forward_boxes_p.bind(x, rois, rd, winner, **p)], out)
 
 
-def _selected_transpose(ct, x, rois, winner, **p):
+def _forward_selected_transpose(ct, x, rois, winner, **p):
     if ad.is_undefined_primal(rois):
         _unsupported("transposing w.r.t. box coordinates")
     if _is_zero(ct):
         return ad.Zero(x.aval), None, None
-    return transpose_p.bind(ct, rois, winner, features_shape=tuple(x.aval.shape), **p), None, None
+    return backward_features_p.bind(ct, rois, winner, features_shape=tuple(x.aval.shape), **p), None, None
 
 
-def _transpose_jvp(primals, tangents, **p):
+def _backward_features_jvp(primals, tangents, **p):
     ct, rois, winner = primals
     ctd, rd, _ = tangents
     if _box_tangent(rd, p) is not None:
         _unsupported("the derivative of the feature gradient w.r.t. box coordinates")
-    out = transpose_p.bind(ct, rois, winner, **p)
-    return out, _sum([None if _is_zero(ctd) else transpose_p.bind(ctd, rois, winner, **p)], out)
+    out = backward_features_p.bind(ct, rois, winner, **p)
+    return out, _sum([None if _is_zero(ctd) else backward_features_p.bind(ctd, rois, winner, **p)], out)
 
 
-def _transpose_transpose(g, ct, rois, winner, *, features_shape, **p):
+def _backward_features_transpose(g, ct, rois, winner, *, features_shape, **p):
     if _is_zero(g):
         return ad.Zero(ct.aval), None, None
-    return selected_p.bind(g, rois, winner, **p), None, None
+    return forward_selected_p.bind(g, rois, winner, **p), None, None
 
 
-def _boxes_jvp_jvp(primals, tangents, **p):
+def _forward_boxes_jvp(primals, tangents, **p):
     f, rois, rd, winner = primals
     fd, rdd_rois, rdd, _ = tangents
     if not _is_zero(rdd_rois):
         _unsupported("the second derivative w.r.t. box coordinates")
-    out = boxes_jvp_p.bind(f, rois, rd, winner, **p)
-    return out, _sum([None if _is_zero(fd) else boxes_jvp_p.bind(fd, rois, rd, winner, **p),
-                      None if _is_zero(rdd) else boxes_jvp_p.bind(f, rois, rdd, winner, **p)], out)
+    out = forward_boxes_p.bind(f, rois, rd, winner, **p)
+    return out, _sum([None if _is_zero(fd) else forward_boxes_p.bind(fd, rois, rd, winner, **p),
+                      None if _is_zero(rdd) else forward_boxes_p.bind(f, rois, rdd, winner, **p)], out)
 
 
-def _boxes_jvp_transpose(ct, f, rois, rd, winner, **p):
+def _forward_boxes_transpose(ct, f, rois, rd, winner, **p):
     if ad.is_undefined_primal(f) or ad.is_undefined_primal(rois):
         _unsupported("the mixed features/box-coordinate second derivative")
     if _is_zero(ct):
         return None, None, ad.Zero(rd.aval), None
-    return None, None, boxes_vjp_p.bind(f, rois, ct, winner, **p), None
+    return None, None, backward_boxes_p.bind(f, rois, ct, winner, **p), None
 
 
-def _boxes_vjp_jvp(primals, tangents, **p):
+def _backward_boxes_jvp(primals, tangents, **p):
     f, rois, ct, winner = primals
     fd, rd, ctd, _ = tangents
     if not _is_zero(rd):
         _unsupported("the second derivative w.r.t. box coordinates")
-    out = boxes_vjp_p.bind(f, rois, ct, winner, **p)
-    return out, _sum([None if _is_zero(fd) else boxes_vjp_p.bind(fd, rois, ct, winner, **p),
-                      None if _is_zero(ctd) else boxes_vjp_p.bind(f, rois, ctd, winner, **p)], out)
+    out = backward_boxes_p.bind(f, rois, ct, winner, **p)
+    return out, _sum([None if _is_zero(fd) else backward_boxes_p.bind(fd, rois, ct, winner, **p),
+                      None if _is_zero(ctd) else backward_boxes_p.bind(f, rois, ctd, winner, **p)], out)
 
 
-def _boxes_vjp_transpose(g, f, rois, ct, winner, **p):
+def _backward_boxes_transpose(g, f, rois, ct, winner, **p):
     if ad.is_undefined_primal(f) or ad.is_undefined_primal(rois):
         _unsupported("the mixed features/box-coordinate second derivative")
     if _is_zero(g):
         return None, None, ad.Zero(ct.aval), None
-    return None, None, boxes_jvp_p.bind(f, rois, g, winner, **p), None
+    return None, None, forward_boxes_p.bind(f, rois, g, winner, **p), None
 
 
 ad.primitive_jvps[forward_p] = _forward_jvp
-ad.primitive_jvps[selected_p] = _selected_jvp
-ad.primitive_transposes[selected_p] = _selected_transpose
-ad.primitive_jvps[transpose_p] = _transpose_jvp
-ad.primitive_transposes[transpose_p] = _transpose_transpose
-ad.primitive_jvps[boxes_jvp_p] = _boxes_jvp_jvp
-ad.primitive_transposes[boxes_jvp_p] = _boxes_jvp_transpose
-ad.primitive_jvps[boxes_vjp_p] = _boxes_vjp_jvp
-ad.primitive_transposes[boxes_vjp_p] = _boxes_vjp_transpose
+ad.primitive_jvps[forward_selected_p] = _forward_selected_jvp
+ad.primitive_transposes[forward_selected_p] = _forward_selected_transpose
+ad.primitive_jvps[backward_features_p] = _backward_features_jvp
+ad.primitive_transposes[backward_features_p] = _backward_features_transpose
+ad.primitive_jvps[forward_boxes_p] = _forward_boxes_jvp
+ad.primitive_transposes[forward_boxes_p] = _forward_boxes_transpose
+ad.primitive_jvps[backward_boxes_p] = _backward_boxes_jvp
+ad.primitive_transposes[backward_boxes_p] = _backward_boxes_transpose
 
 
 # --------------------------------------------------------------------------- batching
@@ -299,7 +273,7 @@ def _make_batching_rule(prim, roles, result):
 
 
 _make_batching_rule(forward_p, ("features", "rois"), "out_winner")
-_make_batching_rule(selected_p, ("features", "rois", "winner"), "out")
-_make_batching_rule(transpose_p, ("out_like", "rois", "winner"), "features")
-_make_batching_rule(boxes_jvp_p, ("features", "rois", "rois_like", "winner"), "out")
-_make_batching_rule(boxes_vjp_p, ("features", "rois", "out_like", "winner"), "rois")
+_make_batching_rule(forward_selected_p, ("features", "rois", "winner"), "out")
+_make_batching_rule(backward_features_p, ("out_like", "rois", "winner"), "features")
+_make_batching_rule(forward_boxes_p, ("features", "rois", "rois_like", "winner"), "out")
+_make_batching_rule(backward_boxes_p, ("features", "rois", "out_like", "winner"), "rois")

@@ -8,11 +8,7 @@ the median of `--repeats` calls after one warm-up call (which includes compilati
 fewer when they exceed `--budget` seconds (the pure-JAX reference can take a minute a
 call on the larger workloads).
 
-Workloads (features N, C, H, W; rois; output; spatial scale; sampling ratio):
-  c4    Faster R-CNN C4 head:  (1, 1024, 50, 68), 512 rois, 14x14, 1/16, adaptive (0)
-  fpn   FPN level P2 box head: (2, 256, 200, 272), 1000 rois, 7x7, 1/4, 2
-  mask  Mask R-CNN mask head:  (2, 256, 100, 136), 200 rois, 14x14, 1/8, 2
-  tiny  a seconds-long smoke test for CI: (2, 8, 16, 20), 16 rois, 4x4, 1/4, 2
+Workloads: `jax_roialign/_cli/workloads.py` (`--workload`; `bench --help` lists them).
 The position-sensitive ops need C divisible by PH*PW; they get C rounded down to a
 multiple of it (at least PH*PW), e.g. 980 channels for c4.
 
@@ -24,12 +20,11 @@ written; forward+backward = that + output gradient read + feature gradient writt
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
 import sys
-import time
-from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,100 +33,37 @@ import numpy as np
 import jax_roialign as jra
 from jax_roialign import reference
 
+from .._src.api import FUNCTIONS
+from .._src.operators import OPERATORS
+from .timing import median_ms
+from .workloads import STANDARD, WORKLOADS, Workload, proposals
 
-class Workload(NamedTuple):
-    shape: tuple        # features (N, C, H, W)
-    rois: int
-    size: int           # output PH = PW
-    scale: float
-    sampling: int       # sampling_ratio (0: adaptive)
-    what: str
-
-
-WORKLOADS = {
-    "c4": Workload((1, 1024, 50, 68), 512, 14, 1 / 16, 0, "Faster R-CNN C4 head"),
-    "fpn": Workload((2, 256, 200, 272), 1000, 7, 1 / 4, 2, "FPN level P2 box head"),
-    "mask": Workload((2, 256, 100, 136), 200, 14, 1 / 8, 2, "Mask R-CNN mask head"),
-    "tiny": Workload((2, 8, 16, 20), 16, 4, 1 / 4, 2, "tiny smoke test"),
-}
-STANDARD = ("c4", "fpn", "mask")
-
-
-class Op(NamedTuple):
-    path: str                          # jax_roialign.<path>; the name --ops takes
-    args: Callable[[Workload], tuple]  # positional arguments after (features, rois)
-    torchvision: str | None            # torchvision.ops.<name> with the same arguments
-    position_sensitive: bool = False
-
-
-OPS = (
-    Op("roi_align", lambda w: (w.size, w.scale, w.sampling, False), "roi_align"),
-    Op("roi_pool", lambda w: (w.size, w.scale), "roi_pool"),
-    Op("ps_roi_align", lambda w: (w.size, w.scale, w.sampling), "ps_roi_align", True),
-    Op("ps_roi_pool", lambda w: (w.size, w.scale), "ps_roi_pool", True),
-    Op("legacy.roi_align", lambda w: (w.size, w.scale), None),
-    Op("legacy.roi_align_avg", lambda w: (w.size, w.scale), None),
-    Op("legacy.roi_align_max", lambda w: (w.size, w.scale), None),
-)
 OURS, REFERENCE, TORCHVISION = "jax_roialign", "reference", "torchvision"
 GBPS_DEFINITION = ("minimal bytes / time; forward: features read + rois read + output "
                    "written; forward+backward: that + output gradient read + feature "
                    "gradient written")
+OP_PATHS = [op.function for op in OPERATORS]
 
 
-def _lookup(root, path):
-    for part in path.split("."):
-        root = getattr(root, part, None)
-    return root
+def operator_arguments(fn, w: Workload) -> dict:
+    """The workload's configuration, as the keyword arguments `fn` takes."""
+    config = dict(output_size=w.size, spatial_scale=w.scale, sampling_ratio=w.sampling,
+                  aligned=False)
+    return {k: v for k, v in config.items() if k in inspect.signature(fn).parameters}
 
 
-def reference_op(path):
-    """jax_roialign.reference's version of an op: reference.<path>, or with the dots as
-    underscores (reference.legacy_roi_align), or None."""
-    return _lookup(reference, path) or getattr(reference, path.replace(".", "_"), None)
-
-
-def channels_for(op: Op, w: Workload) -> int:
+def channels_for(op, w: Workload) -> int:
     bins = w.size * w.size
     return max(w.shape[1] // bins, 1) * bins if op.position_sensitive else w.shape[1]
 
 
-def proposals(rng, num_images, height, width, scale, count):
-    """(K, 5) rows of random boxes in input-image pixels, sized as a detector's proposals."""
-    hi, wi = height / scale, width / scale
-    cx, cy = rng.uniform(0, wi, count), rng.uniform(0, hi, count)
-    bw, bh = np.exp(rng.uniform(np.log(16), np.log(max(wi, 32) / 2), (2, count)))
-    idx = rng.integers(0, num_images, count)
-    return np.stack([idx, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
-
-
-def median_ms(fn, repeats, budget_s):
-    """(median ms, ms of the first call, which compiles, number of timed calls).
-
-    Stops before `repeats` timed calls once they have taken `budget_s` seconds, so that
-    a slow peer cannot stretch the run to hours; when the first call alone exceeds the
-    budget, its time (compilation included, then a small share) is the result, with 0
-    timed calls."""
-    t = time.perf_counter()
-    fn()
-    first = (time.perf_counter() - t) * 1e3
-    if first > budget_s * 1e3:
-        return first, first, 0
-    times = []
-    while len(times) < repeats and (not times or sum(times) < budget_s * 1e3):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times)), first, len(times)
-
-
-def jax_timers(fn, args, features, rois, cotangent, layout):
+def jax_timers(fn, kwargs, features, rois, cotangent, layout):
     """Forward and forward+backward closures of a JAX op, jit-compiled."""
-    forward = jax.jit(lambda x, r: fn(x, r, *args, layout=layout))
+    forward = jax.jit(lambda x, r: fn(x, r, **kwargs, layout=layout))
 
     @jax.jit
     def forward_backward(x, r, c):
-        out, pullback = jax.vjp(lambda y: fn(y, r, *args, layout=layout), x)
+        out, pullback = jax.vjp(lambda y: fn(y, r, **kwargs, layout=layout), x)
         return out, pullback(c)[0]
 
     return (lambda: jax.block_until_ready(forward(features, rois)),
@@ -146,7 +78,7 @@ def torch_device():
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
-def torch_timers(fn, args, features, rois, cotangent):
+def torch_timers(fn, kwargs, features, rois, cotangent):
     import torch
 
     device = torch_device()
@@ -156,12 +88,12 @@ def torch_timers(fn, args, features, rois, cotangent):
 
     def forward():
         with torch.no_grad():
-            fn(features, rois, *args)
+            fn(features, rois, **kwargs)
         sync()
 
     def forward_backward():
         x = features.detach().requires_grad_(True)
-        fn(x, rois, *args).backward(cotangent)
+        fn(x, rois, **kwargs).backward(cotangent)
         sync()
 
     return forward, forward_backward
@@ -184,12 +116,9 @@ def _error(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0][:160]}"
 
 
-def bench_op(op: Op, name: str, w: Workload, args, log):
-    """Rows (one dict per implementation) for one op on one workload."""
-    fn = _lookup(jra, op.path)
-    if fn is None:
-        log(f"{op.path}: not in this version of jax_roialign ({jra.__version__}): skipped")
-        return []
+def bench_op(op, name: str, w: Workload, args):
+    """Rows (one dict per implementation) for one operator on one workload."""
+    fn = FUNCTIONS[op.name]
     rng = np.random.default_rng(0)
     n, _, h, wd = w.shape
     c = channels_for(op, w)
@@ -201,7 +130,7 @@ def bench_op(op: Op, name: str, w: Workload, args, log):
     to_layout = (lambda a: a) if args.layout == "NCHW" else (lambda a: a.transpose(0, 2, 3, 1))
     feats = jnp.asarray(to_layout(f_nchw), dtype)
     cot = jnp.asarray(to_layout(cot_nchw), dtype)
-    op_args = op.args(w)
+    kwargs = operator_arguments(fn, w)
     # The output has the cotangent's shape; the feature gradient the features'.
     item = dtype.itemsize
     fwd_bytes = feats.size * item + rois.nbytes + cot.size * item
@@ -210,23 +139,23 @@ def bench_op(op: Op, name: str, w: Workload, args, log):
     impls = []
     rois_j = jnp.asarray(rois)  # on the device once, not converted at every call
     if OURS in args.peers:
-        impls.append((OURS, lambda: jax_timers(fn, op_args, feats, rois_j, cot, args.layout)))
-    ref = reference_op(op.path)
-    if REFERENCE in args.peers and ref is not None:
-        impls.append((REFERENCE, lambda: jax_timers(ref, op_args, feats, rois_j, cot, args.layout)))
+        impls.append((OURS, lambda: jax_timers(fn, kwargs, feats, rois_j, cot, args.layout)))
+    if REFERENCE in args.peers:
+        ref = getattr(reference, op.function.replace(".", "_"))
+        impls.append((REFERENCE, lambda: jax_timers(ref, kwargs, feats, rois_j, cot, args.layout)))
     tv = import_torchvision() if TORCHVISION in args.peers and op.torchvision else None
     if tv is not None:
         torch, torchvision = tv
         tdtype = getattr(torch, args.dtype)
         version = torchvision.__version__.split("+")[0]  # without the build tag (+cpu, +cu130)
         impls.append((f"{TORCHVISION} {version}", lambda: torch_timers(
-            getattr(torchvision.ops, op.torchvision), op_args,
+            getattr(torchvision.ops, op.torchvision), kwargs,
             torch.from_numpy(f_nchw).to(tdtype), torch.from_numpy(rois),
             torch.from_numpy(cot_nchw).to(tdtype))))
 
     rows = []
     for impl, make in impls:
-        row = dict(workload=name, op=op.path, impl=impl, channels=c,
+        row = dict(workload=name, op=op.function, impl=impl, channels=c,
                    bytes_forward=int(fwd_bytes), bytes_forward_backward=int(fb_bytes))
         try:
             timers = make()
@@ -299,11 +228,11 @@ def _names(value, allowed, what):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", default=",".join(STANDARD),
-                   help=f"comma-separated, from {', '.join(WORKLOADS)} (default: "
+                   help=f"comma-separated, from {', '.join(f'{k} ({w.what})' for k, w in WORKLOADS.items())} (default: "
                         f"{','.join(STANDARD)})")
     p.add_argument("--tiny", action="store_true", help="only the tiny workload (CI)")
-    p.add_argument("--ops", default=",".join(o.path for o in OPS),
-                   help=f"comma-separated, from {', '.join(o.path for o in OPS)} (default: all)")
+    p.add_argument("--ops", default=",".join(OP_PATHS),
+                   help=f"comma-separated, from {', '.join(OP_PATHS)} (default: all)")
     p.add_argument("--peers", default=f"{OURS},{REFERENCE},{TORCHVISION}",
                    help=f"comma-separated implementations to time, from {OURS}, {REFERENCE}, "
                         f"{TORCHVISION} (default: all; torchvision where importable)")
@@ -323,9 +252,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     workloads = ["tiny"] if args.tiny else _names(args.workload, list(WORKLOADS), "workload")
-    wanted = _names(args.ops, [o.path for o in OPS], "op")
+    wanted = _names(args.ops, OP_PATHS, "op")
     args.peers = _names(args.peers, [OURS, REFERENCE, TORCHVISION], "peer")
-    ops = [o for o in OPS if o.path in wanted]
+    ops = [o for o in OPERATORS if o.function in wanted]
     out = sys.stderr if args.json else sys.stdout
     log = lambda line: print(line, file=out, flush=True)
 
@@ -348,7 +277,7 @@ def run(args) -> int:
         log(describe(name, w, args))
         log(HEADER)
         for op in ops:
-            rows = bench_op(op, name, w, args, log)
+            rows = bench_op(op, name, w, args)
             for i, r in enumerate(rows):
                 log(format_row(r, i == 0, args.repeats))
             results += rows

@@ -1,5 +1,5 @@
-// The CUDA launchers of the five RoI kernels (roi_kernels.cu), between the FFI
-// handlers (roi_ops.cc) and the kernels: raw device pointers, the call's shape
+// The CUDA launchers of the five RoI kernels (kernels.cu), between the FFI
+// handlers (ffi_handlers.cc) and the kernels: raw device pointers, the call's shape
 // and the stream; no XLA, nanobind or Python types. Each launcher enqueues
 // its work on `stream` only (kernels and memsets; no allocation, no host
 // synchronisation) and returns cudaGetLastError() after its launches.
@@ -11,7 +11,7 @@
 //   backward_boxes     grad_rois = (d op(features)/d boxes)^T . cotangent
 //
 // Semantics, winner encoding and zeroing are those of the CPU kernels
-// (cc/cpu/roi_kernels.h); every output buffer may arrive uninitialised.
+// (cc/cpu/kernels.h); every output buffer may arrive uninitialised.
 // Requires H * W < 2^31 (checked by the handlers).
 #pragma once
 
@@ -28,20 +28,20 @@ struct Launch {
   using G = typename Types<T>::Geometry;
 
   // `winner`: int32 shaped like `out` in max mode; ignored (may be null) in avg.
-  static cudaError_t forward(const RoiShape& s, const T* features, const G* rois, T* out,
+  static cudaError_t forward(const RoiCall& s, const T* features, const G* rois, T* out,
                              int32_t* winner, cudaStream_t stream);
-  static cudaError_t forward_selected(const RoiShape& s, const T* features, const G* rois,
+  static cudaError_t forward_selected(const RoiCall& s, const T* features, const G* rois,
                                       const int32_t* winner, T* out, cudaStream_t stream);
   // `deterministic`: no atomics, bit-identical run to run. float16/bfloat16
   // always take that path (float32 accumulation without a scratch buffer).
-  static cudaError_t backward_features(const RoiShape& s, const T* cotangent, const G* rois,
+  static cudaError_t backward_features(const RoiCall& s, const T* cotangent, const G* rois,
                                        const int32_t* winner, T* grad_features,
                                        bool deterministic, cudaStream_t stream);
-  static cudaError_t forward_boxes(const RoiShape& s, const T* features, const G* rois,
+  static cudaError_t forward_boxes(const RoiCall& s, const T* features, const G* rois,
                                    const G* rois_dot, const int32_t* winner, T* out_dot,
                                    cudaStream_t stream);
   // grad_rois has the rois' shape; a (K, 5) row's batch-index slot gets 0.
-  static cudaError_t backward_boxes(const RoiShape& s, const T* features, const G* rois,
+  static cudaError_t backward_boxes(const RoiCall& s, const T* features, const G* rois,
                                     const T* cotangent, const int32_t* winner, G* grad_rois,
                                     cudaStream_t stream);
 };

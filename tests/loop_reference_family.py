@@ -1,4 +1,4 @@
-"""Plain-Python loop transcriptions of SPEC.md's roi_pool, ps_roi_align, ps_roi_pool and
+"""Plain-Python loop transcriptions of docs/semantics.md's roi_pool, ps_roi_align, ps_roi_pool and
 legacy ops: the tests' independent oracles (companions of ``loop_reference.py``).
 
 Scalar loops, float64 by default.  With ``dtype=np.float32`` every floating operation is
@@ -6,7 +6,7 @@ an IEEE float32 operation on NumPy scalars in the peers' order (torchvision's CP
 for the first three), which emulates them bit for bit; integer quantities (rounded
 corners, roi sizes, bin edges) are exact Python integers, as the kernels' int64.
 
-Same normalised arguments as ``jax_roialign._reference_ops``: ``features`` ``(N, C, H, W)``
+Same normalised arguments as ``jax_roialign._src.reference``: ``features`` ``(N, C, H, W)``
 (NCHW) or ``(N, H, W, C)`` (NHWC), ``rois`` ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]``;
 results ``(K, C_out, PH, PW)`` / ``(K, PH, PW, C_out)`` in ``dtype``.  A roi whose batch
 index is not an integer in ``[0, N)`` gives 0.
@@ -112,7 +112,7 @@ def _pool(features, rois, p_h, p_w, spatial_scale, layout, dtype, ps, return_arg
 
 def roi_pool_numpy(features, rois, pooled_height, pooled_width, spatial_scale, layout,
                    dtype=np.float64, return_argmax=False):
-    """SPEC.md roi_pool as torchvision computes it (float bin edges ``floor(p*bin)``,
+    """docs/semantics.md roi_pool as torchvision computes it (float bin edges ``floor(p*bin)``,
     ``ceil((p+1)*bin)``, ``bin = T(size)/T(P)``; corners ``round`` half away from zero,
     saturated at 1e15 like cc/roi_pool.h; edges clipped to ``[0, H]``; +1 in the size).
 
@@ -126,7 +126,7 @@ def roi_pool_numpy(features, rois, pooled_height, pooled_width, spatial_scale, l
 
 def ps_roi_pool_numpy(features, rois, pooled_height, pooled_width, spatial_scale, layout,
                       dtype=np.float64):
-    """SPEC.md ps_roi_pool as torchvision's forward computes it: no +1 in the roi size,
+    """docs/semantics.md ps_roi_pool as torchvision's forward computes it: no +1 in the roi size,
     edges clipped to ``[0, H-1]`` / ``[0, W-1]``, average over the bin's cells (summed in
     row-major order, divided by the area), empty bin 0; output channel ``c`` of bin
     ``(ph, pw)`` reads input channel ``(c*PH + ph)*PW + pw``."""
@@ -137,7 +137,7 @@ def ps_roi_pool_numpy(features, rois, pooled_height, pooled_width, spatial_scale
 def ps_roi_align_numpy(features, rois, pooled_height, pooled_width, spatial_scale,
                        sampling_ratio, layout, dtype=np.float64, adaptive_grid_cap=None,
                        max_samples=10 ** 7):
-    """SPEC.md ps_roi_align: roi_align's aligned geometry (0.5 offset, no size clamp),
+    """docs/semantics.md ps_roi_align: roi_align's aligned geometry (0.5 offset, no size clamp),
     ``gh x gw`` grid (``sampling_ratio`` or ``ceil(rh/PH)``, clamped to
     ``adaptive_grid_cap`` if given), average with divisor ``max(gh*gw, 1)`` (empty grid 0),
     position-sensitive channels.  torchvision's order: ``y = (ph*bh + ys) + ((iy+.5)*bh)/gh``,
@@ -185,16 +185,16 @@ def ps_roi_align_numpy(features, rois, pooled_height, pooled_width, spatial_scal
 
 def _legacy_lattice(fb, roi, a_h, a_w, s, T):
     """faster-rcnn.pytorch ``ROIAlignForwardCpu`` on an ``a_h x a_w`` lattice for one roi:
-    ``(a_h, a_w, C)`` values.  Transcribed from the original, with SPEC.md's fixes: a
+    ``(a_h, a_w, C)`` values.  Transcribed from the original, with docs/semantics.md's fixes: a
     non-finite position is outside (the original compares NaN as inside), and ``H == 1``
     (``W == 1``) reads its single row twice instead of row -1 (cc/legacy.h).  None when a
-    scaled corner or size is not finite (SPEC.md: the roi gives 0)."""
+    scaled corner or size is not finite (docs/semantics.md: the roi gives 0)."""
     height, width, c = fb.shape
     rs_w, rs_h = T(roi[1]) * s, T(roi[2]) * s
     re_w, re_h = T(roi[3]) * s, T(roi[4]) * s
     if not all(math.isfinite(float(v)) for v in (rs_w, rs_h, re_w, re_h, re_w - rs_w,
                                                   re_h - rs_h)):
-        return None  # SPEC.md: non-finite coordinates give 0
+        return None  # docs/semantics.md: non-finite coordinates give 0
     roi_w = max(re_w - rs_w + T(1), T(0))  # fmaxf(roi_end_w - roi_start_w + 1., 0.)
     roi_h = max(re_h - rs_h + T(1), T(0))
     bin_h = roi_h / T(a_h - 1)
@@ -221,7 +221,7 @@ def _legacy_lattice(fb, roi, a_h, a_w, s, T):
 
 def legacy_numpy(features, rois, pooled_height, pooled_width, spatial_scale, variant, layout,
                  dtype=np.float64):
-    """faster-rcnn.pytorch's RoIAlign layers (SPEC.md "legacy").
+    """faster-rcnn.pytorch's RoIAlign layers (docs/semantics.md "legacy").
 
     ``"plain"``: ``RoIAlign(PH, PW, s)``, the lattice itself; ``"avg"`` / ``"max"``:
     ``RoIAlignAvg`` / ``RoIAlignMax``, ``RoIAlign(PH+1, PW+1, s)`` followed by a 2x2

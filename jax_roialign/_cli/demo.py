@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import struct
 import sys
@@ -32,6 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_roialign as jra
+
+from .._src.api import FUNCTIONS
+from .._src.operators import OPERATORS
 
 # ----------------------------------------------------------------------------- the scene
 #
@@ -98,7 +102,7 @@ def render(window, height, width, supersample=4):
 
 # ----------------------------------------------------------------------------- geometry
 #
-# What each operator samples, in image pixels, from SPEC.md's formulas, for the overlays.
+# What each operator samples, in image pixels, from docs/semantics.md's formulas, for the overlays.
 
 def roipool_edges(a1, a2, cells):
     """RoIPool's two quantisations along one axis: the box rounded to whole cells, then
@@ -124,40 +128,24 @@ def legacy_points(a1, a2):
 
 # ----------------------------------------------------------------------------- pooling
 
-METHODS = (  # key, operator path, column title
-    ("roi_pool", "roi_pool", "RoIPool (max)"),
-    ("legacy", "legacy.roi_align", "legacy RoIAlign"),
-    ("roi_align", "roi_align", "RoIAlign"),
-)
+# The operators the picture compares, in the registry's `demo` order: (key, function,
+# column title).
+METHODS = tuple((op.name, FUNCTIONS[op.name], op.demo[1])
+                for op in sorted((o for o in OPERATORS if o.demo), key=lambda o: o.demo[0]))
 
 
-def _operator(path):
-    obj = jra
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def pooled_crops(image, layout, dtype, log):
-    """{method: (K, OUT, OUT, 3) float32 or None} from the stride-8 feature map."""
+def pooled_crops(image, layout, dtype):
+    """{method: (K, OUT, OUT, 3) float32} from the stride-8 feature map."""
     feats = image.reshape(HEIGHT // STRIDE, STRIDE, WIDTH // STRIDE, STRIDE, 3).mean((1, 3))
     feats = feats[None] if layout == "NHWC" else feats.transpose(2, 0, 1)[None]
     feats = jnp.asarray(feats, dtype)
     rows = np.concatenate([np.zeros((len(BOXES), 1), np.float32), BOXES], 1)
-    calls = {
-        "roi_pool": lambda op: op(feats, rows, OUT, 1 / STRIDE, layout=layout),
-        "legacy": lambda op: op(feats, rows, OUT, 1 / STRIDE, layout=layout),
-        "roi_align": lambda op: op(feats, rows, OUT, 1 / STRIDE, 2, True, layout=layout),
-    }
+    config = dict(output_size=OUT, spatial_scale=1 / STRIDE, sampling_ratio=2, aligned=True,
+                  layout=layout)
     crops = {}
-    for key, path, _ in METHODS:
-        op = _operator(path)
-        if op is None:
-            log(f"  jax_roialign.{path} is not in this version of jax_roialign: "
-                "its column is empty")
-            crops[key] = None
-            continue
-        out = np.asarray(calls[key](op), np.float32)
+    for key, fn, _ in METHODS:
+        kwargs = {k: v for k, v in config.items() if k in inspect.signature(fn).parameters}
+        out = np.asarray(fn(feats, rows, **kwargs), np.float32)
         crops[key] = out if layout == "NHWC" else out.transpose(0, 2, 3, 1)
     return crops
 
@@ -280,9 +268,6 @@ def draw_rows(canvas, top, left, ideal, crops, errors):
         for c, key in enumerate(["ideal"] + [k for k, _, _ in METHODS], start=1):
             x = left + c * (TILE + GAP)
             crop = ideal if key == "ideal" else crops[key]
-            if crop is None:
-                canvas.text(y + TILE // 2 - 8, x + 8, "not in this version", GREY)
-                continue
             cell = TILE // OUT
             canvas.paste(y, x, np.repeat(np.repeat(np.clip(crop[i], 0, 1), cell, 0), cell, 1))
             if key == "ideal":
@@ -294,12 +279,12 @@ def draw_rows(canvas, top, left, ideal, crops, errors):
 
 def picture(path, layout, dtype, log):
     """Pools the boxes, draws the figure and writes the PNG. Returns ({method: mean
-    |crop - ideal| per box, or None}, whether the PNG has its text labels)."""
+    |crop - ideal| per box}, whether the PNG has its text labels)."""
     image = render((0, 0, WIDTH, HEIGHT), HEIGHT, WIDTH)
-    crops = pooled_crops(image, layout, dtype, log)
+    crops = pooled_crops(image, layout, dtype)
     # The ideal crop: the box's own pixels averaged over each of the OUT x OUT bins.
     ideal = np.stack([render(b, OUT, OUT, supersample=16) for b in BOXES])
-    errors = {k: None if c is None else np.abs(c - ideal).mean((1, 2, 3)) for k, c in crops.items()}
+    errors = {k: np.abs(c - ideal).mean((1, 2, 3)) for k, c in crops.items()}
 
     rows_left = MARGIN + WIDTH * ZOOM + 40
     canvas = Canvas(max(TOP + HEIGHT * ZOOM + 230, TOP + len(BOXES) * (TILE + 40) + 10),
@@ -529,9 +514,8 @@ def run(args) -> int:
            "(pip install jax_roialign[demo]). Columns: the zoomed bins (green RoIAlign, red "
            "RoIPool, cyan legacy), the ideal crop, RoIPool, legacy RoIAlign, RoIAlign"))
     for key, _, title in METHODS:
-        if errors[key] is not None:
-            log(f"  {title:<16} mean |crop - ideal| per box: "
-                + ", ".join(f"{e:.3f}" for e in errors[key]))
+        log(f"  {title:<16} mean |crop - ideal| per box: "
+            + ", ".join(f"{e:.3f}" for e in errors[key]))
     # Without Flax, train() says which extra to install; the demo still succeeds, as the
     # picture, the part that needs nothing optional, was made.
     train(max(args.steps, 1), args.layout, dtype.type, log)

@@ -1,8 +1,8 @@
 """Argument validation and normalisation: the one place each rule lives.
 
-Every public op (kernel path and reference path alike) goes through these, so
-an error names the argument, what was expected and what arrived, the same way
-everywhere (SPEC.md, "What is an error at trace time").
+Every public operator (kernel path and reference path alike) goes through these, so an
+error names the argument, what was expected and what arrived, the same way everywhere
+(docs/semantics.md, "What is an error at trace time").
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Rois(NamedTuple):
 
 
 def rois(op: str, rois, num_images: int, features_dtype) -> Rois:
-    """The three forms of SPEC.md, cast to the geometry dtype.
+    """The three forms of docs/semantics.md, cast to the geometry dtype.
 
     (K, 5) rows [batch_index, x1, y1, x2, y2]; (N, R, 4) boxes of image n in row
     n; a list of N arrays (R_n, 4), concatenated into rows.

@@ -1,0 +1,1 @@
+"""The framework modules: Flax (linen, nnx) and Haiku classes generated per operator."""

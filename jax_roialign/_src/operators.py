@@ -1,0 +1,74 @@
+"""The operator registry: one entry per operator, read by every other layer.
+
+An operator is its math header and `bin_sampler.h` case (cc/), its reference core
+(`reference/`), one entry here, and its public function (`api.py`). The kernels'
+operator codes come from the compiled modules (cc/roi_common.h `JRA_OPERATORS`);
+the tests check that both tables list the same operators with the same properties.
+docs/semantics.md defines each operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .reference import legacy as _legacy
+from .reference import pool as _pool
+from .reference import ps_roi_align as _ps_roi_align
+from .reference import roi_align as _roi_align
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str                    # the kernels' operator name (the `op` parameter)
+    function: str                # public path in jax_roialign: "roi_align", "legacy.roi_align"
+    module: str                  # Flax / Haiku class name
+    reference: Callable          # core(features, rows, params) in pure JAX (see `reference/`)
+    modes: tuple = ("avg",)      # accepted `mode` values, the first is the default
+    min_output: int = 1          # smallest output size per axis
+    fixed: dict = field(default_factory=dict)  # parameters the operator fixes
+    box_derivative: bool = True  # False: piecewise constant in the boxes, derivative 0
+    position_sensitive: bool = False  # C = C_out * PH * PW, bin (ph, pw) reads its own group
+    torchvision: str | None = None    # torchvision.ops.<name>, same positional arguments
+    demo: tuple | None = None    # (column, title) in the demo's picture, if it is shown there
+
+
+def _size(p):
+    return p["output_size"]
+
+
+OPERATORS = (
+    Operator("roi_align", "roi_align", "RoIAlign",
+             lambda f, r, p: _roi_align.roi_align_core(
+                 f, r, *_size(p), p["spatial_scale"], p["sampling_ratio"], p["aligned"],
+                 p["mode"], p["layout"]),
+             modes=("avg", "max"), torchvision="roi_align", demo=(2, "RoIAlign")),
+    Operator("roi_pool", "roi_pool", "RoIPool",
+             lambda f, r, p: _pool.roi_pool_core(f, r, *_size(p), p["spatial_scale"],
+                                                 p["layout"]),
+             modes=("max",), fixed=dict(sampling_ratio=0, aligned=False), box_derivative=False,
+             torchvision="roi_pool", demo=(0, "RoIPool (max)")),
+    Operator("ps_roi_align", "ps_roi_align", "PSRoIAlign",
+             lambda f, r, p: _ps_roi_align.ps_roi_align_core(
+                 f, r, *_size(p), p["spatial_scale"], p["sampling_ratio"], p["layout"]),
+             fixed=dict(aligned=True), position_sensitive=True, torchvision="ps_roi_align"),
+    Operator("ps_roi_pool", "ps_roi_pool", "PSRoIPool",
+             lambda f, r, p: _pool.ps_roi_pool_core(f, r, *_size(p), p["spatial_scale"],
+                                                    p["layout"]),
+             fixed=dict(sampling_ratio=0, aligned=False), box_derivative=False,
+             position_sensitive=True, torchvision="ps_roi_pool"),
+    Operator("legacy", "legacy.roi_align", "LegacyRoIAlign",
+             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scale"], "plain",
+                                                 p["layout"]),
+             min_output=2, fixed=dict(sampling_ratio=0, aligned=False), demo=(1, "legacy RoIAlign")),
+    Operator("legacy_avg", "legacy.roi_align_avg", "LegacyRoIAlignAvg",
+             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scale"], "avg",
+                                                 p["layout"]),
+             fixed=dict(sampling_ratio=0, aligned=False)),
+    Operator("legacy_max", "legacy.roi_align_max", "LegacyRoIAlignMax",
+             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scale"], "max",
+                                                 p["layout"]),
+             modes=("max",), fixed=dict(sampling_ratio=0, aligned=False)),
+)
+
+BY_NAME = {op.name: op for op in OPERATORS}

@@ -1,0 +1,105 @@
+"""Bad data that only the run can see gives zeros and no gradient (docs/semantics.md);
+bad arguments are errors at trace time that name the argument."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_roialign as jra
+from cases import CASES, IDS, LAYOUTS, features
+
+BAD_ROWS = [[-1, 1, 1, 3, 3], [2, 1, 1, 3, 3], [0.5, 1, 1, 3, 3], [np.nan, 1, 1, 3, 3],
+            [1e20, 1, 1, 3, 3], [0, np.nan, 1, 3, 3], [0, 1, np.inf, 3, 3],
+            [0, -np.inf, -np.inf, np.inf, np.inf], [1, 1, 1, np.nan, 3]]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bad_rois_give_zeros_and_no_gradient(case, layout):
+    f = jnp.asarray(features(case, np.random.default_rng(14), (2, 2), layout, h=5, w=5) + 3)
+    rois = jnp.asarray([[0, 1.0, 1.0, 3.0, 3.0]] + BAD_ROWS)
+    fn = lambda x, r: case("kernel", x, r, (2, 2), 1.0, -1, True, layout)
+    out = np.asarray(fn(f, rois))
+    assert np.all(out[0] != 0)
+    np.testing.assert_array_equal(out[1:], 0)
+    gf, gr = jax.grad(lambda x, r: fn(x, r).sum(), argnums=(0, 1))(f, rois)
+    np.testing.assert_array_equal(gf, jax.grad(lambda x: fn(x, rois[:1]).sum())(f))
+    assert np.all(np.isfinite(gr))
+    np.testing.assert_array_equal(gr[1:], 0)
+
+
+def test_validate_rois_flags_the_bad_rows():
+    rois = jnp.asarray([[0, 1.0, 1.0, 3.0, 3.0]] + BAD_ROWS)
+    np.testing.assert_array_equal(jra.validate_rois(rois, 2), [False] + [True] * len(BAD_ROWS))
+    boxes = jnp.asarray([[[1.0, 1.0, 3.0, 3.0], [0.0, np.inf, 1.0, 1.0]]])
+    np.testing.assert_array_equal(jra.validate_rois(boxes, 1), [[False, True]])
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0)])
+def test_empty_maps_give_zeros(case, shape):
+    f = jnp.ones((1, case.channels(2, (2, 2))) + shape)
+    rois = jnp.asarray([[0, 0.0, 0.0, 3.0, 3.0]])
+    fn = lambda x, r: jnp.sum(case("kernel", x, r, (2, 2)))
+    out, (gf, gr) = jax.value_and_grad(fn, argnums=(0, 1))(f, rois)
+    assert case("kernel", f, rois, (2, 2)).shape[-2:] == (2, 2)
+    assert out == 0 and gf.shape == f.shape and np.all(gr == 0)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: jra.roi_align(np.zeros((2, 3, 4)), np.zeros((1, 5)), 2), ValueError,
+     r"roi_align: features must have rank 4 \(N, C, H, W\).*got shape \(2, 3, 4\)"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4), np.int32), np.zeros((1, 5)), 2), TypeError,
+     "features must be float16, bfloat16, float32 or float64, got int32"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 4)), 2), ValueError,
+     r"rois must be \(K, 5\).*got shape \(1, 4\)"),
+    (lambda: jra.roi_align(np.zeros((2, 3, 4, 4)), np.zeros((3, 1, 4)), 2), ValueError,
+     r"must have N = 2.*got shape \(3, 1, 4\)"),
+    (lambda: jra.roi_align(np.zeros((2, 3, 4, 4)), [np.zeros((1, 4))], 2), ValueError,
+     r"one \(R_n, 4\) array per image \(2\), got 1"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), [np.zeros((1, 5))], 2), ValueError,
+     r"rois\[0\] must have shape \(R_n, 4\), got \(1, 5\)"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 0), ValueError,
+     "output_size must be >= 1, got 0"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), (2, 2.5)), TypeError,
+     "output_size must be an int or a pair of ints"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 2, mode="min"), ValueError,
+     r"mode must be one of \('avg', 'max'\), got 'min'"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 2, layout="CHW"), ValueError,
+     r"layout must be one of \('NCHW', 'NHWC'\), got 'CHW'"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 2, 1.0, 1.5), TypeError,
+     "sampling_ratio must be an int"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 2, -0.5), ValueError,
+     "spatial_scale must be finite and >= 0, got -0.5"),
+    (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 2, float("nan")), ValueError,
+     "spatial_scale must be finite"),
+    (lambda: jra.ps_roi_align(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 2), ValueError,
+     r"ps_roi_align: features must have a channel count divisible by "
+     r"output_size\[0\] \* output_size\[1\] = 4, got 10"),
+    (lambda: jra.ps_roi_pool(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 3), ValueError,
+     r"ps_roi_pool: .* = 9, got 10"),
+    (lambda: jra.legacy.roi_align(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 1, 1.0), ValueError,
+     r"legacy.roi_align: output_size must be >= 2, got 1"),
+    (lambda: jra.roi_pool(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 2, layout="HWC"), ValueError,
+     "roi_pool: layout must be one of"),
+])
+def test_trace_time_errors_name_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_legacy_average_layers_take_output_size_1():
+    assert jra.legacy.roi_align_avg(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 1,
+                                    1.0).shape == (1, 10, 1, 1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_reference_forms_check_arguments_as_the_functions_do(case):
+    """jax_roialign.reference.<op> rejects what jax_roialign.<op> rejects (it shares the
+    function's signature and checks)."""
+    f = np.zeros((1, case.channels(1, (2, 2)), 4, 4))
+    with pytest.raises(TypeError):
+        case.ref(f, np.zeros((1, 5)), 2, 1.0, 2, True, 5, 6)
+    with pytest.raises(ValueError, match="layout"):
+        case.ref(f, np.zeros((1, 5)), 2, 1.0, layout="HWC")

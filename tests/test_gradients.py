@@ -1,0 +1,124 @@
+"""Derivatives of every operator case: in the features (any order, forward and reverse),
+in the boxes (first order, exact where smooth), their agreement with the pure-JAX path
+and the loop formula, determinism, and the errors for what is not provided."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jax_roialign as jra
+from cases import (BOX_CASES, BOX_IDS, CASES, IDS, LAYOUTS, ORDINARY, edge_rois, features,
+                   smooth_rois, to_layout)
+from loop_reference import roi_align_numpy_box_grad
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_check_grads_features(case, layout):
+    rng = np.random.default_rng(5)
+    f = jnp.asarray(features(case, rng, (2, 3), layout, h=6, w=7))
+    rois = jnp.asarray(edge_rois(2, 6, 7, 1.0, rng, count=3))
+    for sr in ((-1, 2) if case.sampling else (-1,)):
+        check_grads(lambda x: case("kernel", x, rois, (2, 3), 1.0, sr, True, layout), (f,),
+                    order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("case", BOX_CASES, ids=BOX_IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("form", ["rows", "per_image"])
+def test_box_gradient(case, layout, form):
+    """check_grads away from kinks, and equal to jax.grad of the pure-JAX path."""
+    rng = np.random.default_rng(6)
+    f = jnp.asarray(features(case, rng, (2, 2), layout, c_out=3, h=9, w=10))
+    rows = smooth_rois(rng, 4, 9, 10, 0.5)
+    for aligned in case.aligned_values():
+        if form == "rows":
+            fn = lambda b, impl="kernel": case(impl, f, jnp.concatenate([rows[:, :1], b], 1),
+                                               (2, 2), 0.5, 2, aligned, layout)
+            b = jnp.asarray(rows[:, 1:])
+        else:
+            fn = lambda b, impl="kernel": case(impl, f, b, (2, 2), 0.5, 2, aligned, layout)
+            b = jnp.asarray(rows[:, 1:].reshape(2, 2, 4))
+        check_grads(fn, (b,), order=1, modes=("fwd", "rev"), eps=1e-6)
+        cot = jnp.asarray(rng.normal(size=fn(b).shape))
+        np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(fn(x) * cot))(b),
+                                   jax.grad(lambda x: jnp.sum(fn(x, "reference") * cot))(b),
+                                   rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 3])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_roi_align_box_gradient_matches_formula(aligned, sampling_ratio, layout):
+    """The kernel's box gradient vs docs/semantics.md's formula written as loops, clamped
+    and out-of-window samples included."""
+    rng = np.random.default_rng(7)
+    f = to_layout(rng.normal(size=(2, 3, 7, 8)), layout)
+    rois = edge_rois(2, 7, 8, 1.0, rng)[ORDINARY]
+    run = lambda r: jra.roi_align(f, r, (2, 3), 1.0, sampling_ratio, aligned, layout=layout)
+    cot = rng.normal(size=run(rois).shape)
+    got = jax.grad(lambda r: jnp.sum(run(r) * cot))(jnp.asarray(rois))
+    np.testing.assert_array_equal(got[:, 0], 0)
+    formula = roi_align_numpy_box_grad(f, rois, cot, 2, 3, 1.0, sampling_ratio, aligned, layout)
+    np.testing.assert_allclose(got[:, 1:], formula, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.box_derivative],
+                         ids=[c.id for c in CASES if not c.box_derivative])
+def test_piecewise_constant_operators_have_zero_box_derivative(case):
+    rng = np.random.default_rng(7)
+    f = jnp.asarray(features(case, rng, (2, 2), "NCHW"))
+    rois = jnp.asarray(edge_rois(2, 7, 9, 1.0, rng))
+    g = jax.grad(lambda r: jnp.sum(case("kernel", f, r, (2, 2)) ** 2))(rois)
+    np.testing.assert_array_equal(g, 0)
+    _, t = jax.jvp(lambda r: case("kernel", f, r, (2, 2)), (rois,), (jnp.ones_like(rois),))
+    np.testing.assert_array_equal(t, 0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_feature_gradient_matches_reference(case):
+    rng = np.random.default_rng(8)
+    f = jnp.asarray(features(case, rng, (2, 3), "NCHW", c_out=3, h=7, w=8))
+    rois = jnp.asarray(edge_rois(2, 7, 8, 1.0, rng)[ORDINARY])
+    out = case("kernel", f, rois, (2, 3))
+    cot = jnp.asarray(rng.normal(size=out.shape))
+    grads = [jax.grad(lambda x: jnp.sum(case(impl, x, rois, (2, 3), 1.0, -1, True) * cot))(f)
+             for impl in ("kernel", "reference")]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_is_bitwise_deterministic(case):
+    rng = np.random.default_rng(9)
+    f = jnp.asarray(features(case, rng, (4, 4), "NCHW", c_out=4, h=20, w=20, dtype=np.float32))
+    rois = jnp.asarray(edge_rois(2, 20, 20, 1.0, rng, count=40).astype(np.float32))
+    g = jax.jit(jax.grad(lambda x, r: jnp.sum(jnp.sin(case("kernel", x, r, 4, 1.0, 2, True))),
+                         argnums=(0, 1)))
+    a, b = g(f, rois), g(f, rois)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_jacfwd_equals_jacrev(case):
+    rng = np.random.default_rng(10)
+    f = jnp.asarray(features(case, rng, (2, 2), "NCHW", n=1, c_out=2, h=5, w=5))
+    rows = smooth_rois(rng, 2, 5, 5, 1.0)
+    rows[:, 0] = 0
+    fn = lambda x, b: case("kernel", x, jnp.concatenate([rows[:, :1], b], 1), (2, 2), 1.0, 2,
+                           True)
+    b = jnp.asarray(rows[:, 1:])
+    for argnum in ((0, 1) if case.box_derivative else (0,)):
+        np.testing.assert_allclose(jax.jacfwd(fn, argnum)(f, b), jax.jacrev(fn, argnum)(f, b),
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", BOX_CASES, ids=BOX_IDS)
+def test_second_derivatives_in_boxes_raise_clearly(case):
+    f = jnp.ones((1, case.channels(1, (2, 2)), 5, 5))
+    fn = lambda b: case("kernel", f, jnp.concatenate([jnp.zeros((1, 1)), b], 1), (2, 2), 1.0, 2,
+                        True).sum()
+    with pytest.raises(jra.UnsupportedDerivativeError, match="box coordinates"):
+        jax.hessian(fn)(jnp.asarray([[0.5, 0.7, 3.2, 3.9]]))

@@ -1,0 +1,65 @@
+"""Every operator case under jit and vmap (of values, of gradients, of box JVPs)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cases import BOX_CASES, BOX_IDS, CASES, IDS, LAYOUTS, edge_rois, features, smooth_rois
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_jit_equals_eager_in_both_rois_forms(case):
+    rng = np.random.default_rng(11)
+    f = jnp.asarray(features(case, rng, (2, 2), "NCHW", h=6, w=6))
+    rows = jnp.asarray(edge_rois(2, 6, 6, 1.0, rng))
+    boxes = jnp.asarray(smooth_rois(rng, 6, 6, 6, 1.0)[:, 1:].reshape(2, 3, 4))
+    fn = lambda x, r: case("kernel", x, r, (2, 2), 1.0, -1, True)
+    for r in (rows, boxes):
+        np.testing.assert_array_equal(fn(f, r), jax.jit(fn)(f, r))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (1, 2)])
+@pytest.mark.parametrize("form", ["rows", "per_image"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vmap_equals_loop(case, in_axes, form, layout):
+    """vmap of the value and of the gradient (features, and boxes where differentiable)
+    equals the loop over the batch; an invalid batch index stays invalid when folded."""
+    rng = np.random.default_rng(12)
+    B = 3
+    f = np.stack([features(case, rng, (2, 3), layout, h=6, w=7) for _ in range(B)])
+    if form == "rows":
+        r = np.stack([edge_rois(2, 6, 7, 1.0, rng, count=3) for _ in range(B)])
+        r[1, 0, 0] = 7
+    else:
+        r = np.stack([smooth_rois(rng, 6, 6, 7, 1.0)[:, 1:].reshape(2, 3, 4) for _ in range(B)])
+    fa = None if in_axes[0] is None else np.moveaxis(f, 0, in_axes[0])
+    ra = None if in_axes[1] is None else np.moveaxis(r, 0, in_axes[1])
+    pick = lambda a, i, ax: a[i] if ax is not None else a[0]
+    fn = lambda x, b: case("kernel", x, b, (2, 3), 1.0, -1, True, layout)
+    args = (jnp.asarray(f[0] if fa is None else fa), jnp.asarray(r[0] if ra is None else ra))
+    got = jax.vmap(fn, in_axes)(*args)
+    want = np.stack([fn(pick(f, i, in_axes[0]), pick(r, i, in_axes[1])) for i in range(B)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+    argnums = (0, 1) if case.box_derivative and form == "per_image" else (0,)
+    gfn = jax.grad(lambda x, b: jnp.sum(jnp.sin(fn(x, b))), argnums=argnums)
+    got_g = jax.vmap(gfn, in_axes)(*args)
+    want_g = [gfn(jnp.asarray(pick(f, i, in_axes[0])), jnp.asarray(pick(r, i, in_axes[1])))
+              for i in range(B)]
+    for j, leaf in enumerate(got_g):
+        np.testing.assert_allclose(leaf, np.stack([w[j] for w in want_g]), rtol=1e-12,
+                                   atol=1e-12)
+
+
+@pytest.mark.parametrize("case", BOX_CASES, ids=BOX_IDS)
+def test_vmap_of_jvp_in_boxes(case):
+    rng = np.random.default_rng(13)
+    f = jnp.asarray(features(case, rng, (2, 2), "NCHW", h=6, w=6))
+    boxes = jnp.asarray(smooth_rois(rng, 4, 6, 6, 1.0)[:, 1:].reshape(2, 2, 4))
+    tangents = jnp.asarray(rng.normal(size=(3, 2, 2, 4)))
+    fn = lambda b: case("kernel", f, b, (2, 2), 1.0, 2, True)
+    got = jax.vmap(lambda t: jax.jvp(fn, (boxes,), (t,))[1])(tangents)
+    want = np.stack([jax.jvp(fn, (boxes,), (t,))[1] for t in tangents])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

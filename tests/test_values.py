@@ -1,0 +1,163 @@
+"""Values of every operator case: the kernels against the float64 loop oracles, the
+float32 emulation bit for bit, 16-bit dtypes, the rois forms, awkward maps and boxes, and
+the pure-JAX path."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cases import (CASES, IDS, LAYOUTS, ORDINARY, edge_rois, features, smooth_rois,
+                   to_layout)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("spatial_scale", [1.0, 0.5, 0.25])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("size", [(2, 3), (3, 3)])
+def test_matches_loop_oracle(case, spatial_scale, layout, size):
+    rng = np.random.default_rng(hash((case.id, spatial_scale, layout, size)) % 2**32)
+    f = features(case, rng, size, layout)
+    rois = edge_rois(2, 7, 9, spatial_scale, rng)
+    for sr in case.sampling_values():
+        for aligned in case.aligned_values():
+            np.testing.assert_allclose(
+                case("kernel", f, rois, size, spatial_scale, sr, aligned, layout),
+                case.loop(f, rois, size, spatial_scale, sr, aligned, layout),
+                rtol=1e-12, atol=1e-12, err_msg=f"sampling_ratio {sr}, aligned {aligned}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (6, 1)])
+def test_single_row_or_column_maps(case, shape):
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(1, case.channels(2, (2, 2))) + shape)
+    rois = edge_rois(1, shape[0], shape[1], 1.0, rng)
+    for aligned in case.aligned_values():
+        np.testing.assert_allclose(case("kernel", f, rois, (2, 2), aligned=aligned),
+                                   case.loop(f, rois, (2, 2), aligned=aligned),
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32_equals_float32_loop(case, layout):
+    """float32 kernels do the oracle's float32 operations in its order (torchvision's, with
+    no FMA), so they agree bit for bit, at window edges too."""
+    rng = np.random.default_rng(3)
+    f = features(case, rng, (2, 3), layout, h=5, w=6, dtype=np.float32)
+    rois = edge_rois(2, 5, 6, 1.0, rng).astype(np.float32)
+    for sr in ((-1, 2) if case.sampling else (-1,)):
+        for aligned in case.aligned_values():
+            got = case("kernel", f, rois, (2, 3), 1.0, sr, aligned, layout)
+            want = case.loop(f, rois, (2, 3), 1.0, sr, aligned, layout, dtype=np.float32)
+            if case.op_name.startswith("legacy"):
+                # The original computed its weights as f*(1-hr)*(1-wr) left to right; we
+                # (and the oracle's float32 emulation) form hy*hx first, as every other
+                # operator: results may differ by an ulp of the accumulated terms.
+                np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+            else:
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_16bit_within_what_the_dtype_allows(case, dtype, layout):
+    """Error vs the float64 result of the same (rounded) inputs is at most 2x that of the
+    plain pure-JAX path in the same dtype (FlashAttention's rule), plus one rounding of
+    the output, which either path pays."""
+    rng = np.random.default_rng(4)
+    f = jnp.asarray(features(case, rng, (3, 3), layout, h=8, w=8), dtype)
+    rois = edge_rois(2, 8, 8, 1.0, rng)[ORDINARY]
+    exact = case.loop(np.asarray(f.astype(jnp.float64)), rois, (3, 3), 1.0, 2, True, layout)
+    got = case("kernel", f, rois, (3, 3), 1.0, 2, True, layout)
+    plain = case("reference", f, rois, (3, 3), 1.0, 2, True, layout)
+    assert got.dtype == dtype and plain.dtype == dtype
+    plain_err = np.abs(np.asarray(plain.astype(jnp.float64)) - exact).max()
+    ulp = float(jnp.finfo(dtype).eps) * np.abs(exact).max()
+    assert np.abs(np.asarray(got.astype(jnp.float64)) - exact).max() <= 2 * plain_err + ulp
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("form", ["rows", "per_image", "list"])
+def test_rois_forms_agree(case, form):
+    rng = np.random.default_rng(1)
+    f = features(case, rng, (2, 3), "NHWC", n=3, h=6, w=5)
+    boxes = np.sort(rng.uniform(-1, 7, size=(3, 4, 2, 2)), axis=2).transpose(0, 1, 3, 2)
+    boxes = boxes.reshape(3, 4, 4)  # (x1, y1, x2, y2) with x1 <= x2, y1 <= y2
+    rows = np.concatenate([np.repeat(np.arange(3.0), 4)[:, None], boxes.reshape(12, 4)], 1)
+    expected = case.loop(f, rows, (2, 3), 0.5, 2, True, "NHWC")
+    run = lambda r: case("kernel", f, r, (2, 3), 0.5, 2, True, "NHWC")
+    if form == "rows":
+        got = run(rows)
+    elif form == "per_image":
+        got = run(boxes)
+        assert got.shape[:2] == (3, 4)
+        got = got.reshape((12,) + got.shape[2:])
+    else:
+        got = run([boxes[0], boxes[1][:0], boxes[2]])
+        expected = expected[np.r_[0:4, 8:12]]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_output_shapes(case):
+    c = case.channels(5, (2, 4))
+    nchw = case("kernel", np.zeros((2, c, 8, 8)), np.zeros((3, 5)), (2, 4))
+    nhwc = case("kernel", np.zeros((2, 8, 8, c)), np.zeros((2, 6, 4)), (2, 4), layout="NHWC")
+    assert nchw.shape == (3, 5, 2, 4) and nhwc.shape == (2, 6, 2, 4, 5)
+    if case.op.min_output == 1:
+        c = case.channels(5, (4, 4))
+        assert case("kernel", np.zeros((2, c, 8, 8)), np.zeros((3, 5)), 4).shape == (3, 5, 4, 4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_no_rois(case):
+    f = np.ones((2, case.channels(3, (2, 2)), 4, 4))
+    assert case("kernel", f, np.zeros((0, 5)), (2, 2)).shape == (0, 3, 2, 2)
+    assert case("kernel", f, np.zeros((2, 0, 4)), (2, 2)).shape == (2, 0, 3, 2, 2)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_huge_boxes_finish_and_match(case):
+    """Adaptive grids of ~1e8 samples per axis: only in-window samples are visited."""
+    rng = np.random.default_rng(11)
+    f = rng.normal(size=(1, case.channels(2, (2, 3)), 6, 7))
+    rois = np.array([[0, -1e9, -1e9, 1e9, 1e9], [0, -1e9, 2.5, 3.5, 1e9], [0, 2, 2, 1e12, 3]])
+    for sr in ((-1, 2) if case.sampling else (-1,)):
+        np.testing.assert_allclose(case("kernel", f, rois, (2, 3), 1.0, sr, True),
+                                   case.loop(f, rois, (2, 3), 1.0, sr, True),
+                                   rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reference_path_equals_kernel(case, layout):
+    """The pure-JAX path (taken where no kernel is compiled) computes the same function."""
+    rng = np.random.default_rng(2)
+    f = features(case, rng, (2, 2), layout)
+    rows = edge_rois(2, 7, 9, 0.5, rng)[ORDINARY]
+    boxes = smooth_rois(rng, 6, 7, 9, 0.5)[:, 1:].reshape(2, 3, 4)
+    for r in (rows, boxes):
+        for aligned in case.aligned_values():
+            np.testing.assert_allclose(case("reference", f, r, (2, 2), 0.5, 2, aligned, layout),
+                                       case("kernel", f, r, (2, 2), 0.5, 2, aligned, layout),
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_detectron2_ramp_golden_values():
+    """Detectron2's test_roi_align: 5x5 ramp f[y, x] = 5y + x, box [1, 1, 3, 3]."""
+    import jax_roialign as jra
+
+    f = np.arange(25.0).reshape(1, 1, 5, 5)
+    box = np.array([[0, 1.0, 1.0, 3.0, 3.0]])
+    unaligned = np.asarray(jra.roi_align(f, box, 4, 1.0, -1, False))[0, 0]
+    np.testing.assert_allclose(unaligned[0], [7.5, 8, 8.5, 9])
+    aligned = np.asarray(jra.roi_align(f, box, 4, 1.0, -1, True))[0, 0]
+    np.testing.assert_allclose(aligned[0], [4.5, 5, 5.5, 6])
+    np.testing.assert_allclose(aligned[1], [7, 7.5, 8, 8.5])
+
+
+def test_to_layout_is_a_transpose():
+    f = np.arange(24.0).reshape(1, 2, 3, 4)
+    assert to_layout(f, "NHWC").shape == (1, 3, 4, 2)
