@@ -1,7 +1,7 @@
 // What each compiled module exports to Python (nanobind), for one platform:
 //   kernels()    {kernel name: FFI handler capsule}, every kernel of kernel_list.h;
 //                Python registers each as the target "jax_roialign_<kernel>"
-//   operators()  {operator name: (code, position_sensitive, box_derivative)},
+//   operators()  {operator name: (code, position_sensitive, box_derivative, box coordinates)},
 //                roi_common.h's table: the `op` attribute's values come from here
 #pragma once
 
@@ -23,8 +23,8 @@ nanobind::capsule handler_capsule(Fn* fn) {
 
 inline nanobind::dict operator_table() {
   nanobind::dict d;
-#define JRA_OP_ENTRY(id, name, ps, box) \
-  d[#name] = std::make_tuple(int64_t(Op::id), bool(ps), bool(box));
+#define JRA_OP_ENTRY(id, name, ps, box, coords) \
+  d[#name] = std::make_tuple(int64_t(Op::id), bool(ps), bool(box), int64_t(coords));
   JRA_OPERATORS(JRA_OP_ENTRY)
 #undef JRA_OP_ENTRY
   return d;

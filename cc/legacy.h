@@ -9,11 +9,13 @@
 #include <cstdint>
 
 #include "roi_common.h"
+#include "sample_grid.h"
 
 namespace jax_roialign {
 
 template <typename G>
 struct LegacyAxis {
+  bool valid;         // corners and size finite; else the roi is bad data
   G start;            // x1 * s
   G bin;              // roi size / (L - 1)
   G scale;
@@ -50,11 +52,16 @@ struct LegacyAxis {
 
 // `nodes` is the lattice size L >= 2 along this axis.
 template <typename G>
-JRA_HD LegacyAxis<G> legacy_axis(G lo, G hi, const RoiCall& s, int64_t nodes, int64_t extent) {
+JRA_HD LegacyAxis<G> legacy_axis(G lo, G hi, double spatial_scale, int64_t nodes,
+                                 int64_t extent) {
   LegacyAxis<G> a;
-  a.scale = G(s.spatial_scale);
+  a.scale = G(spatial_scale);
   a.start = lo * a.scale;
-  G size = hi * a.scale - a.start + G(1);
+  const G end = hi * a.scale;
+  G size = end - a.start + G(1);
+  // Non-finite corners or size: bad data (the clamp below would otherwise
+  // turn a -inf size into 0 and read the map).
+  a.valid = is_finite(a.start) && is_finite(end) && is_finite(size);
   a.size_clamped = size < G(0);
   if (a.size_clamped) size = G(0);
   a.intervals = nodes - 1;

@@ -1,8 +1,8 @@
-// roi_align's math, once (docs/semantics.md, "roi_align", and ps_roi_align, which is its
-// aligned geometry): box geometry, the sampling grid, the window test, the
-// bilinear taps and their derivatives. Compiled
-// by the CPU kernels and by nvcc; every function is host+device and free of
-// allocation, so a platform only decides how to loop and where to store.
+// roi_align's math, once (docs/semantics.md, "roi_align", and ps_roi_align,
+// which is its aligned geometry): box geometry, the sampling grid, the window
+// test, the bilinear taps and their derivatives. Compiled by the CPU kernels
+// and by nvcc; every function is host+device and free of allocation, so a
+// platform only decides how to loop and where to store.
 //
 // Floating-point order follows torchvision's CPU kernel operation for
 // operation; build with FMA contraction off (-ffp-contract=off) so samples
@@ -13,18 +13,16 @@
 #include <cstdint>
 
 #include "roi_common.h"
+#include "sample_grid.h"
 
 namespace jax_roialign {
-
-// Largest grid size we represent; beyond it a grid would never be iterated
-// anyway (only in-window samples are), this only keeps int64 from overflowing.
-constexpr double kMaxGrid = 4.0e18;
 
 // One axis of one roi: start, bin size, grid size, and whether the roi size
 // was clamped to 1 (unaligned rois smaller than a cell), which makes the bin
 // size independent of the box.
 template <typename G>
 struct AxisGeometry {
+  bool valid;       // start, end and size finite; else the roi is bad data
   G start;          // ys (or xs)
   G bin;            // bh
   int64_t grid;     // gh: samples per bin along this axis
@@ -46,22 +44,37 @@ struct AxisGeometry {
     *d_lo = scale * (G(1) - frac);
     *d_hi = scale * frac;
   }
+  // The in-window samples of bin p (sample_grid.h).
+  JRA_HD GridAxis window(int64_t p) const {
+    if (!valid) return GridAxis{};
+    const bool increasing = bin >= G(0);
+    return in_window_range(grid, [&](int64_t i) {
+      const G v = position(p, i);
+      return increasing ? v >= G(-1) : v <= G(extent);
+    }, [&](int64_t i) {
+      const G v = position(p, i);
+      return increasing ? v > G(extent) : v < G(-1);
+    }, [&](int64_t i) { return in_window(position(p, i)); });
+  }
 };
 
 template <typename G>
-JRA_HD AxisGeometry<G> axis_geometry(G lo, G hi, const RoiCall& s, int64_t bins,
-                                     int64_t extent) {
+JRA_HD AxisGeometry<G> axis_geometry(G lo, G hi, double spatial_scale, bool aligned,
+                                     int64_t sampling_ratio, int64_t bins, int64_t extent) {
   AxisGeometry<G> a;
-  const G scale = G(s.spatial_scale);
-  const G offset = s.aligned ? G(0.5) : G(0);
+  const G scale = G(spatial_scale);
+  const G offset = aligned ? G(0.5) : G(0);
   a.start = lo * scale - offset;
   const G end = hi * scale - offset;
   G size = end - a.start;
-  a.size_clamped = !s.aligned && size < G(1);
+  // Non-finite corners or size: bad data (the size clamp below would
+  // otherwise turn a -inf size into 1 and read the map).
+  a.valid = is_finite(a.start) && is_finite(end) && is_finite(size);
+  a.size_clamped = !aligned && size < G(1);
   if (a.size_clamped) size = G(1);
   a.bin = size / G(bins);
-  if (s.sampling_ratio > 0) {
-    a.grid = s.sampling_ratio;
+  if (sampling_ratio > 0) {
+    a.grid = sampling_ratio;
   } else {
     using std::ceil;
     const G g = ceil(size / G(bins));
@@ -71,51 +84,12 @@ JRA_HD AxisGeometry<G> axis_geometry(G lo, G hi, const RoiCall& s, int64_t bins,
   a.scale = scale;
   a.bins = bins;
   a.extent = extent;
+  if (!a.valid) a.grid = 0;
   return a;
 }
 
-// The contiguous range [lo, hi) of sample indices of bin p whose position is
-// inside the window. Positions are monotone in the index, so the range is an
-// interval found by bisection with the exact window test: a huge box costs
-// O(log grid) here and iterates only over in-window samples afterwards.
-template <typename G>
-JRA_HD void window_range(const AxisGeometry<G>& a, int64_t p, int64_t* lo, int64_t* hi) {
-  const int64_t g = a.grid;
-  *lo = *hi = 0;
-  if (g <= 0 || !(a.bin == a.bin) || !(a.start == a.start)) return;
-  const bool increasing = a.bin >= G(0);
-  // first index at which `past_low` holds, where past_low(i) means the
-  // position has crossed the window's entry edge.
-  auto entered = [&](int64_t i) {
-    const G v = a.position(p, i);
-    return increasing ? v >= G(-1) : v <= G(a.extent);
-  };
-  auto left = [&](int64_t i) {
-    const G v = a.position(p, i);
-    return increasing ? v > G(a.extent) : v < G(-1);
-  };
-  int64_t b = 0, e = g;  // first i in [0, g) with entered(i)
-  while (b < e) {
-    const int64_t m = b + (e - b) / 2;
-    if (entered(m)) e = m; else b = m + 1;
-  }
-  const int64_t first = b;
-  b = first; e = g;      // first i in [first, g) with left(i)
-  while (b < e) {
-    const int64_t m = b + (e - b) / 2;
-    if (left(m)) e = m; else b = m + 1;
-  }
-  // Samples in [first, b) passed both monotone edges; the exact test still
-  // decides (it also rejects NaN positions).
-  int64_t l = first, h = b;
-  while (l < h && !a.in_window(a.position(p, l))) ++l;
-  while (h > l && !a.in_window(a.position(p, h - 1))) --h;
-  *lo = l;
-  *hi = h;
-}
-
-// The bilinear taps of an in-window sample along one axis (docs/semantics.md's clamp:
-// y <= 0 reads row 0, the last row reads itself; both have slope 0).
+// The bilinear taps of an in-window sample along one axis (docs/semantics.md's
+// clamp: y <= 0 reads row 0, the last row reads itself; both have slope 0).
 template <typename G>
 JRA_HD AxisTap<G> axis_tap(G v, int64_t extent) {
   AxisTap<G> t;
@@ -132,28 +106,6 @@ JRA_HD AxisTap<G> axis_tap(G v, int64_t extent) {
   t.w_high = v - G(t.low);
   t.w_low = G(1) - t.w_high;
   return t;
-}
-
-// Everything about one roi that does not depend on the channel.
-template <typename G>
-struct RoiGeometry {
-  int64_t image;          // -1: invalid roi
-  AxisGeometry<G> y, x;
-  G count;                // max(gh * gw, 1): the avg divisor
-  G x1, y1, x2, y2;
-};
-
-template <typename G>
-JRA_HD RoiGeometry<G> roi_geometry(const RoiCall& s, const G* rois, int64_t k) {
-  RoiGeometry<G> r;
-  r.image = roi_image(s, rois, k);
-  const G* c = roi_corners(s, rois, k);
-  r.x1 = c[0]; r.y1 = c[1]; r.x2 = c[2]; r.y2 = c[3];
-  r.y = axis_geometry(r.y1, r.y2, s, s.PH, s.H);
-  r.x = axis_geometry(r.x1, r.x2, s, s.PW, s.W);
-  const G n = G(r.y.grid) * G(r.x.grid);
-  r.count = n > G(1) ? n : G(1);
-  return r;
 }
 
 }  // namespace jax_roialign

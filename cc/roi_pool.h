@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "roi_common.h"
+#include "sample_grid.h"
 
 namespace jax_roialign {
 
@@ -45,15 +46,17 @@ JRA_HD int64_t round_corner(G v) {
   return r > G(kMaxCorner) ? int64_t(kMaxCorner) : (r < G(-kMaxCorner) ? -int64_t(kMaxCorner) : int64_t(r));
 }
 
-// One axis of a roi: `lo`, `hi` in input pixels; `bins` P; `extent` H.
+// One axis of a roi: `lo`, `hi` in input pixels; `bins` P; `extent` H;
+// `position_sensitive`: ps_roi_pool's rules (no +1, edges clipped to H-1).
 template <typename G>
-JRA_HD PoolAxis<G> pool_axis(G lo, G hi, const RoiCall& s, int64_t bins, int64_t extent) {
+JRA_HD PoolAxis<G> pool_axis(G lo, G hi, double spatial_scale, bool position_sensitive,
+                             int64_t bins, int64_t extent) {
   PoolAxis<G> a;
-  const G scale = G(s.spatial_scale);
+  const G scale = G(spatial_scale);
   const G l = lo * scale, h = hi * scale;
-  a.valid = l - l == G(0) && h - h == G(0);  // finite
+  a.valid = is_finite(l) && is_finite(h);
   if (!a.valid) return PoolAxis<G>{false, 0, G(0), 0};
-  const bool ps = position_sensitive(s.op);
+  const bool ps = position_sensitive;
   a.start = round_corner(l);
   const int64_t end = round_corner(h);
   int64_t size = ps ? end - a.start : end - a.start + 1;

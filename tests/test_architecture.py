@@ -26,10 +26,10 @@ def test_compiled_operator_table_matches_the_registry():
     table = lowering.OPERATOR_TABLE
     assert sorted(table) == sorted(op.name for op in OPERATORS)
     for op in OPERATORS:
-        _, position_sensitive, box_derivative = table[op.name]
-        assert (position_sensitive, box_derivative) == (op.position_sensitive,
-                                                        op.box_derivative), op.name
-    assert sorted(code for code, _, _ in table.values()) == list(range(len(table)))
+        _, position_sensitive, box_derivative, coords = table[op.name]
+        assert (position_sensitive, box_derivative, coords) == (
+            op.position_sensitive, op.box_derivative, op.box_coords), op.name
+    assert sorted(code for code, *_ in table.values()) == list(range(len(table)))
 
 
 def test_every_operator_and_mode_has_a_test_case_and_a_function():

@@ -1,6 +1,6 @@
-// The five CPU kernels behind every operator's primitives, generic over the
-// operator's per-roi plan (plan.h), each over a range of rois or channels so
-// that the caller can split work across threads:
+// The five CPU kernels behind every operator's primitives (kernel_list.h),
+// generic over the operator's per-roi plan (plan.h), each over a range of
+// rois or channels so that the caller can split work across threads:
 //
 //   forward            out = op(features)                (max: and the winners)
 //   forward (given)    out = the linear map max mode is once its winners are fixed
@@ -10,7 +10,8 @@
 //
 // Avg mode divides each bin's sum by its divisor; max mode uses only the bin's
 // winning sample (`winner`: index into the bin's samples, -1: an implicit 0).
-// Output channel c of bin `bin` reads input channel s.input_channel(c, bin).
+// Output channel c of bin `bin` reads input channel s.input_channel(c, bin) of
+// the roi's level.
 #pragma once
 
 #include <algorithm>
@@ -26,17 +27,17 @@ struct Kernels {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
 
-  // Input element offset of (image, channel, spatial) and the step between
-  // consecutive output channels' input channels.
-  static int64_t channel_step(const RoiCall& s) {
-    const int64_t plane = s.layout == Layout::kNHWC ? 1 : s.H * s.W;
+  // The step between consecutive output channels' input channels.
+  static int64_t channel_step(const RoiCall& s, int64_t level) {
+    const int64_t plane =
+        s.layout == Layout::kNHWC ? 1 : s.level[level].H * s.level[level].W;
     return position_sensitive(s.op) ? plane * s.PH * s.PW : plane;
   }
 
   // Avg mode walks output channels innermost, in blocks: contiguous for NHWC
   // (non-ps); for NCHW a block of planes gives each sample many independent
   // loads, and the neighbouring samples reuse its cache lines. Each channel's
-  // arithmetic, and its order, is the per-channel loop's (torchvision's).
+  // arithmetic, and its order, is the per-channel loop's (the peers').
   static constexpr int64_t kPlaneBlock = 32;
 
   static int64_t block(const RoiCall& s, int64_t c0, int64_t c1) {
@@ -45,26 +46,33 @@ struct Kernels {
 
   static void forward_avg(const RoiCall& s, const T* f, const RoiPlan<G>& r, T* out, int64_t k,
                           int64_t c0, int64_t c1, std::vector<A>& acc) {
-    const int64_t cs = channel_step(s);
+    const int64_t cs = channel_step(s, r.level);
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;  // pixel stride
     const int64_t nb = block(s, c0, c1);
     acc.resize(nb);
     for (int64_t cb = c0; cb < c1; cb += nb) {
       const int64_t n = std::min(nb, c1 - cb);
       for (int64_t bin = 0; bin < s.bins(); ++bin) {
-        const T* img = f + s.feature_offset(r.image, s.input_channel(cb, bin), 0);
+        const T* img = f + s.feature_offset(r.level, r.image, s.input_channel(cb, bin), 0);
         const PlanBin& b = r.bins[bin];
         std::fill(acc.begin(), acc.begin() + n, A(0));
         for (int64_t i = b.begin; i < b.end; ++i) {
           const Sample<G>& p = r.samples[i];
           const T* q0 = img + p.at[0] * ps;
-          if (p.single) {
+          if (p.kind == SampleKind::kCell) {
             for (int64_t c = 0; c < n; ++c) acc[c] += load<A>(q0[c * cs]);
             continue;
           }
           const T* q1 = img + p.at[1] * ps;
           const T* q2 = img + p.at[2] * ps;
           const T* q3 = img + p.at[3] * ps;
+          if (p.kind == SampleKind::kLerp) {
+            for (int64_t c = 0; c < n; ++c) {
+              auto read = [&](int64_t at) { return load<A>(img[at * ps + c * cs]); };
+              acc[c] += sample_value<A>(p, read);
+            }
+            continue;
+          }
           const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
           for (int64_t c = 0; c < n; ++c)
             acc[c] += w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
@@ -82,7 +90,7 @@ struct Kernels {
   static void forward_max(const RoiCall& s, const T* f, const RoiPlan<G>& r, T* out,
                           int32_t* winner, int64_t k, int64_t c0, int64_t c1,
                           std::vector<A>& best, std::vector<int32_t>& arg) {
-    const int64_t cs = channel_step(s);
+    const int64_t cs = channel_step(s, r.level);
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
     const int64_t nb = block(s, c0, c1);
     best.resize(nb);
@@ -90,17 +98,12 @@ struct Kernels {
     for (int64_t cb = c0; cb < c1; cb += nb) {
       const int64_t n = std::min(nb, c1 - cb);
       for (int64_t bin = 0; bin < s.bins(); ++bin) {
-        const T* img = f + s.feature_offset(r.image, s.input_channel(cb, bin), 0);
+        const T* img = f + s.feature_offset(r.level, r.image, s.input_channel(cb, bin), 0);
         const PlanBin& b = r.bins[bin];
         std::fill(arg.begin(), arg.begin() + n, -1);
         for (int64_t i = b.begin; i < b.end; ++i) {
           const Sample<G>& p = r.samples[i];
           const int32_t rel = int32_t(i - b.begin);
-          const T* q0 = img + p.at[0] * ps;
-          const T* q1 = img + p.at[1] * ps;
-          const T* q2 = img + p.at[2] * ps;
-          const T* q3 = img + p.at[3] * ps;
-          const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
           // Branch-free updates (select, not jump): the comparisons of
           // random data would mispredict and the loop would not vectorise.
           auto update = [&](int64_t c, A v) {
@@ -108,19 +111,27 @@ struct Kernels {
             best[c] = better ? v : best[c];
             arg[c] = better ? rel : arg[c];
           };
-          if (p.single) {
-            for (int64_t c = 0; c < n; ++c) update(c, load<A>(q0[c * cs]));
-          } else {
-            for (int64_t c = 0; c < n; ++c)
-              update(c, w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
-                            w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]));
+          if (p.kind != SampleKind::kBilinear) {
+            for (int64_t c = 0; c < n; ++c) {
+              auto read = [&](int64_t at) { return load<A>(img[at * ps + c * cs]); };
+              update(c, sample_value<A>(p, read));
+            }
+            continue;
           }
+          const T* q0 = img + p.at[0] * ps;
+          const T* q1 = img + p.at[1] * ps;
+          const T* q2 = img + p.at[2] * ps;
+          const T* q3 = img + p.at[3] * ps;
+          const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
+          for (int64_t c = 0; c < n; ++c)
+            update(c, w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
+                          w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]));
         }
         for (int64_t c = 0; c < n; ++c) {
           A m = best[c];
           int32_t a = arg[c];
-          if (b.outside >= 0 &&
-              (a < 0 || A(0) > m || (A(0) == m && b.outside < r.ordinals[b.begin + a]))) {
+          if (b.outside_from != kNever &&
+              (a < 0 || A(0) > m || (A(0) == m && b.outside_precedes(a)))) {
             a = -1;
           }
           const int64_t o = s.output_offset(k, cb + c, bin);
@@ -133,14 +144,15 @@ struct Kernels {
 
   // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
   // winners (`winner` written) or, with `given`, evaluates given winners.
-  static void forward(const RoiCall& s, const T* f, const G* rois, T* out, int32_t* winner,
-                      const int32_t* given, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+  static void forward(const RoiCall& s, const T* const* f, const G* rois, const int32_t* levels,
+                      T* out, int32_t* winner, const int32_t* given, int64_t k0, int64_t k1,
+                      int64_t c0, int64_t c1) {
     RoiPlan<G> r;
     std::vector<A> acc;
     std::vector<int32_t> arg;
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
     for (int64_t k = k0; k < k1; ++k) {
-      r.build(s, rois, k, false);
+      r.build(s, rois, levels, k, false);
       if (!r.valid()) {
         for (int64_t c = c0; c < c1; ++c)
           for (int64_t bin = 0; bin < s.bins(); ++bin) {
@@ -149,62 +161,67 @@ struct Kernels {
           }
         continue;
       }
+      const T* level = f[r.level];
       if (s.mode == PoolMode::kAvg) {
-        forward_avg(s, f, r, out, k, c0, c1, acc);
+        forward_avg(s, level, r, out, k, c0, c1, acc);
         continue;
       }
       if (!given) {
-        forward_max(s, f, r, out, winner, k, c0, c1, acc, arg);
+        forward_max(s, level, r, out, winner, k, c0, c1, acc, arg);
         continue;
       }
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          const T* img = f + s.feature_offset(r.image, s.input_channel(c, bin), 0);
+          const T* img = level + s.feature_offset(r.level, r.image, s.input_channel(c, bin), 0);
           auto read = [&](int64_t at) { return load<A>(img[at * ps]); };
           const PlanBin& b = r.bins[bin];
           const int64_t o = s.output_offset(k, c, bin);
-          out[o] = store<T>(given[o] < 0 ? A(0)
-                                         : sample_value<A>(r.samples[b.begin + given[o]], read));
+          const bool has = given[o] >= 0 && given[o] < b.end - b.begin;
+          out[o] = store<T>(has ? sample_value<A>(r.samples[b.begin + given[o]], read) : A(0));
         }
       }
     }
   }
 
-  // Output channels [c0, c1) (and the input channels they read) of `grad`
-  // (accumulator typed, zeroed by the caller), all rois in order: each element
-  // sums its terms in (roi, bin, sample, corner) order, so the result is
-  // bit-identical run to run and for any thread count.
+  // Output channels [c0, c1) (and the input channels they read) of every
+  // level's gradient `grad` (accumulator typed, zeroed by the caller), all
+  // rois in order: each element sums its terms in (roi, bin, sample, corner)
+  // order, so the result is bit-identical run to run and for any thread count.
   static void backward_features(const RoiCall& s, const T* ct, const G* rois,
-                                const int32_t* winner, A* grad, int64_t c0, int64_t c1) {
+                                const int32_t* levels, const int32_t* winner, A* const* grad,
+                                int64_t c0, int64_t c1) {
     RoiPlan<G> r;
     std::vector<A> g;
-    const int64_t cs = channel_step(s);
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
     for (int64_t k = 0; k < s.K; ++k) {
-      r.build(s, rois, k, false);
+      r.build(s, rois, levels, k, false);
       if (!r.valid()) continue;
+      const int64_t cs = channel_step(s, r.level);
       const int64_t nb = s.mode == PoolMode::kAvg ? block(s, c0, c1) : 1;
       g.resize(nb);
       for (int64_t cb = c0; cb < c1; cb += nb) {
         const int64_t n = std::min(nb, c1 - cb);
         for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          A* img = grad + s.feature_offset(r.image, s.input_channel(cb, bin), 0);
+          A* img = grad[r.level] + s.feature_offset(r.level, r.image, s.input_channel(cb, bin), 0);
           const PlanBin& b = r.bins[bin];
           if (s.mode == PoolMode::kMax) {
             const int64_t o = s.output_offset(k, cb, bin);
-            if (winner[o] < 0) continue;
-            const Sample<G>& p = r.samples[b.begin + winner[o]];
-            const A gv = load<A>(ct[o]);
-            const int corners = p.single ? 1 : 4;
-            for (int j = 0; j < corners; ++j) img[p.at[j] * ps] += gv * A(p.w[j]);
+            if (winner[o] < 0 || winner[o] >= b.end - b.begin) continue;
+            scatter_sample(r.samples[b.begin + winner[o]], load<A>(ct[o]), A(1),
+                           [&](int64_t at, A v) { img[at * ps] += v; });
             continue;
           }
           const A divisor = A(b.divisor);
           for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, cb + c, bin)]);
           for (int64_t i = b.begin; i < b.end; ++i) {
             const Sample<G>& p = r.samples[i];
-            const int corners = p.single ? 1 : 4;
-            for (int j = 0; j < corners; ++j) {
+            if (p.kind != SampleKind::kBilinear) {
+              for (int64_t c = 0; c < n; ++c)
+                scatter_sample(p, g[c], divisor,
+                               [&](int64_t at, A v) { img[at * ps + c * cs] += v; });
+              continue;
+            }
+            for (int j = 0; j < 4; ++j) {
               A* q = img + p.at[j] * ps;
               const A w = A(p.w[j]);
               // torchvision's order: g * w / count.
@@ -216,38 +233,46 @@ struct Kernels {
     }
   }
 
+  // d(sample value)/d(coordinate j) . t for the box tangent t, per corner:
+  // the directional derivative of each corner weight.
+  static void weight_derivatives(const RoiCall& s, const SampleSlopes<G>& d, const G* t,
+                                 G dw[4]) {
+    G ydot = G(0), xdot = G(0);
+    for (int64_t j = 0; j < s.coords(); ++j) {
+      if (d.dpos[0][j] != G(0)) ydot += d.dpos[0][j] * t[j];
+      if (d.dpos[1][j] != G(0)) xdot += d.dpos[1][j] * t[j];
+    }
+    for (int j = 0; j < 4; ++j) dw[j] = d.dy[j] * ydot + d.dx[j] * xdot;
+  }
+
   // d(out)/d(boxes) . boxes_dot, rows [k0, k1), output channels [c0, c1).
-  static void forward_boxes(const RoiCall& s, const T* f, const G* rois, const G* rois_dot,
-                            const int32_t* winner, T* out_dot, int64_t k0, int64_t k1,
-                            int64_t c0, int64_t c1) {
+  static void forward_boxes(const RoiCall& s, const T* const* f, const G* rois,
+                            const int32_t* levels, const G* rois_dot, const int32_t* winner,
+                            T* out_dot, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
     RoiPlan<G> r;
     std::vector<G> dw;  // per sample: 4 directional weight derivatives
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
     for (int64_t k = k0; k < k1; ++k) {
-      r.build(s, rois, k, true);
+      r.build(s, rois, levels, k, true);
       if (!r.valid()) {
         for (int64_t c = c0; c < c1; ++c)
           for (int64_t bin = 0; bin < s.bins(); ++bin)
             out_dot[s.output_offset(k, c, bin)] = store<T>(A(0));
         continue;
       }
-      const G* t = roi_corners(s, rois_dot, k);  // (x1, y1, x2, y2) tangents
+      const G* t = roi_coords(s, rois_dot, k);
       dw.resize(r.samples.size() * 4);
-      for (size_t i = 0; i < r.samples.size(); ++i) {
-        const SampleSlopes<G>& d = r.slopes[i];
-        const G ydot = d.y_lo * t[1] + d.y_hi * t[3];
-        const G xdot = d.x_lo * t[0] + d.x_hi * t[2];
-        for (int j = 0; j < 4; ++j) dw[4 * i + j] = d.dy[j] * ydot + d.dx[j] * xdot;
-      }
+      for (size_t i = 0; i < r.samples.size(); ++i) weight_derivatives(s, r.slopes[i], t, &dw[4 * i]);
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          const T* img = f + s.feature_offset(r.image, s.input_channel(c, bin), 0);
+          const T* img = f[r.level] + s.feature_offset(r.level, r.image, s.input_channel(c, bin), 0);
           const PlanBin& b = r.bins[bin];
           const int64_t o = s.output_offset(k, c, bin);
           int64_t i0 = b.begin, i1 = b.end;
           if (s.mode == PoolMode::kMax) {
-            i0 = winner[o] < 0 ? b.end : b.begin + winner[o];
-            i1 = winner[o] < 0 ? b.end : i0 + 1;
+            const bool has = winner[o] >= 0 && winner[o] < b.end - b.begin;
+            i0 = has ? b.begin + winner[o] : b.end;
+            i1 = has ? i0 + 1 : b.end;
           }
           A v = A(0);
           for (int64_t i = i0; i < i1; ++i)
@@ -259,28 +284,30 @@ struct Kernels {
     }
   }
 
-  // grad_boxes rows [k0, k1): the (x1, y1, x2, y2) slots of each row (a (K, 5)
-  // row's batch index slot gets 0). Summed in double, in a fixed order.
-  static void backward_boxes(const RoiCall& s, const T* f, const G* rois, const T* ct,
-                             const int32_t* winner, G* grad_rois, int64_t k0, int64_t k1) {
+  // grad_boxes rows [k0, k1): the coordinate slots of each row (a (K, 1 +
+  // coords) row's batch index slot gets 0). Summed in double, in a fixed order.
+  static void backward_boxes(const RoiCall& s, const T* const* f, const G* rois,
+                             const int32_t* levels, const T* ct, const int32_t* winner,
+                             G* grad_rois, int64_t k0, int64_t k1) {
     RoiPlan<G> r;
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
     for (int64_t k = k0; k < k1; ++k) {
       G* out = grad_rois + k * s.roi_stride();
       for (int64_t j = 0; j < s.roi_stride(); ++j) out[j] = G(0);
-      r.build(s, rois, k, true);
+      r.build(s, rois, levels, k, true);
       if (!r.valid()) continue;
-      double gy_lo = 0, gy_hi = 0, gx_lo = 0, gx_hi = 0;
+      double grad[kMaxBoxCoords] = {};
       for (int64_t c = 0; c < s.Cout; ++c) {
         for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          const T* img = f + s.feature_offset(r.image, s.input_channel(c, bin), 0);
+          const T* img = f[r.level] + s.feature_offset(r.level, r.image, s.input_channel(c, bin), 0);
           const PlanBin& b = r.bins[bin];
           const int64_t o = s.output_offset(k, c, bin);
           const double g = double(load<A>(ct[o])) / b.divisor;
           int64_t i0 = b.begin, i1 = b.end;
           if (s.mode == PoolMode::kMax) {
-            i0 = winner[o] < 0 ? b.end : b.begin + winner[o];
-            i1 = winner[o] < 0 ? b.end : i0 + 1;
+            const bool has = winner[o] >= 0 && winner[o] < b.end - b.begin;
+            i0 = has ? b.begin + winner[o] : b.end;
+            i1 = has ? i0 + 1 : b.end;
           }
           if (g == 0) continue;
           for (int64_t i = i0; i < i1; ++i) {
@@ -291,18 +318,15 @@ struct Kernels {
               dy += double(d.dy[j]) * v;
               dx += double(d.dx[j]) * v;
             }
-            gy_lo += g * dy * double(d.y_lo);
-            gy_hi += g * dy * double(d.y_hi);
-            gx_lo += g * dx * double(d.x_lo);
-            gx_hi += g * dx * double(d.x_hi);
+            for (int64_t j = 0; j < s.coords(); ++j) {
+              if (d.dpos[0][j] != G(0)) grad[j] += g * dy * double(d.dpos[0][j]);
+              if (d.dpos[1][j] != G(0)) grad[j] += g * dx * double(d.dpos[1][j]);
+            }
           }
         }
       }
-      G* corners = out + (s.R > 0 ? 0 : 1);
-      corners[0] = G(gx_lo);
-      corners[1] = G(gy_lo);
-      corners[2] = G(gx_hi);
-      corners[3] = G(gy_hi);
+      G* coords = out + (s.per_image ? 0 : 1);
+      for (int64_t j = 0; j < s.coords(); ++j) coords[j] = G(grad[j]);
     }
   }
 };

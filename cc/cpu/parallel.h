@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <exception>
+#include <string>
 #include <utility>
 
 #include "xla/ffi/api/ffi.h"
@@ -21,25 +22,35 @@ inline ffi::Future ready_future(ffi::Error error = ffi::Error::Success()) {
   return future;
 }
 
+// Runs body(begin, end), turning any exception into an error: nothing thrown
+// may cross a pool thread or the FFI boundary (it would terminate the process).
+template <typename Body>
+ffi::Error run_chunk(const Body& body, int64_t begin, int64_t end) {
+  try {
+    body(begin, end);
+    return ffi::Error::Success();
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("jax_roialign: CPU kernel failed: ") + e.what());
+  } catch (...) {
+    return ffi::Error::Internal("jax_roialign: CPU kernel failed");
+  }
+}
+
 // Runs body(begin, end) over `tasks` contiguous chunks of [0, n) on the pool
-// and returns a Future that completes when all have run. The body must not
-// throw; each chunk writes disjoint output, so results do not depend on the
-// number of threads.
+// and returns a Future that completes when all have run (with the error of a
+// chunk that failed). Each chunk writes disjoint output, so results do not
+// depend on the number of threads.
 template <typename Body>
 ffi::Future parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t tasks, Body body) {
   if (n <= 0) return ready_future();
   tasks = std::max<int64_t>(1, std::min(tasks, n));
-  if (tasks == 1) {
-    body(int64_t{0}, n);
-    return ready_future();
-  }
+  if (tasks == 1) return ready_future(run_chunk(body, int64_t{0}, n));
   ffi::CountDownPromise done(tasks);
   ffi::Future future(done);
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t begin = n * t / tasks, end = n * (t + 1) / tasks;
     pool.Schedule([done, body, begin, end]() mutable {
-      body(begin, end);
-      done.CountDown();
+      done.CountDown(1, run_chunk(body, begin, end));
     });
   }
   return future;

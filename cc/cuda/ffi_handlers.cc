@@ -1,6 +1,6 @@
 // The CUDA FFI handlers of every operator (the `op` attribute picks it): check
-// the buffers (ffi_contract.h, shared with the CPU handlers), dispatch once on the
-// features dtype, enqueue the kernels on XLA's stream (launch.h). They
+// the buffers (ffi_contract.h, shared with the CPU handlers), dispatch once on
+// the features dtype, enqueue the kernels on XLA's stream (launch.h). They
 // only launch work on the given stream -- no allocation, no synchronisation --
 // so they are declared compatible with command buffers (CUDA graphs).
 #include <cuda_runtime_api.h>
@@ -27,109 +27,130 @@ ffi::Error launch_error(cudaError_t e, const char* kernel) {
 }
 
 // The kernels keep a sample's corner offsets within a feature plane in int32.
-ffi::Error check_plane(const RoiCall& s) {
-  if (s.H > 0 && s.W > INT32_MAX / s.H)
-    return ffi::Error::InvalidArgument(
-        "jax_roialign: the CUDA kernels need H * W < 2^31 per feature plane, got H = " +
-        std::to_string(s.H) + ", W = " + std::to_string(s.W));
+ffi::Error check_planes(const RoiCall& s) {
+  for (int64_t l = 0; l < s.L; ++l)
+    if (s.level[l].H > 0 && s.level[l].W > INT32_MAX / s.level[l].H)
+      return invalid("the CUDA kernels need H * W < 2^31 per feature plane, got H = " +
+                     std::to_string(s.level[l].H) + ", W = " + std::to_string(s.level[l].W) +
+                     " on level " + std::to_string(l));
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBuffer rois,
-                   ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> winner,
-                   RoiAttrs attrs) {
-  RoiCall s;
-  if (auto e = check_forward(features, rois, winner->dimensions(), *out, attrs, &s); e.failure())
+template <typename T>
+Levels<T> level_pointers(const LevelBuffers& b) {
+  Levels<T> p{};
+  for (int64_t l = 0; l < b.count; ++l) p.data[l] = b.typed<T>(l);
+  return p;
+}
+
+template <typename G>
+const G* geometry(const ffi::AnyBuffer& rois) {
+  return rois.reinterpret_data<G>();
+}
+
+const int32_t* level_indices(const ffi::AnyBuffer& levels) {
+  return levels.reinterpret_data<int32_t>();
+}
+
+const int32_t* winners(const RoiCall& s, const ffi::AnyBuffer& winner) {
+  return s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
+}
+
+ffi::Error Forward(cudaStream_t stream, ffi::AnyBuffer rois, ffi::AnyBuffer levels,
+                   ffi::RemainingArgs features, ffi::Result<ffi::AnyBuffer> out,
+                   ffi::Result<ffi::AnyBuffer> winner, RoiAttrs attrs) {
+  CheckedCall c;
+  if (auto e = check_forward(rois, levels, features, *winner, *out, attrs, &c); e.failure())
     return e;
-  if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_cuda(features.element_type(), [&](auto tag) {
+  if (auto e = check_planes(c.s); e.failure()) return e;
+  return dispatch_cuda(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
-    int32_t* w = s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
-    return launch_error(Launch<T>::forward(s, features.reinterpret_data<T>(),
-                                           rois.reinterpret_data<G>(), out->reinterpret_data<T>(),
-                                           w, stream),
+    int32_t* w = c.s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
+    return launch_error(Launch<T>::forward(c.s, level_pointers<const T>(c.features),
+                                           geometry<G>(rois), level_indices(levels),
+                                           out->reinterpret_data<T>(), w, stream),
                         "forward");
   });
 }
 
-ffi::Error ForwardSelected(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBuffer rois,
-                           ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> out,
-                           RoiAttrs attrs) {
-  RoiCall s;
-  if (auto e = check_forward(features, rois, winner.dimensions(), *out, attrs, &s); e.failure())
+ffi::Error ForwardSelected(cudaStream_t stream, ffi::AnyBuffer rois, ffi::AnyBuffer levels,
+                           ffi::AnyBuffer winner, ffi::RemainingArgs features,
+                           ffi::Result<ffi::AnyBuffer> out, RoiAttrs attrs) {
+  CheckedCall c;
+  if (auto e = check_forward(rois, levels, features, winner, *out, attrs, &c); e.failure())
     return e;
-  if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_cuda(features.element_type(), [&](auto tag) {
+  if (auto e = check_planes(c.s); e.failure()) return e;
+  return dispatch_cuda(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
-    const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
     return launch_error(
-        Launch<T>::forward_selected(s, features.reinterpret_data<T>(), rois.reinterpret_data<G>(),
-                                    w, out->reinterpret_data<T>(), stream),
+        Launch<T>::forward_selected(c.s, level_pointers<const T>(c.features), geometry<G>(rois),
+                                    level_indices(levels), winners(c.s, winner),
+                                    out->reinterpret_data<T>(), stream),
         "forward_selected");
   });
 }
 
 ffi::Error BackwardFeatures(cudaStream_t stream, ffi::AnyBuffer cotangent, ffi::AnyBuffer rois,
-                            ffi::AnyBuffer winner, ffi::Result<ffi::AnyBuffer> grad_features,
-                            RoiAttrs attrs) {
-  RoiCall s;
-  if (auto e = check_backward_features(cotangent, rois, winner, *grad_features, attrs, &s);
+                            ffi::AnyBuffer levels, ffi::AnyBuffer winner,
+                            ffi::RemainingRets grad_features, RoiAttrs attrs) {
+  CheckedCall c;
+  if (auto e = check_backward_features(cotangent, rois, levels, winner, grad_features, attrs, &c);
       e.failure())
     return e;
-  if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_cuda(grad_features->element_type(), [&](auto tag) {
+  if (auto e = check_planes(c.s); e.failure()) return e;
+  return dispatch_cuda(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
-    const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
     return launch_error(
-        Launch<T>::backward_features(s, cotangent.reinterpret_data<T>(),
-                                     rois.reinterpret_data<G>(), w,
-                                     grad_features->reinterpret_data<T>(),
-                                     attrs.deterministic != 0, stream),
+        Launch<T>::backward_features(c.s, cotangent.reinterpret_data<T>(), geometry<G>(rois),
+                                     level_indices(levels), winners(c.s, winner),
+                                     level_pointers<T>(c.features), attrs.deterministic != 0,
+                                     stream),
         "backward_features");
   });
 }
 
-ffi::Error ForwardBoxes(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+ffi::Error ForwardBoxes(cudaStream_t stream, ffi::AnyBuffer rois, ffi::AnyBuffer levels,
                         ffi::AnyBuffer rois_dot, ffi::AnyBuffer winner,
-                        ffi::Result<ffi::AnyBuffer> out_dot, RoiAttrs attrs) {
-  RoiCall s;
-  if (auto e = check_boxes(features, rois, rois_dot, "rois_dot", *out_dot, "out_dot", winner,
-                           attrs, &s);
+                        ffi::RemainingArgs features, ffi::Result<ffi::AnyBuffer> out_dot,
+                        RoiAttrs attrs) {
+  CheckedCall c;
+  if (auto e = check_boxes(rois, levels, features, winner, rois_dot, "rois_dot", *out_dot,
+                           "out_dot", attrs, &c);
       e.failure())
     return e;
-  if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_cuda(features.element_type(), [&](auto tag) {
+  if (auto e = check_planes(c.s); e.failure()) return e;
+  return dispatch_cuda(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
-    const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
     return launch_error(
-        Launch<T>::forward_boxes(s, features.reinterpret_data<T>(), rois.reinterpret_data<G>(),
-                                 rois_dot.reinterpret_data<G>(), w,
-                                 out_dot->reinterpret_data<T>(), stream),
+        Launch<T>::forward_boxes(c.s, level_pointers<const T>(c.features), geometry<G>(rois),
+                                 level_indices(levels), geometry<G>(rois_dot),
+                                 winners(c.s, winner), out_dot->reinterpret_data<T>(), stream),
         "forward_boxes");
   });
 }
 
-ffi::Error BackwardBoxes(cudaStream_t stream, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+ffi::Error BackwardBoxes(cudaStream_t stream, ffi::AnyBuffer rois, ffi::AnyBuffer levels,
                          ffi::AnyBuffer cotangent, ffi::AnyBuffer winner,
-                         ffi::Result<ffi::AnyBuffer> grad_rois, RoiAttrs attrs) {
-  RoiCall s;
-  if (auto e = check_boxes(features, rois, *grad_rois, "grad_rois", cotangent, "cotangent",
-                           winner, attrs, &s);
+                         ffi::RemainingArgs features, ffi::Result<ffi::AnyBuffer> grad_rois,
+                         RoiAttrs attrs) {
+  CheckedCall c;
+  if (auto e = check_boxes(rois, levels, features, winner, *grad_rois, "grad_rois", cotangent,
+                           "cotangent", attrs, &c);
       e.failure())
     return e;
-  if (auto e = check_plane(s); e.failure()) return e;
-  return dispatch_cuda(features.element_type(), [&](auto tag) {
+  if (auto e = check_planes(c.s); e.failure()) return e;
+  return dispatch_cuda(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
-    const int32_t* w = s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
     return launch_error(
-        Launch<T>::backward_boxes(s, features.reinterpret_data<T>(), rois.reinterpret_data<G>(),
-                                  cotangent.reinterpret_data<T>(), w,
-                                  grad_rois->reinterpret_data<G>(), stream),
+        Launch<T>::backward_boxes(c.s, level_pointers<const T>(c.features), geometry<G>(rois),
+                                  level_indices(levels), cotangent.reinterpret_data<T>(),
+                                  winners(c.s, winner), grad_rois->reinterpret_data<G>(),
+                                  stream),
         "backward_boxes");
   });
 }

@@ -100,24 +100,17 @@ JRA_HD int64_t pixel_stride(const RoiCall& s) { return s.layout == Layout::kNHWC
 
 // ------------------------------------------------------------- sample tables
 
-// Corner offsets (y * W + x) of a sample; at[1] < 0 marks a single cell
-// (weight 1 on at[0], nothing else read).
-template <typename G>
-__device__ void set_corners(int32_t at[4], const Sample<G>& p) {
-  for (int j = 0; j < 4; ++j) at[j] = int32_t(p.at[j]);
-  if (p.single) at[1] = at[2] = at[3] = -1;
-}
-
 template <typename G>
 struct ValueEntry {   // forward, forward_selected, atomic backward
-  int32_t at[4];
+  int32_t at[4];      // corner offsets y * W + x
   G w[4];
+  SampleKind kind;
 
   __device__ Sample<G> sample() const {
     Sample<G> p;
-    p.single = at[1] < 0;
+    p.kind = kind;
     for (int j = 0; j < 4; ++j) {
-      p.at[j] = p.single ? at[0] : at[j];
+      p.at[j] = at[j];
       p.w[j] = w[j];
     }
     return p;
@@ -131,11 +124,26 @@ struct ValueMaker {
   __device__ Entry operator()(const BinSampler<G>& b, int64_t i) const {
     const Sample<G> p = b.sample(i);
     Entry e;
-    set_corners(e.at, p);
-    for (int j = 0; j < 4; ++j) e.w[j] = p.w[j];
+    for (int j = 0; j < 4; ++j) {
+      e.at[j] = int32_t(p.at[j]);
+      e.w[j] = p.w[j];
+    }
+    e.kind = p.kind;
     return e;
   }
 };
+
+// The directional derivative of each corner weight along the box tangent t.
+template <typename G>
+__device__ void weight_derivatives(const SampleSlopes<G>& d, const G* t, int64_t coords,
+                                   G dw[4]) {
+  G ydot = G(0), xdot = G(0);
+  for (int64_t j = 0; j < coords; ++j) {
+    if (d.dpos[0][j] != G(0)) ydot += d.dpos[0][j] * t[j];
+    if (d.dpos[1][j] != G(0)) xdot += d.dpos[1][j] * t[j];
+  }
+  for (int j = 0; j < 4; ++j) dw[j] = d.dy[j] * ydot + d.dx[j] * xdot;
+}
 
 template <typename G>
 struct JvpEntry {     // forward_boxes: directional derivative of each corner weight
@@ -147,15 +155,14 @@ template <typename G_>
 struct JvpMaker {
   using G = G_;
   using Entry = JvpEntry<G_>;
-  G t[4];             // rois_dot corners (x1, y1, x2, y2)
+  G t[kMaxBoxCoords];  // the roi's rois_dot coordinates
+  int64_t coords;
   __device__ Entry operator()(const BinSampler<G>& b, int64_t i) const {
     SampleSlopes<G> d;
     const Sample<G> p = b.sample(i, &d);
     Entry e;
     for (int j = 0; j < 4; ++j) e.at[j] = int32_t(p.at[j]);  // reads all four, as the CPU
-    const G ydot = d.y_lo * t[1] + d.y_hi * t[3];
-    const G xdot = d.x_lo * t[0] + d.x_hi * t[2];
-    for (int j = 0; j < 4; ++j) e.dw[j] = d.dy[j] * ydot + d.dx[j] * xdot;
+    weight_derivatives(d, t, coords, e.dw);
     return e;
   }
 };
@@ -164,7 +171,7 @@ template <typename G>
 struct VjpEntry {     // backward_boxes
   int32_t at[4];
   G dy[4], dx[4];
-  G y_lo, y_hi, x_lo, x_hi;
+  G dpos[2][kMaxBoxCoords];
 };
 
 template <typename G_>
@@ -180,18 +187,28 @@ struct VjpMaker {
       e.dy[j] = d.dy[j];
       e.dx[j] = d.dx[j];
     }
-    e.y_lo = d.y_lo;
-    e.y_hi = d.y_hi;
-    e.x_lo = d.x_lo;
-    e.x_hi = d.x_hi;
+    for (int a = 0; a < 2; ++a)
+      for (int64_t j = 0; j < kMaxBoxCoords; ++j) e.dpos[a][j] = d.dpos[a][j];
     return e;
   }
 };
 
 template <typename G>
-struct TileEntry {    // deterministic backward: corners as tile-local pixels, -1 outside
+struct alignas(16) TileEntry {  // deterministic backward: corners as tile-local pixels, -1 outside
   int32_t loc[4];
   G w[4];
+  SampleKind kind;
+
+  // The sample with tile-local corners.
+  __device__ Sample<G> sample() const {
+    Sample<G> p;
+    p.kind = kind;
+    for (int j = 0; j < 4; ++j) {
+      p.at[j] = loc[j];
+      p.w[j] = w[j];
+    }
+    return p;
+  }
 };
 
 template <typename G_>
@@ -202,11 +219,10 @@ struct TileMaker {
   __device__ Entry operator()(const BinSampler<G>& b, int64_t i) const {
     const Sample<G> p = b.sample(i);
     Entry e;
-    const int corners = p.single ? 1 : 4;
+    e.kind = p.kind;
     for (int j = 0; j < 4; ++j) {
       e.w[j] = p.w[j];
       e.loc[j] = -1;
-      if (j >= corners) continue;
       const int64_t y = p.at[j] / W, x = p.at[j] - y * W;
       if (y >= y0 && y < y0 + tile_h && x >= x0 && x < x0 + tile_w)
         e.loc[j] = int32_t((y - y0) * tile_w + (x - x0));
@@ -246,11 +262,11 @@ __device__ Unit<G, Entry> unit_at(unsigned char* p, int64_t cap) {
 // the block calls it (it synchronises; it starts with a barrier, so the
 // previous samplers and table may be read until the call).
 template <typename G, typename Entry>
-__device__ void load_samplers(const RoiCall& s, const G* rois, int64_t k, int64_t b0, int64_t nb,
-                              const Unit<G, Entry>& u) {
+__device__ void load_samplers(const RoiCall& s, const G* rois, const int32_t* levels, int64_t k,
+                              int64_t b0, int64_t nb, const Unit<G, Entry>& u) {
   __syncthreads();
   for (int64_t t = threadIdx.x; t < nb; t += blockDim.x)
-    u.samplers[t] = bin_sampler(s, rois, k, b0 + t);
+    u.samplers[t] = bin_sampler(s, rois, levels, k, b0 + t);
   __syncthreads();
   if (threadIdx.x < 32) {  // nb <= 32: one lane per bin, a warp scan
     const unsigned lane = threadIdx.x;
@@ -322,13 +338,16 @@ struct Args {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
   RoiCall s;
-  const T* in;               // features; cotangent for the backward_features kernels
+  const T* features[kMaxLevels];  // one per level
+  const T* in;               // the cotangent of backward_features
   const G* rois;
+  const int32_t* levels;     // per roi; empty for one level
   const G* rois_dot;         // forward_boxes
   const int32_t* winner_in;
   int32_t* winner_out;
-  T* out;                    // forward outputs; grad_features (deterministic path)
-  A* grad;                   // atomic backward: grad_features, zeroed
+  T* out;                    // forward outputs
+  T* grad_out[kMaxLevels];   // grad_features (deterministic path)
+  A* grad[kMaxLevels];       // atomic backward: grad_features, zeroed
   const T* ct;               // backward_boxes cotangent
   G* grad_rois;
   int64_t splits;            // channel ranges per (roi, bin chunk)
@@ -355,30 +374,25 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
   using A = typename Types<T>::Accum;
   const RoiCall& s = a.s;
   const int64_t ps = pixel_stride(s);
-  const int64_t base = s.feature_offset(b.image, s.input_channel(c, bin), 0);
+  const int64_t base = s.feature_offset(b.level, b.image, s.input_channel(c, bin), 0);
   const int64_t n = b.count();
   const bool avg = s.mode == PoolMode::kAvg;
 
   if constexpr (K == Kind::kBackwardFeatures) {
     const A g = load<A>(a.in[o]);
     if (g == A(0)) return;  // it would add exact zeros
-    A* img = a.grad + base;
+    A* img = a.grad[b.level] + base;
+    auto add = [&](int64_t at, A v) { atomicAdd(img + at * ps, v); };
     if (avg) {
       const A divisor = A(b.divisor);
-      for (int64_t i = 0; i < n; ++i) {
-        const Sample<G> p = sample(bl, i).sample();
-        const int corners = p.single ? 1 : 4;
-        for (int j = 0; j < corners; ++j) atomicAdd(img + p.at[j] * ps, g * A(p.w[j]) / divisor);
-      }
+      for (int64_t i = 0; i < n; ++i) scatter_sample(sample(bl, i).sample(), g, divisor, add);
     } else {
       const int32_t w = a.winner_in[o];
       if (w < 0 || w >= n) return;
-      const Sample<G> p = sample(bl, w).sample();
-      const int corners = p.single ? 1 : 4;
-      for (int j = 0; j < corners; ++j) atomicAdd(img + p.at[j] * ps, g * A(p.w[j]));
+      scatter_sample(sample(bl, w).sample(), g, A(1), add);
     }
   } else if constexpr (K == Kind::kForwardBoxes) {
-    const T* img = a.in + base;
+    const T* img = a.features[b.level] + base;
     A v = A(0);
     int64_t i0 = 0, i1 = n;
     if (!avg) {
@@ -392,7 +406,7 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
     }
     a.out[o] = store<T>(v / A(b.divisor));
   } else {
-    const T* img = a.in + base;
+    const T* img = a.features[b.level] + base;
     auto read = [&](int64_t at) { return load<A>(img[at * ps]); };
     if (avg) {
       A acc = A(0);
@@ -413,8 +427,8 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
           arg = i;
         }
       }
-      if (b.outside >= 0 &&
-          (arg < 0 || A(0) > m || (A(0) == m && b.outside < b.ordinal(arg)))) {
+      if (b.outside_from != kNever &&
+          (arg < 0 || A(0) > m || (A(0) == m && b.outside_precedes(arg)))) {
         m = A(0);
         arg = -1;
       }
@@ -443,12 +457,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) items_kernel(const Args<
     const int64_t split = unit - k * per_roi - chunk * a.splits;
     const int64_t b0 = chunk * kUnitBins, nb = imin(kUnitBins, bins - b0);
     const int64_t c0 = split * per_split, nc = imin(per_split, s.Cout - c0);
-    load_samplers(s, a.rois, k, b0, nb, u);
+    load_samplers(s, a.rois, a.levels, k, b0, nb, u);
     const bool valid = u.samplers[0].image >= 0;
     Maker make{};
     if constexpr (K == Kind::kForwardBoxes) {
-      const G* t = roi_corners(s, a.rois_dot, k);
-      for (int j = 0; j < 4; ++j) make.t[j] = t[j];
+      const G* t = roi_coords(s, a.rois_dot, k);
+      make.coords = s.coords();
+      for (int64_t j = 0; j < s.coords(); ++j) make.t[j] = t[j];
     }
     for (int64_t p0 = 0, p1; p0 < nb; p0 = p1) {
       p1 = pass_end(u, p0, nb);
@@ -484,17 +499,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) boxes_grad_kernel(const 
   using A = typename Types<T>::Accum;
   using Maker = VjpMaker<G>;
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ double red[4][kThreads];
+  __shared__ double red[kMaxBoxCoords][kThreads];
   const RoiCall& s = a.s;
   const Unit<G, VjpEntry<G>> u = unit_at<G, VjpEntry<G>>(smem, a.cap);
   const int64_t bins = s.bins();
   const int64_t ps = pixel_stride(s);
   const Maker make{};
   for (int64_t k = blockIdx.x; k < s.K; k += gridDim.x) {
-    double gx_lo = 0, gy_lo = 0, gx_hi = 0, gy_hi = 0;
+    double grad[kMaxBoxCoords] = {};
     for (int64_t b0 = 0; b0 < bins; b0 += kUnitBins) {
       const int64_t nb = imin(kUnitBins, bins - b0);
-      load_samplers(s, a.rois, k, b0, nb, u);
+      load_samplers(s, a.rois, a.levels, k, b0, nb, u);
       if (u.samplers[0].image < 0) break;  // uniform: the roi gets zeros
       for (int64_t p0 = 0, p1; p0 < nb; p0 = p1) {
         p1 = pass_end(u, p0, nb);
@@ -518,7 +533,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) boxes_grad_kernel(const 
             i1 = i0 < n ? i0 + 1 : n;
           }
           if (g == 0) continue;
-          const T* img = a.in + s.feature_offset(b.image, s.input_channel(c, bin), 0);
+          const T* img = a.features[b.level] +
+                         s.feature_offset(b.level, b.image, s.input_channel(c, bin), 0);
           for (int64_t i = i0; i < i1; ++i) {
             const VjpEntry<G> e = sample(bl, i);
             double sy = 0, sx = 0;  // d(sample value)/d(sample y), /d(sample x)
@@ -527,31 +543,28 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) boxes_grad_kernel(const 
               sy += double(e.dy[j]) * v;
               sx += double(e.dx[j]) * v;
             }
-            gy_lo += g * sy * double(e.y_lo);
-            gy_hi += g * sy * double(e.y_hi);
-            gx_lo += g * sx * double(e.x_lo);
-            gx_hi += g * sx * double(e.x_hi);
+            for (int64_t j = 0; j < s.coords(); ++j) {
+              if (e.dpos[0][j] != G(0)) grad[j] += g * sy * double(e.dpos[0][j]);
+              if (e.dpos[1][j] != G(0)) grad[j] += g * sx * double(e.dpos[1][j]);
+            }
           }
         }
         __syncthreads();  // the next pass rewrites the table
       }
     }
     const unsigned tid = threadIdx.x;
-    red[0][tid] = gx_lo;
-    red[1][tid] = gy_lo;
-    red[2][tid] = gx_hi;
-    red[3][tid] = gy_hi;
+    for (int64_t j = 0; j < kMaxBoxCoords; ++j) red[j][tid] = grad[j];
     __syncthreads();
     for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
       if (tid < half)
-        for (int j = 0; j < 4; ++j) red[j][tid] += red[j][tid + half];
+        for (int64_t j = 0; j < kMaxBoxCoords; ++j) red[j][tid] += red[j][tid + half];
       __syncthreads();
     }
     if (tid == 0) {
       G* row = a.grad_rois + k * s.roi_stride();
       for (int64_t j = 0; j < s.roi_stride(); ++j) row[j] = G(0);
-      G* corners = row + (s.R > 0 ? 0 : 1);
-      for (int j = 0; j < 4; ++j) corners[j] = G(red[j][0]);
+      G* coords = row + (s.per_image ? 0 : 1);
+      for (int64_t j = 0; j < s.coords(); ++j) coords[j] = G(red[j][0]);
     }
     // load_samplers' leading barrier orders these reads before `red` is rewritten.
   }
@@ -562,17 +575,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) boxes_grad_kernel(const 
 struct TileShape {
   int64_t tile_h, tile_w;    // pixels of a tile
   int64_t group;             // input channels per block (= blockDim.x)
-  int64_t tiles_y, tiles_x, groups;
+  int64_t groups;
+  int64_t tiles_y[kMaxLevels], tiles_x[kMaxLevels];  // per level
+  int64_t first_block[kMaxLevels + 1];  // blocks of levels before l: N * groups * tiles
 };
 
-// Whether roi k of image n may read the tile [y0, y1] x [x0, x1] (inclusive):
-// its footprint (bin_sampler.h) meets the tile. NaN footprints pass (the exact
-// tables then find no sample).
+// Whether roi k of image n and level l may read the tile [y0, y1] x [x0, x1]
+// (inclusive): its footprint (bin_sampler.h) meets the tile. NaN footprints
+// pass (the exact tables then find no sample).
 template <typename G>
-__device__ bool may_touch(const RoiCall& s, const G* rois, int64_t k, int64_t n, int64_t y0,
-                          int64_t y1, int64_t x0, int64_t x1) {
-  if (roi_image(s, rois, k) != n) return false;
-  const Footprint f = roi_footprint(s, rois, k);
+__device__ bool may_touch(const RoiCall& s, const G* rois, const int32_t* levels, int64_t k,
+                          int64_t n, int64_t l, int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
+  if (roi_level(s, levels, k) != l || roi_image(s, rois, k) != n) return false;
+  const Footprint f = roi_footprint(s, rois, k, l);
   return !(f.y1 < double(y0) || f.y0 > double(y1) || f.x1 < double(x0) || f.x0 > double(x1));
 }
 
@@ -591,31 +606,35 @@ __global__ void tiled_backward_features_kernel(const Args<T> a, const TileShape 
   int64_t* list = reinterpret_cast<int64_t*>(p);
   p += align16(sizeof(int64_t) * size_t(ts.group));
   const Unit<G, TileEntry<G>> u = unit_at<G, TileEntry<G>>(p, a.cap);
-  const int64_t tiles = ts.tiles_y * ts.tiles_x;
-  const int64_t blocks = s.N * ts.groups * tiles;
+  const int64_t blocks = ts.first_block[s.L];
   const int64_t bins = s.bins();
   const bool ps_op = position_sensitive(s.op);
   const unsigned tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
 
   for (int64_t blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
-    const int64_t n = blk / (ts.groups * tiles);
-    const int64_t group = (blk - n * ts.groups * tiles) / tiles;
-    const int64_t tile = blk - n * ts.groups * tiles - group * tiles;
-    const int64_t y0 = (tile / ts.tiles_x) * ts.tile_h, x0 = (tile % ts.tiles_x) * ts.tile_w;
+    int64_t l = 0;  // the block's level: first_block[l] <= blk < first_block[l + 1]
+    while (ts.first_block[l + 1] <= blk) ++l;
+    const int64_t H = s.level[l].H, W = s.level[l].W;
+    const int64_t tiles = ts.tiles_y[l] * ts.tiles_x[l];
+    const int64_t lb = blk - ts.first_block[l];
+    const int64_t n = lb / (ts.groups * tiles);
+    const int64_t group = (lb - n * ts.groups * tiles) / tiles;
+    const int64_t tile = lb - n * ts.groups * tiles - group * tiles;
+    const int64_t y0 = (tile / ts.tiles_x[l]) * ts.tile_h, x0 = (tile % ts.tiles_x[l]) * ts.tile_w;
     const int64_t ci = group * ts.group + tid;  // this thread's input channel
     const bool active = ci < s.C;
     const int64_t c = ps_op ? ci / bins : ci;   // the output channel that reads it
     const int64_t my_bin = ps_op ? ci - c * bins : -1;
-    const Maker make{y0, x0, ts.tile_h, ts.tile_w, s.W};
+    const Maker make{y0, x0, ts.tile_h, ts.tile_w, W};
     __syncthreads();  // the previous tile's write-out is done with acc
     for (int64_t i = tid; i < tile_px * stride; i += blockDim.x) acc[i] = A(0);
 
-    const int64_t first = s.R > 0 ? n * s.R : 0, last = s.R > 0 ? (n + 1) * s.R : s.K;
+    const int64_t first = s.per_image ? n * s.R : 0, last = s.per_image ? (n + 1) * s.R : s.K;
     for (int64_t start = first; start < last; start += blockDim.x) {
       // The rois of this batch that may touch the tile, in index order.
       const int64_t mine = start + tid;
-      const bool hit = mine < last && may_touch(s, a.rois, mine, n, y0, y0 + ts.tile_h - 1, x0,
-                                                x0 + ts.tile_w - 1);
+      const bool hit = mine < last && may_touch(s, a.rois, a.levels, mine, n, l, y0,
+                                                y0 + ts.tile_h - 1, x0, x0 + ts.tile_w - 1);
       const unsigned ballot = __ballot_sync(0xffffffffu, hit);
       __syncthreads();  // the previous batch is done with list and warp_counts
       if (lane == 0) warp_counts[warp] = __popc(ballot);
@@ -632,7 +651,7 @@ __global__ void tiled_backward_features_kernel(const Args<T> a, const TileShape 
         const int64_t k = list[li];
         for (int64_t b0 = 0; b0 < bins; b0 += kUnitBins) {
           const int64_t nb = imin(kUnitBins, bins - b0);
-          load_samplers(s, a.rois, k, b0, nb, u);
+          load_samplers(s, a.rois, a.levels, k, b0, nb, u);
           for (int64_t p0 = 0, p1; p0 < nb; p0 = p1) {
             p1 = pass_end(u, p0, nb);
             const bool tabled = u.off[p1] - u.off[p0] <= u.cap;
@@ -646,20 +665,18 @@ __global__ void tiled_backward_features_kernel(const Args<T> a, const TileShape 
               if (g == A(0)) continue;  // it would add exact zeros
               const BinSampler<G>& b = u.samplers[bl];
               const int64_t nsamples = b.count();
-              // The CPU kernel's expressions: g * w / count (avg), g * w (max).
+              // The CPU kernel's expressions (scatter_sample), corners in this tile only.
+              auto add = [&](int64_t loc, A v) {
+                if (loc >= 0) acc[loc * stride + tid] += v;
+              };
               if (s.mode == PoolMode::kAvg) {
                 const A divisor = A(b.divisor);
-                for (int64_t i = 0; i < nsamples; ++i) {
-                  const TileEntry<G> e = sample(bl, i);
-                  for (int j = 0; j < 4; ++j)
-                    if (e.loc[j] >= 0) acc[e.loc[j] * stride + tid] += g * A(e.w[j]) / divisor;
-                }
+                for (int64_t i = 0; i < nsamples; ++i)
+                  scatter_sample(sample(bl, i).sample(), g, divisor, add);
               } else {
                 const int32_t w = a.winner_in[o];
                 if (w < 0 || w >= nsamples) continue;
-                const TileEntry<G> e = sample(bl, w);
-                for (int j = 0; j < 4; ++j)
-                  if (e.loc[j] >= 0) acc[e.loc[j] * stride + tid] += g * A(e.w[j]);
+                scatter_sample(sample(bl, w).sample(), g, A(1), add);
               }
             }
             __syncthreads();  // the next pass rewrites the table
@@ -676,8 +693,8 @@ __global__ void tiled_backward_features_kernel(const Args<T> a, const TileShape 
       divmod(px, ts.tile_w, &py, &pxx);
       const int64_t yy = y0 + py, xx = x0 + pxx;
       const int64_t c_in = group * ts.group + cl;
-      if (yy < s.H && xx < s.W && c_in < s.C)
-        a.out[s.feature_offset(n, c_in, yy * s.W + xx)] = store<T>(acc[px * stride + cl]);
+      if (yy < H && xx < W && c_in < s.C)
+        a.grad_out[l][s.feature_offset(l, n, c_in, yy * W + xx)] = store<T>(acc[px * stride + cl]);
     }
   }
 }
@@ -735,119 +752,106 @@ cudaError_t tiled_backward_features(Args<T> a, cudaStream_t stream) {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
   const RoiCall& s = a.s;
-  if (s.N == 0 || s.C == 0 || s.H == 0 || s.W == 0) return cudaSuccess;
+  if (s.N == 0 || s.C == 0) return cudaSuccess;
   TileShape ts;
   ts.group = imin<int64_t>((s.C + 31) / 32 * 32, sizeof(A) == 8 ? 32 : 64);
   // ~26 KiB of accumulators in 16-pixel-wide tiles (a 64-byte float32 row per plane).
   ts.tile_w = 16;
   ts.tile_h = imax<int64_t>(
       1, imin<int64_t>(16, int64_t(26 * 1024 / sizeof(A)) / ((ts.group + 1) * ts.tile_w)));
-  ts.tiles_y = (s.H + ts.tile_h - 1) / ts.tile_h;
-  ts.tiles_x = (s.W + ts.tile_w - 1) / ts.tile_w;
   ts.groups = (s.C + ts.group - 1) / ts.group;
+  ts.first_block[0] = 0;
+  for (int64_t l = 0; l < s.L; ++l) {
+    ts.tiles_y[l] = (s.level[l].H + ts.tile_h - 1) / ts.tile_h;
+    ts.tiles_x[l] = (s.level[l].W + ts.tile_w - 1) / ts.tile_w;
+    ts.first_block[l + 1] = ts.first_block[l] + s.N * ts.groups * ts.tiles_y[l] * ts.tiles_x[l];
+  }
+  if (ts.first_block[s.L] == 0) return cudaSuccess;
   const size_t head = align16(sizeof(A) * size_t(ts.tile_h * ts.tile_w * (ts.group + 1))) +
                       align16(sizeof(int64_t) * size_t(ts.group));
   const size_t fixed = head + unit_bytes<G, TileEntry<G>>(0);
-  // Entries are 16-byte multiples, so the table adds no alignment padding.
-  static_assert(sizeof(TileEntry<G>) % 16 == 0, "tile entries pad");
+  // Entries are 16-byte multiples (alignas), so the table adds no alignment padding.
   a.cap = imax<int64_t>(
       1, int64_t((kSmemBytes - kStaticSmemMargin - fixed) / sizeof(TileEntry<G>)));
   const size_t bytes = head + unit_bytes<G, TileEntry<G>>(a.cap);
-  tiled_backward_features_kernel<T><<<grid_size(s.N * ts.groups * ts.tiles_y * ts.tiles_x),
-                              unsigned(ts.group), bytes, stream>>>(a, ts);
+  tiled_backward_features_kernel<T><<<grid_size(ts.first_block[s.L]), unsigned(ts.group), bytes,
+                                      stream>>>(a, ts);
   return cudaGetLastError();
 }
 
-// Features with an empty spatial extent: nothing can be read; outputs are zeros.
-bool empty_map(const RoiCall& s) { return s.H == 0 || s.W == 0; }
+template <typename T>
+Args<T> call_args(const RoiCall& s, Levels<const T> features,
+                  const typename Types<T>::Geometry* rois, const int32_t* levels,
+                  const int32_t* winner) {
+  Args<T> a = base_args<T>(s, rois);
+  for (int64_t l = 0; l < s.L; ++l) a.features[l] = features.data[l];
+  a.levels = levels;
+  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
+  return a;
+}
 
 }  // namespace
 
 template <typename T>
-cudaError_t Launch<T>::forward(const RoiCall& s, const T* features, const G* rois, T* out,
-                               int32_t* winner, cudaStream_t stream) {
-  const bool max = s.mode == PoolMode::kMax;
-  if (empty_map(s)) {
-    const size_t n = size_t(s.K * s.Cout * s.bins());
-    if (n == 0) return cudaSuccess;
-    cudaMemsetAsync(out, 0, n * sizeof(T), stream);
-    if (max) cudaMemsetAsync(winner, 0xff, n * sizeof(int32_t), stream);  // all -1
-    return cudaGetLastError();
-  }
-  Args<T> a = base_args<T>(s, rois);
-  a.in = features;
+cudaError_t Launch<T>::forward(const RoiCall& s, Levels<const T> features, const G* rois,
+                               const int32_t* levels, T* out, int32_t* winner,
+                               cudaStream_t stream) {
+  Args<T> a = call_args<T>(s, features, rois, levels, nullptr);
   a.out = out;
-  a.winner_out = max ? winner : nullptr;
+  a.winner_out = s.mode == PoolMode::kMax ? winner : nullptr;
   return launch_items<T, Kind::kForward>(a, stream);
 }
 
 template <typename T>
-cudaError_t Launch<T>::forward_selected(const RoiCall& s, const T* features, const G* rois,
+cudaError_t Launch<T>::forward_selected(const RoiCall& s, Levels<const T> features,
+                                        const G* rois, const int32_t* levels,
                                         const int32_t* winner, T* out, cudaStream_t stream) {
-  if (empty_map(s)) {
-    const size_t n = size_t(s.K * s.Cout * s.bins());
-    if (n != 0) cudaMemsetAsync(out, 0, n * sizeof(T), stream);
-    return cudaGetLastError();
-  }
-  Args<T> a = base_args<T>(s, rois);
-  a.in = features;
+  Args<T> a = call_args<T>(s, features, rois, levels, winner);
   a.out = out;
-  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
   return launch_items<T, Kind::kForwardSelected>(a, stream);
 }
 
 template <typename T>
 cudaError_t Launch<T>::backward_features(const RoiCall& s, const T* cotangent, const G* rois,
-                                         const int32_t* winner, T* grad_features,
-                                         bool deterministic, cudaStream_t stream) {
+                                         const int32_t* levels, const int32_t* winner,
+                                         Levels<T> grad_features, bool deterministic,
+                                         cudaStream_t stream) {
   using A = typename Types<T>::Accum;
-  Args<T> a = base_args<T>(s, rois);
+  Args<T> a = call_args<T>(s, Levels<const T>{}, rois, levels, winner);
   a.in = cotangent;
-  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
   if constexpr (std::is_same_v<T, A>) {
     if (!deterministic) {
-      const size_t n = size_t(s.N * s.C * s.H * s.W);
-      if (n == 0) return cudaSuccess;
-      cudaMemsetAsync(grad_features, 0, n * sizeof(T), stream);  // +0.0
-      a.grad = grad_features;
+      for (int64_t l = 0; l < s.L; ++l) {
+        const size_t n = size_t(s.level_size(l));
+        if (n != 0) cudaMemsetAsync(grad_features.data[l], 0, n * sizeof(T), stream);  // +0.0
+        a.grad[l] = grad_features.data[l];
+      }
+      if (auto e = cudaGetLastError(); e != cudaSuccess) return e;
       return launch_items<T, Kind::kBackwardFeatures>(a, stream);
     }
   }
-  a.out = grad_features;
+  for (int64_t l = 0; l < s.L; ++l) a.grad_out[l] = grad_features.data[l];
   return tiled_backward_features<T>(a, stream);
 }
 
 template <typename T>
-cudaError_t Launch<T>::forward_boxes(const RoiCall& s, const T* features, const G* rois,
-                                     const G* rois_dot, const int32_t* winner, T* out_dot,
-                                     cudaStream_t stream) {
-  if (empty_map(s)) {
-    const size_t n = size_t(s.K * s.Cout * s.bins());
-    if (n != 0) cudaMemsetAsync(out_dot, 0, n * sizeof(T), stream);
-    return cudaGetLastError();
-  }
-  Args<T> a = base_args<T>(s, rois);
-  a.in = features;
+cudaError_t Launch<T>::forward_boxes(const RoiCall& s, Levels<const T> features, const G* rois,
+                                     const int32_t* levels, const G* rois_dot,
+                                     const int32_t* winner, T* out_dot, cudaStream_t stream) {
+  Args<T> a = call_args<T>(s, features, rois, levels, winner);
   a.rois_dot = rois_dot;
   a.out = out_dot;
-  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
   return launch_items<T, Kind::kForwardBoxes>(a, stream);
 }
 
 template <typename T>
-cudaError_t Launch<T>::backward_boxes(const RoiCall& s, const T* features, const G* rois,
-                                      const T* cotangent, const int32_t* winner, G* grad_rois,
-                                      cudaStream_t stream) {
+cudaError_t Launch<T>::backward_boxes(const RoiCall& s, Levels<const T> features, const G* rois,
+                                      const int32_t* levels, const T* cotangent,
+                                      const int32_t* winner, G* grad_rois, cudaStream_t stream) {
   if (s.K == 0) return cudaSuccess;
-  if (empty_map(s)) {
-    cudaMemsetAsync(grad_rois, 0, size_t(s.K * s.roi_stride()) * sizeof(G), stream);
-    return cudaGetLastError();
-  }
-  Args<T> a = base_args<T>(s, rois);
-  a.in = features;
+  Args<T> a = call_args<T>(s, features, rois, levels, winner);
   a.ct = cotangent;
   a.grad_rois = grad_rois;
-  a.winner_in = s.mode == PoolMode::kMax ? winner : nullptr;
   a.cap = int64_t(kItemsTableBytes / sizeof(VjpEntry<G>));
   boxes_grad_kernel<T><<<grid_size(s.K), kThreads, unit_bytes<G, VjpEntry<G>>(a.cap), stream>>>(a);
   return cudaGetLastError();

@@ -23,27 +23,37 @@
 
 namespace jax_roialign::cuda {
 
+// One data pointer per feature level.
+template <typename T>
+struct Levels {
+  T* data[kMaxLevels];
+};
+
 template <typename T>
 struct Launch {
   using G = typename Types<T>::Geometry;
 
-  // `winner`: int32 shaped like `out` in max mode; ignored (may be null) in avg.
-  static cudaError_t forward(const RoiCall& s, const T* features, const G* rois, T* out,
-                             int32_t* winner, cudaStream_t stream);
-  static cudaError_t forward_selected(const RoiCall& s, const T* features, const G* rois,
+  // `levels`: int32 per roi (empty for one level). `winner`: int32 shaped
+  // like `out` in max mode; ignored (may be null) in avg.
+  static cudaError_t forward(const RoiCall& s, Levels<const T> features, const G* rois,
+                             const int32_t* levels, T* out, int32_t* winner,
+                             cudaStream_t stream);
+  static cudaError_t forward_selected(const RoiCall& s, Levels<const T> features,
+                                      const G* rois, const int32_t* levels,
                                       const int32_t* winner, T* out, cudaStream_t stream);
   // `deterministic`: no atomics, bit-identical run to run. float16/bfloat16
   // always take that path (float32 accumulation without a scratch buffer).
   static cudaError_t backward_features(const RoiCall& s, const T* cotangent, const G* rois,
-                                       const int32_t* winner, T* grad_features,
-                                       bool deterministic, cudaStream_t stream);
-  static cudaError_t forward_boxes(const RoiCall& s, const T* features, const G* rois,
-                                   const G* rois_dot, const int32_t* winner, T* out_dot,
-                                   cudaStream_t stream);
-  // grad_rois has the rois' shape; a (K, 5) row's batch-index slot gets 0.
-  static cudaError_t backward_boxes(const RoiCall& s, const T* features, const G* rois,
-                                    const T* cotangent, const int32_t* winner, G* grad_rois,
-                                    cudaStream_t stream);
+                                       const int32_t* levels, const int32_t* winner,
+                                       Levels<T> grad_features, bool deterministic,
+                                       cudaStream_t stream);
+  static cudaError_t forward_boxes(const RoiCall& s, Levels<const T> features, const G* rois,
+                                   const int32_t* levels, const G* rois_dot,
+                                   const int32_t* winner, T* out_dot, cudaStream_t stream);
+  // grad_rois has the rois' shape; a (K, 1 + coords) row's batch-index slot gets 0.
+  static cudaError_t backward_boxes(const RoiCall& s, Levels<const T> features, const G* rois,
+                                    const int32_t* levels, const T* cotangent,
+                                    const int32_t* winner, G* grad_rois, cudaStream_t stream);
 };
 
 extern template struct Launch<float>;

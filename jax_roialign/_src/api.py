@@ -52,7 +52,7 @@ def apply(op_name, features, rois, output_size, spatial_scale=1.0, sampling_rati
     params = dict(
         op=op.name,
         output_size=size,
-        spatial_scale=_args.spatial_scale(name, spatial_scale),
+        spatial_scales=(_args.spatial_scale(name, spatial_scale),),
         sampling_ratio=_args.sampling_ratio(name, sampling_ratio),
         aligned=bool(aligned),
         mode=_args.choice(name, "mode", op.modes[0] if mode is None else mode, op.modes),
@@ -70,7 +70,8 @@ def apply(op_name, features, rois, output_size, spatial_scale=1.0, sampling_rati
         rows = _args.rows_from_boxes(boxes.array) if boxes.per_image else boxes.array
         out = op.reference(features, rows, params)
         return out.reshape(boxes.array.shape[:2] + out.shape[1:]) if boxes.per_image else out
-    out, _ = _primitives.forward_p.bind(features, boxes.array, **params)
+    levels = jnp.zeros((0,), jnp.int32)  # one level
+    out, _ = _primitives.forward_p.bind(boxes.array, levels, features, **params)
     return out
 
 

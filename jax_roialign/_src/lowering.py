@@ -36,7 +36,8 @@ def _load():
 
 
 #: {platform: [kernel names]} for every platform with compiled kernels here.
-#: {operator: (code, position_sensitive, box_derivative)} from the compiled modules.
+#: {operator: (code, position_sensitive, box_derivative, box coordinates)} from the
+#: compiled modules.
 KERNELS, OPERATOR_TABLE = _load()
 
 MODES = {"avg": 0, "max": 1}
@@ -50,7 +51,7 @@ def ffi_attributes(params: dict) -> dict:
         op=np.int64(OPERATOR_TABLE[params["op"]][0]),
         pooled_height=np.int64(ph),
         pooled_width=np.int64(pw),
-        spatial_scale=np.float64(params["spatial_scale"]),
+        spatial_scales=np.asarray(params["spatial_scales"], np.float64),
         sampling_ratio=np.int64(params["sampling_ratio"]),
         aligned=np.int64(bool(params["aligned"])),
         mode=np.int64(MODES[params["mode"]]),

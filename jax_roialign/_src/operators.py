@@ -29,6 +29,7 @@ class Operator:
     fixed: dict = field(default_factory=dict)  # parameters the operator fixes
     box_derivative: bool = True  # False: piecewise constant in the boxes, derivative 0
     position_sensitive: bool = False  # C = C_out * PH * PW, bin (ph, pw) reads its own group
+    box_coords: int = 4          # coordinates per box, after a row's batch index
     torchvision: str | None = None    # torchvision.ops.<name>, same positional arguments
     demo: tuple | None = None    # (column, title) in the demo's picture, if it is shown there
 
@@ -40,33 +41,33 @@ def _size(p):
 OPERATORS = (
     Operator("roi_align", "roi_align", "RoIAlign",
              lambda f, r, p: _roi_align.roi_align_core(
-                 f, r, *_size(p), p["spatial_scale"], p["sampling_ratio"], p["aligned"],
+                 f, r, *_size(p), p["spatial_scales"][0], p["sampling_ratio"], p["aligned"],
                  p["mode"], p["layout"]),
              modes=("avg", "max"), torchvision="roi_align", demo=(2, "RoIAlign")),
     Operator("roi_pool", "roi_pool", "RoIPool",
-             lambda f, r, p: _pool.roi_pool_core(f, r, *_size(p), p["spatial_scale"],
+             lambda f, r, p: _pool.roi_pool_core(f, r, *_size(p), p["spatial_scales"][0],
                                                  p["layout"]),
              modes=("max",), fixed=dict(sampling_ratio=0, aligned=False), box_derivative=False,
              torchvision="roi_pool", demo=(0, "RoIPool (max)")),
     Operator("ps_roi_align", "ps_roi_align", "PSRoIAlign",
              lambda f, r, p: _ps_roi_align.ps_roi_align_core(
-                 f, r, *_size(p), p["spatial_scale"], p["sampling_ratio"], p["layout"]),
+                 f, r, *_size(p), p["spatial_scales"][0], p["sampling_ratio"], p["layout"]),
              fixed=dict(aligned=True), position_sensitive=True, torchvision="ps_roi_align"),
     Operator("ps_roi_pool", "ps_roi_pool", "PSRoIPool",
-             lambda f, r, p: _pool.ps_roi_pool_core(f, r, *_size(p), p["spatial_scale"],
+             lambda f, r, p: _pool.ps_roi_pool_core(f, r, *_size(p), p["spatial_scales"][0],
                                                     p["layout"]),
              fixed=dict(sampling_ratio=0, aligned=False), box_derivative=False,
              position_sensitive=True, torchvision="ps_roi_pool"),
     Operator("legacy", "legacy.roi_align", "LegacyRoIAlign",
-             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scale"], "plain",
+             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scales"][0], "plain",
                                                  p["layout"]),
              min_output=2, fixed=dict(sampling_ratio=0, aligned=False), demo=(1, "legacy RoIAlign")),
     Operator("legacy_avg", "legacy.roi_align_avg", "LegacyRoIAlignAvg",
-             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scale"], "avg",
+             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scales"][0], "avg",
                                                  p["layout"]),
              fixed=dict(sampling_ratio=0, aligned=False)),
     Operator("legacy_max", "legacy.roi_align_max", "LegacyRoIAlignMax",
-             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scale"], "max",
+             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scales"][0], "max",
                                                  p["layout"]),
              modes=("max",), fixed=dict(sampling_ratio=0, aligned=False)),
 )

@@ -2,21 +2,23 @@
 lowering, batching, and the AD rules that make any order of derivative in the features
 and first derivatives in the boxes.
 
-Every operator (parameter `op`) is linear in `features` once its max-mode winners are
-fixed, so differentiation closes over five kernels:
+Every operator (parameter `op`) is linear in its features once its max-mode winners are
+fixed, so differentiation closes over five kernels. The features are one array per
+level (`*fs`, one for the single-level operators), last, as the kernels take them:
 
-    forward_p            (features, rois)                   -> (out, winner)
-    forward_selected_p   (x, rois, winner)                  -> out        linear in x
-    backward_features_p  (cotangent, rois, winner)          -> grad x     forward_selected_p^T
-    forward_boxes_p      (features, rois, rois_dot, winner) -> out_dot    linear in rois_dot
-    backward_boxes_p     (features, rois, cotangent, winner) -> grad rois forward_boxes_p^T
+    forward_p            (rois, levels, *fs)                   -> (out, winner)
+    forward_selected_p   (rois, levels, winner, *xs)           -> out      linear in xs
+    backward_features_p  (cotangent, rois, levels, winner)     -> grad xs  forward_selected_p^T
+    forward_boxes_p      (rois, levels, rois_dot, winner, *fs) -> out_dot  linear in rois_dot
+    backward_boxes_p     (rois, levels, cotangent, winner, *fs) -> grad rois forward_boxes_p^T
 
-`winner` is the int32 index of each bin's winning sample in max mode (shaped like `out`),
-an empty (0,) array in avg mode. Every primitive carries the same parameters: op,
-output_size, spatial_scale, sampling_ratio, aligned, mode, layout, deterministic
-(backward_features_p also features_shape). Operators without a box derivative (the
-registry's `box_derivative`) get a zero one. Second derivatives in which box coordinates
-vary raise UnsupportedDerivativeError.
+`levels` is the int32 level of each roi (shaped like the rois without their last axis),
+an empty (0,) array for one level. `winner` is the int32 index of each bin's winning
+sample in max mode (shaped like `out`), an empty (0,) array in avg mode. Every primitive
+carries the same parameters (built in `api.apply`; backward_features_p also
+features_shapes). Operators without a box derivative (the registry's `box_derivative`)
+get a zero one. Second derivatives in which box coordinates vary raise
+UnsupportedDerivativeError.
 """
 
 from __future__ import annotations
@@ -57,25 +59,23 @@ def _primitive(kernel, abstract_eval, multiple_results=False):
     return prim
 
 
-def _forward_abstract(features, rois, **p):
-    out = out_aval(features, rois, p)
+def _forward_abstract(rois, levels, *fs, **p):
+    out = out_aval(fs[0], rois, p)
     return out, winner_aval(out, p)
 
 
 forward_p = _primitive("forward", _forward_abstract, True)
-forward_selected_p = _primitive("forward_selected",
-                                lambda x, rois, winner, **p: out_aval(x, rois, p))
+forward_selected_p = _primitive(
+    "forward_selected", lambda rois, levels, winner, *xs, **p: out_aval(xs[0], rois, p))
 backward_features_p = _primitive(
     "backward_features",
-    lambda ct, rois, winner, *, features_shape, **p: ct.update(shape=tuple(features_shape)))
-forward_boxes_p = _primitive("forward_boxes",
-                             lambda f, rois, rois_dot, winner, **p: out_aval(f, rois, p))
-backward_boxes_p = _primitive("backward_boxes",
-                              lambda f, rois, ct, winner, **p: rois.update(shape=rois.shape))
-
-
-def _without(p, *keys):
-    return {k: v for k, v in p.items() if k not in keys}
+    lambda ct, rois, levels, winner, *, features_shapes, **p: [
+        ct.update(shape=tuple(shape)) for shape in features_shapes],
+    True)
+forward_boxes_p = _primitive(
+    "forward_boxes", lambda rois, levels, rd, winner, *fs, **p: out_aval(fs[0], rois, p))
+backward_boxes_p = _primitive(
+    "backward_boxes", lambda rois, levels, ct, winner, *fs, **p: rois.update(shape=rois.shape))
 
 
 # --------------------------------------------------------------------------- AD
@@ -99,82 +99,105 @@ def _sum(terms, like):
     return out
 
 
+def _levels_or_none(tangents, primals):
+    """The tangents of the feature levels, zeros instantiated, or None if all are zero."""
+    if all(_is_zero(t) for t in tangents):
+        return None
+    return [ad.instantiate_zeros(t) if _is_zero(t) else t for t, _ in zip(tangents, primals)]
+
+
 def _forward_jvp(primals, tangents, **p):
-    f, rois = primals
-    fd, rd = tangents
+    rois, levels, *fs = primals
+    rd, _, *fds = tangents
     rd = _box_tangent(rd, p)
-    out, winner = forward_p.bind(f, rois, **p)
-    out_dot = _sum([None if _is_zero(fd) else forward_selected_p.bind(fd, rois, winner, **p),
-                    None if rd is None else forward_boxes_p.bind(f, rois, rd, winner, **p)], out)
+    out, winner = forward_p.bind(rois, levels, *fs, **p)
+    fds = _levels_or_none(fds, fs)
+    out_dot = _sum([None if fds is None else forward_selected_p.bind(rois, levels, winner, *fds, **p),
+                    None if rd is None else forward_boxes_p.bind(rois, levels, rd, winner, *fs, **p)],
+                   out)
     return (out, winner), (out_dot, ad.Zero(winner.aval.to_tangent_aval()))
 
 
 def _forward_selected_jvp(primals, tangents, **p):
-    x, rois, winner = primals
-    xd, rd, _ = tangents
+    rois, levels, winner, *xs = primals
+    rd, _, _, *xds = tangents
     rd = _box_tangent(rd, p)
-    out = forward_selected_p.bind(x, rois, winner, **p)
-    return out, _sum([None if _is_zero(xd) else forward_selected_p.bind(xd, rois, winner, **p),
-                      None if rd is None else forward_boxes_p.bind(x, rois, rd, winner, **p)], out)
+    out = forward_selected_p.bind(rois, levels, winner, *xs, **p)
+    xds = _levels_or_none(xds, xs)
+    return out, _sum([None if xds is None else forward_selected_p.bind(rois, levels, winner, *xds, **p),
+                      None if rd is None else forward_boxes_p.bind(rois, levels, rd, winner, *xs, **p)],
+                     out)
 
 
-def _forward_selected_transpose(ct, x, rois, winner, **p):
+def _forward_selected_transpose(ct, rois, levels, winner, *xs, **p):
     if ad.is_undefined_primal(rois):
         _unsupported("transposing w.r.t. box coordinates")
+    shapes = tuple(tuple(x.aval.shape) for x in xs)
     if _is_zero(ct):
-        return ad.Zero(x.aval), None, None
-    return backward_features_p.bind(ct, rois, winner, features_shape=tuple(x.aval.shape), **p), None, None
+        grads = [ad.Zero(x.aval) for x in xs]
+    else:
+        grads = backward_features_p.bind(ct, rois, levels, winner, features_shapes=shapes, **p)
+    return [None, None, None, *grads]
 
 
-def _backward_features_jvp(primals, tangents, **p):
-    ct, rois, winner = primals
-    ctd, rd, _ = tangents
+def _backward_features_jvp(primals, tangents, *, features_shapes, **p):
+    ct, rois, levels, winner = primals
+    ctd, rd, _, _ = tangents
     if _box_tangent(rd, p) is not None:
         _unsupported("the derivative of the feature gradient w.r.t. box coordinates")
-    out = backward_features_p.bind(ct, rois, winner, **p)
-    return out, _sum([None if _is_zero(ctd) else backward_features_p.bind(ctd, rois, winner, **p)], out)
+    out = backward_features_p.bind(ct, rois, levels, winner, features_shapes=features_shapes, **p)
+    if _is_zero(ctd):
+        return out, [ad.Zero(o.aval.to_tangent_aval()) for o in out]
+    return out, backward_features_p.bind(ctd, rois, levels, winner,
+                                         features_shapes=features_shapes, **p)
 
 
-def _backward_features_transpose(g, ct, rois, winner, *, features_shape, **p):
-    if _is_zero(g):
-        return ad.Zero(ct.aval), None, None
-    return forward_selected_p.bind(g, rois, winner, **p), None, None
+def _backward_features_transpose(gs, ct, rois, levels, winner, *, features_shapes, **p):
+    if all(_is_zero(g) for g in gs):
+        return ad.Zero(ct.aval), None, None, None
+    gs = [jnp.zeros(shape, ct.aval.dtype) if _is_zero(g) else g
+          for g, shape in zip(gs, features_shapes)]
+    return forward_selected_p.bind(rois, levels, winner, *gs, **p), None, None, None
 
 
 def _forward_boxes_jvp(primals, tangents, **p):
-    f, rois, rd, winner = primals
-    fd, rdd_rois, rdd, _ = tangents
+    rois, levels, rd, winner, *fs = primals
+    rdd_rois, _, rdd, _, *fds = tangents
     if not _is_zero(rdd_rois):
         _unsupported("the second derivative w.r.t. box coordinates")
-    out = forward_boxes_p.bind(f, rois, rd, winner, **p)
-    return out, _sum([None if _is_zero(fd) else forward_boxes_p.bind(fd, rois, rd, winner, **p),
-                      None if _is_zero(rdd) else forward_boxes_p.bind(f, rois, rdd, winner, **p)], out)
+    out = forward_boxes_p.bind(rois, levels, rd, winner, *fs, **p)
+    fds = _levels_or_none(fds, fs)
+    return out, _sum([None if fds is None else forward_boxes_p.bind(rois, levels, rd, winner, *fds, **p),
+                      None if _is_zero(rdd) else forward_boxes_p.bind(rois, levels, rdd, winner, *fs, **p)],
+                     out)
 
 
-def _forward_boxes_transpose(ct, f, rois, rd, winner, **p):
-    if ad.is_undefined_primal(f) or ad.is_undefined_primal(rois):
+def _forward_boxes_transpose(ct, rois, levels, rd, winner, *fs, **p):
+    if ad.is_undefined_primal(rois) or any(ad.is_undefined_primal(f) for f in fs):
         _unsupported("the mixed features/box-coordinate second derivative")
-    if _is_zero(ct):
-        return None, None, ad.Zero(rd.aval), None
-    return None, None, backward_boxes_p.bind(f, rois, ct, winner, **p), None
+    grad = (ad.Zero(rd.aval) if _is_zero(ct)
+            else backward_boxes_p.bind(rois, levels, ct, winner, *fs, **p))
+    return [None, None, grad, None] + [None] * len(fs)
 
 
 def _backward_boxes_jvp(primals, tangents, **p):
-    f, rois, ct, winner = primals
-    fd, rd, ctd, _ = tangents
+    rois, levels, ct, winner, *fs = primals
+    rd, _, ctd, _, *fds = tangents
     if not _is_zero(rd):
         _unsupported("the second derivative w.r.t. box coordinates")
-    out = backward_boxes_p.bind(f, rois, ct, winner, **p)
-    return out, _sum([None if _is_zero(fd) else backward_boxes_p.bind(fd, rois, ct, winner, **p),
-                      None if _is_zero(ctd) else backward_boxes_p.bind(f, rois, ctd, winner, **p)], out)
+    out = backward_boxes_p.bind(rois, levels, ct, winner, *fs, **p)
+    fds = _levels_or_none(fds, fs)
+    return out, _sum([None if fds is None else backward_boxes_p.bind(rois, levels, ct, winner, *fds, **p),
+                      None if _is_zero(ctd) else backward_boxes_p.bind(rois, levels, ctd, winner, *fs, **p)],
+                     out)
 
 
-def _backward_boxes_transpose(g, f, rois, ct, winner, **p):
-    if ad.is_undefined_primal(f) or ad.is_undefined_primal(rois):
+def _backward_boxes_transpose(g, rois, levels, ct, winner, *fs, **p):
+    if ad.is_undefined_primal(rois) or any(ad.is_undefined_primal(f) for f in fs):
         _unsupported("the mixed features/box-coordinate second derivative")
-    if _is_zero(g):
-        return None, None, ad.Zero(ct.aval), None
-    return None, None, forward_boxes_p.bind(f, rois, g, winner, **p), None
+    grad = (ad.Zero(ct.aval) if _is_zero(g)
+            else forward_boxes_p.bind(rois, levels, g, winner, *fs, **p))
+    return [None, None, grad, None] + [None] * len(fs)
 
 
 ad.primitive_jvps[forward_p] = _forward_jvp
@@ -190,20 +213,20 @@ ad.primitive_transposes[backward_boxes_p] = _backward_boxes_transpose
 
 # --------------------------------------------------------------------------- batching
 #
-# A vmapped axis B folds into the kernels' own leading axes: into the images
-# (B*N, with each copy's rois re-indexed to its own images) when the features
-# (or the features-shaped result) are batched, else into the roi rows (B*K).
-# The (N, R, 4) form becomes rows first. Invalid batch indices stay invalid.
+# A vmapped axis B folds into the kernels' own leading axes: into the images (B*N,
+# with each copy's rois re-indexed to its own images) when the features (or the
+# features-shaped result) are batched, else into the roi rows (B*K). The per-image
+# form becomes rows first. Invalid batch indices stay invalid.
 
 def _tangent_rows_from_boxes(boxes):
     """Like _args.rows_from_boxes for a tangent/cotangent: the index column is 0."""
-    *lead, n, r, _ = boxes.shape
+    *lead, n, r, c = boxes.shape
     zero = jnp.zeros((*lead, n, r, 1), boxes.dtype)
-    return jnp.concatenate([zero, boxes], axis=-1).reshape(*lead, n * r, 5)
+    return jnp.concatenate([zero, boxes], axis=-1).reshape(*lead, n * r, c + 1)
 
 
 def _reindex(rows, batch, num_images):
-    """(B, K, 5) rows of copy b -> batch index b*N + n; invalid ones -> -1."""
+    """(B, K, 1 + coords) rows of copy b -> batch index b*N + n; invalid ones -> -1."""
     idx = rows[..., 0]
     valid = (idx >= 0) & (idx < num_images) & (idx == jnp.floor(idx))
     offset = (jnp.arange(batch, dtype=rows.dtype) * num_images)[:, None]
@@ -211,8 +234,10 @@ def _reindex(rows, batch, num_images):
 
 
 def _make_batching_rule(prim, roles, result):
-    """roles: per operand, 'features' | 'rois' | 'rois_like' | 'out_like' | 'winner'.
-    result: 'out' | 'out_winner' | 'features' | 'rois'."""
+    """roles: per fixed operand, 'rois' | 'levels' | 'winner' | 'rois_like' | 'out_like';
+    the operands after them are the feature levels. result: 'out' | 'out_winner' |
+    'features' | 'rois'."""
+    fixed = len(roles)
 
     def rule(args, dims, **p):
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
@@ -221,31 +246,36 @@ def _make_batching_rule(prim, roles, result):
         rois_i = roles.index("rois")
         rois_rank = moved[rois_i].ndim - batched[rois_i]
         per_image = rois_rank == 3
-        feat_i = roles.index("features") if "features" in roles else None
-        num_images = (moved[feat_i].shape[batched[feat_i]] if feat_i is not None
-                      else p["features_shape"][0])
-        by_image = (batched[feat_i] if feat_i is not None else True)
+        features, features_batched = moved[fixed:], batched[fixed:]
+        if features:
+            num_images = features[0].shape[int(features_batched[0])]
+            by_image = any(features_batched)
+        else:
+            num_images = p["features_shapes"][0][0]
+            by_image = True
 
         new = []
         for role, a, b in zip(roles, moved, batched):
-            if role == "winner" and p["mode"] != "max":
-                new.append(a if not b else a[0])
-                continue
-            if role == "features":
-                new.append(a.reshape((size * a.shape[1],) + a.shape[2:]) if b else a)
+            if role in ("winner", "levels") and a.ndim == int(b) + 1 and a.shape[int(b)] == 0:
+                new.append(a if not b else a[0])  # the empty placeholder
                 continue
             if not b:
                 a = jnp.broadcast_to(a, (size,) + a.shape)
             if role in ("rois", "rois_like") and per_image:
                 a = _args.rows_from_boxes(a) if role == "rois" else _tangent_rows_from_boxes(a)
-            elif role in ("out_like", "winner") and per_image:
+            elif role in ("out_like", "winner", "levels") and per_image:
                 a = a.reshape((size, a.shape[1] * a.shape[2]) + a.shape[3:])
             if role == "rois" and by_image:
                 a = _reindex(a, size, num_images)
             new.append(a.reshape((size * a.shape[1],) + a.shape[2:]))
-        if "features_shape" in p:
-            fs = p["features_shape"]
-            p = dict(p, features_shape=(size * fs[0],) + tuple(fs[1:]))
+        for f, b in zip(features, features_batched):
+            if by_image:
+                f = f if b else jnp.broadcast_to(f, (size,) + f.shape)
+                f = f.reshape((size * f.shape[1],) + f.shape[2:])
+            new.append(f)
+        if "features_shapes" in p:
+            p = dict(p, features_shapes=tuple((size * s[0],) + tuple(s[1:])
+                                              for s in p["features_shapes"]))
         out = prim.bind(*new, **p)
 
         def unfold_rows(x):
@@ -262,18 +292,19 @@ def _make_batching_rule(prim, roles, result):
                 return (unfold_rows(o), unfold_rows(w)), (0, 0)
             return (unfold_rows(o), w), (0, None)
         if result == "features":
-            return out.reshape((size, out.shape[0] // size) + out.shape[1:]), 0
-        # rois: grad of (B*K, 5) rows back to the operand's form
-        g = out.reshape((size, out.shape[0] // size, 5))
+            return [g.reshape((size, g.shape[0] // size) + g.shape[1:]) for g in out], [0] * len(out)
+        # rois: grad of (B*K, 1 + coords) rows back to the operand's form
+        width = out.shape[-1]
+        g = out.reshape((size, out.shape[0] // size, width))
         if per_image:
-            g = g[..., 1:].reshape((size, num_images, -1, 4))
+            g = g[..., 1:].reshape((size, num_images, -1, width - 1))
         return g, 0
 
     batching.primitive_batchers[prim] = rule
 
 
-_make_batching_rule(forward_p, ("features", "rois"), "out_winner")
-_make_batching_rule(forward_selected_p, ("features", "rois", "winner"), "out")
-_make_batching_rule(backward_features_p, ("out_like", "rois", "winner"), "features")
-_make_batching_rule(forward_boxes_p, ("features", "rois", "rois_like", "winner"), "out")
-_make_batching_rule(backward_boxes_p, ("features", "rois", "out_like", "winner"), "rois")
+_make_batching_rule(forward_p, ("rois", "levels"), "out_winner")
+_make_batching_rule(forward_selected_p, ("rois", "levels", "winner"), "out")
+_make_batching_rule(backward_features_p, ("out_like", "rois", "levels", "winner"), "features")
+_make_batching_rule(forward_boxes_p, ("rois", "levels", "rois_like", "winner"), "out")
+_make_batching_rule(backward_boxes_p, ("rois", "levels", "out_like", "winner"), "rois")
