@@ -181,12 +181,13 @@ inline ffi::Error make_call(const LevelBuffers& features, const char* features_n
                                    std::to_string(coords) + ") with N = " + std::to_string(s->N),
                        r);
   }
-  if (levels.element_type() != ffi::DataType::S32 ||
-      int64_t(levels.element_count()) != (s->L == 1 ? 0 : s->K))
-    return shape_error("levels", s->L == 1 ? std::string("int32 (0,) for one level")
-                                           : "int32 with one entry per roi (" +
-                                                 std::to_string(s->K) + ")",
+  const int64_t n_levels = int64_t(levels.element_count());
+  if (levels.element_type() != ffi::DataType::S32 || (n_levels != 0 && n_levels != s->K) ||
+      (n_levels == 0 && s->L > 1 && s->K > 0))
+    return shape_error("levels", "int32 with one entry per roi (" + std::to_string(s->K) +
+                                     "), or empty for one level",
                        levels.dimensions());
+  s->has_levels = n_levels > 0;
   s->PH = a.pooled_height;
   s->PW = a.pooled_width;
   s->Cout = s->C;

@@ -91,7 +91,8 @@ struct RoiCall {
   int64_t PH, PW;         // output bins
   int64_t sampling_ratio; // > 0 fixed grid, <= 0 adaptive per roi (align ops)
   bool aligned;
-  int64_t L;              // feature levels; a roi's level comes from the levels buffer
+  int64_t L;              // feature levels
+  bool has_levels;        // a level per roi in the levels buffer; else every roi is on level 0
   Level level[kMaxLevels];
 
   JRA_HD int64_t coords() const { return box_coords(op); }
@@ -125,10 +126,10 @@ JRA_HD int64_t roi_image(const RoiCall& s, const G* rois, int64_t k) {
   return int64_t(b);
 }
 
-// Level of roi k from the int32 levels buffer (empty for one level), or -1
-// when it is outside [0, L): such a roi is invalid like a bad batch index.
+// Level of roi k from the int32 levels buffer (0 without one), or -1 when it
+// is outside [0, L): such a roi is invalid like a bad batch index.
 JRA_HD int64_t roi_level(const RoiCall& s, const int32_t* levels, int64_t k) {
-  if (s.L == 1) return 0;
+  if (!s.has_levels) return 0;
   const int64_t l = levels[k];
   return l >= 0 && l < s.L ? l : -1;
 }

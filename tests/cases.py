@@ -27,6 +27,9 @@ class Case:
     op_name: str                 # the registry entry
     oracle: Callable             # (f, rows, ph, pw, scale, sr, aligned, layout, dtype) -> array
     config: dict = field(default_factory=dict)  # fixed keyword arguments (mode=...)
+    # How the public function takes one map and its scale, if not as (f, rois, size, scale):
+    # the multi-level operators take a list of levels and of scales.
+    levels: bool = False
 
     @property
     def op(self):
@@ -71,6 +74,8 @@ class Case:
     def __call__(self, impl, f, rois, size, scale=1.0, sr=-1, aligned=False, layout="NCHW"):
         """`impl` ("kernel", "reference" or a callable) on this case's configuration."""
         impl = {"kernel": self.fn, "reference": self.ref}.get(impl, impl)
+        if self.levels:
+            return impl([f], rois, size, (scale,), **self.kwargs(sr, aligned, layout))
         return impl(f, rois, size, scale, **self.kwargs(sr, aligned, layout))
 
     def loop(self, f, rows, size, scale=1.0, sr=-1, aligned=False, layout="NCHW",
@@ -104,6 +109,10 @@ CASES = [
          lambda f, r, ph, pw, s, sr, al, lay, dt: legacy_numpy(f, r, ph, pw, s, "avg", lay, dt)),
     Case("legacy.roi_align_max", "legacy_max",
          lambda f, r, ph, pw, s, sr, al, lay, dt: legacy_numpy(f, r, ph, pw, s, "max", lay, dt)),
+    # One level: roi_align's function; tests/test_multi_scale.py covers several.
+    Case("multi_scale_roi_align", "multi_scale_roi_align", _roi_align("avg"), levels=True),
+    Case("multi_scale_roi_align_max", "multi_scale_roi_align", _roi_align("max"),
+         dict(mode="max"), levels=True),
 ]
 IDS = [c.id for c in CASES]
 BOX_CASES = [c for c in CASES if c.box_derivative]

@@ -10,7 +10,7 @@ import pytest
 from cases import CASES
 from jax_roialign._src import lowering
 from jax_roialign._src.api import FUNCTIONS
-from jax_roialign._src.operators import OPERATORS
+from jax_roialign._src.operators import BY_NAME, KERNEL_OPS, OPERATORS
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jax_roialign"
 # Imported inside functions on purpose: optional dependencies and peers.
@@ -24,8 +24,8 @@ def _optional(target):
 
 def test_compiled_operator_table_matches_the_registry():
     table = lowering.OPERATOR_TABLE
-    assert sorted(table) == sorted(op.name for op in OPERATORS)
-    for op in OPERATORS:
+    assert sorted(table) == sorted(KERNEL_OPS)
+    for op in (BY_NAME[name] for name in KERNEL_OPS):
         _, position_sensitive, box_derivative, coords = table[op.name]
         assert (position_sensitive, box_derivative, coords) == (
             op.position_sensitive, op.box_derivative, op.box_coords), op.name

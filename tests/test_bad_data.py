@@ -71,9 +71,9 @@ def test_empty_maps_give_zeros(case, shape):
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 2, 1.0, 1.5), TypeError,
      "sampling_ratio must be an int"),
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 2, -0.5), ValueError,
-     "spatial_scale must be finite and >= 0, got -0.5"),
+     r"spatial_scale must be > 0 and finite in float32 \(at most 3.4e38\), got -0.5"),
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 2, float("nan")), ValueError,
-     "spatial_scale must be finite"),
+     "spatial_scale must be > 0 and finite"),
     (lambda: jra.ps_roi_align(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 2), ValueError,
      r"ps_roi_align: features must have a channel count divisible by "
      r"output_size\[0\] \* output_size\[1\] = 4, got 10"),
@@ -99,7 +99,8 @@ def test_reference_forms_check_arguments_as_the_functions_do(case):
     """jax_roialign.reference.<op> rejects what jax_roialign.<op> rejects (it shares the
     function's signature and checks)."""
     f = np.zeros((1, case.channels(1, (2, 2)), 4, 4))
+    first = ([f], np.zeros((1, 5)), 2, (1.0,)) if case.levels else (f, np.zeros((1, 5)), 2, 1.0)
     with pytest.raises(TypeError):
-        case.ref(f, np.zeros((1, 5)), 2, 1.0, 2, True, 5, 6)
+        case.ref(*first, 2, True, 5, 6)
     with pytest.raises(ValueError, match="layout"):
-        case.ref(f, np.zeros((1, 5)), 2, 1.0, layout="HWC")
+        case.ref(*first, layout="HWC")

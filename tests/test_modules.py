@@ -19,7 +19,11 @@ from cases import CASES
 CHANNELS = 18  # divisible by 3x3, so the position-sensitive ops take it too
 
 # (module name, the function, keyword configuration): one per operator case.
-MODULE_CASES = [(c.op.module, c.fn, {k: v for k, v in c.kwargs(2, True).items() if k != "layout"})
+# (module name, the function, keyword configuration, positional configuration (output_size,
+# spatial scale(s)), how the features are passed): one per operator case.
+MODULE_CASES = [(c.op.module, c.fn, {k: v for k, v in c.kwargs(2, True).items() if k != "layout"},
+                 (3, (0.5,)) if c.levels else (3, 0.5),
+                 (lambda f: [f]) if c.levels else (lambda f: f))
                 for c in CASES]
 IDS = [c.id for c in CASES]
 
@@ -34,14 +38,13 @@ def data():
     return images, boxes
 
 
-def check_against_function(fn, kwargs, out, features, boxes):
+def check_against_function(fn, kwargs, args, wrap, out, features, boxes):
     """The module's output equals the function's, in NHWC (the modules' default)."""
-    expected = fn(features, boxes, *ARGS, layout="NHWC", **kwargs)
+    expected = fn(wrap(features), boxes, *args, layout="NHWC", **kwargs)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     assert out.shape[:4] == (2, 3, 3, 3) and out.shape[4] in (CHANNELS, CHANNELS // 9)
 
 
-ARGS = (3, 0.5)  # output_size, spatial_scale: the positional configuration of every case
 
 
 def check_backbone_grads(kernel_grad):
@@ -56,28 +59,28 @@ def test_linen_module_under_jit_and_grad(case, data):
     nn = pytest.importorskip("flax.linen")
     from jax_roialign import flax as jf
 
-    name, fn, kwargs = case
-    module = getattr(jf, name)(*ARGS, **kwargs)
+    name, fn, kwargs, args, wrap = case
+    module = getattr(jf, name)(*args, **kwargs)
     images, boxes = data
 
     class Model(nn.Module):
         @nn.compact
         def __call__(self, x, b):
             features = nn.Conv(CHANNELS, (3, 3))(x)
-            return module.clone()(features, b), features
+            return module.clone()(wrap(features), b), features
 
     model = Model()
     params = model.init(jax.random.PRNGKey(0), images, boxes)
     out, features = jax.jit(model.apply)(params, images, boxes)
-    check_against_function(fn, kwargs, out, features, boxes)
+    check_against_function(fn, kwargs, args, wrap, out, features, boxes)
 
     loss = lambda p: jnp.sum(model.apply(p, images, boxes)[0] ** 2)
     grads = jax.jit(jax.grad(loss))(params)
     check_backbone_grads(grads["params"]["Conv_0"]["kernel"])
 
-    via_module = jax.grad(lambda f: jnp.sum(module.apply({}, f, boxes) ** 2))(features)
+    via_module = jax.grad(lambda f: jnp.sum(module.apply({}, wrap(f), boxes) ** 2))(features)
     via_function = jax.grad(
-        lambda f: jnp.sum(fn(f, boxes, *ARGS, layout="NHWC", **kwargs) ** 2))(features)
+        lambda f: jnp.sum(fn(wrap(f), boxes, *args, layout="NHWC", **kwargs) ** 2))(features)
     np.testing.assert_allclose(via_module, via_function, rtol=1e-6, atol=1e-6)
 
 
@@ -109,11 +112,36 @@ def test_linen_signatures_follow_the_functions():
     pytest.importorskip("flax.linen")
     from jax_roialign import flax as jf
 
-    for name, fn, _ in MODULE_CASES:
-        fields = inspect.signature(getattr(jf, name)).parameters
-        for p in list(inspect.signature(fn).parameters.values())[2:]:
+    for case in CASES:
+        fields = inspect.signature(getattr(jf, case.op.module)).parameters
+        for p in list(inspect.signature(case.fn).parameters.values())[2:]:
+            if p.name in case.op.call_arguments:  # per-call data: an argument of __call__
+                assert p.name not in fields, (case.op.module, p.name)
+                continue
             default = "NHWC" if p.name == "layout" else p.default
-            assert fields[p.name].default == default, (name, p.name)
+            assert fields[p.name].default == default, (case.op.module, p.name)
+
+
+def test_per_call_arguments_go_to_call(data):
+    """multi_scale_roi_align's `levels` is data of each call, not configuration."""
+    pytest.importorskip("flax.linen")
+    pytest.importorskip("haiku")
+    import haiku as hk
+
+    from jax_roialign import flax as jf
+    from jax_roialign import haiku as jh
+
+    images, boxes = data
+    pyramid = [images, images[:, ::2, ::2]]
+    levels = jnp.asarray([[0, 1, 1], [1, 0, 5]], jnp.int32)
+    want = jra.multi_scale_roi_align(pyramid, boxes, 3, (0.5, 0.25), levels=levels,
+                                     layout="NHWC")
+    linen = jf.MultiScaleRoIAlign(3, (0.5, 0.25)).apply({}, pyramid, boxes, levels=levels)
+    haiku = hk.transform(lambda p, b: jh.MultiScaleRoIAlign(3, (0.5, 0.25))(p, b, levels=levels))
+    np.testing.assert_array_equal(linen, want)
+    np.testing.assert_array_equal(haiku.apply({}, None, pyramid, boxes), want)
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        jf.RoIAlign(3).apply({}, images, boxes, levels=levels)
 
 
 def test_linen_bad_configuration_is_reported_at_the_call(data):
@@ -136,22 +164,22 @@ def test_nnx_module_under_jit_and_grad(case, data):
 
     from jax_roialign import flax as jf
 
-    name, fn, kwargs = case
+    name, fn, kwargs, args, wrap = case
     images, boxes = data
     pool_type = getattr(jf.nnx, name)
 
     class Model(nnx.Module):
         def __init__(self, rngs):
             self.conv = nnx.Conv(3, CHANNELS, (3, 3), rngs=rngs)
-            self.pool = pool_type(*ARGS, **kwargs)
+            self.pool = pool_type(*args, **kwargs)
 
         def __call__(self, x, b):
             features = self.conv(x)
-            return self.pool(features, b), features
+            return self.pool(wrap(features), b), features
 
     model = Model(nnx.Rngs(0))
     out, features = nnx.jit(lambda m, x, b: m(x, b))(model, images, boxes)
-    check_against_function(fn, kwargs, out, features, boxes)
+    check_against_function(fn, kwargs, args, wrap, out, features, boxes)
 
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(images, boxes)[0] ** 2)))(model)
     check_backbone_grads(nnx.state(grads.conv)["kernel"])
@@ -177,17 +205,17 @@ def test_haiku_module_under_jit_and_grad(case, data):
     hk = pytest.importorskip("haiku")
     from jax_roialign import haiku as jh
 
-    name, fn, kwargs = case
+    name, fn, kwargs, args, wrap = case
     images, boxes = data
 
     def forward(x, b):
         features = hk.Conv2D(CHANNELS, 3)(x)
-        return getattr(jh, name)(*ARGS, **kwargs)(features, b), features
+        return getattr(jh, name)(*args, **kwargs)(wrap(features), b), features
 
     model = hk.without_apply_rng(hk.transform(forward))
     params = model.init(jax.random.PRNGKey(0), images, boxes)
     out, features = jax.jit(model.apply)(params, images, boxes)
-    check_against_function(fn, kwargs, out, features, boxes)
+    check_against_function(fn, kwargs, args, wrap, out, features, boxes)
 
     grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, images, boxes)[0] ** 2)))(params)
     check_backbone_grads(grads["conv2_d"]["w"])

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from . import args as _args
 from . import lowering as _lowering
 from . import primitives as _primitives
+from . import level_mappers as _mappers
 from .operators import BY_NAME, OPERATORS
 from .shapes import output_shape
 
@@ -38,9 +39,41 @@ def set_deterministic(value: bool) -> None:
 _REFERENCE_PATH = contextvars.ContextVar("jax_roialign_reference_path", default=False)
 
 
+def _params(op, name, output_size, spatial_scales, sampling_ratio, aligned, mode, layout,
+            deterministic):
+    """The primitives' parameters (one set, carried by all five) for operator `op`."""
+    params = dict(
+        op=op.kernel,
+        output_size=output_size,
+        spatial_scales=tuple(_args.spatial_scale(name, s) for s in spatial_scales),
+        sampling_ratio=_args.sampling_ratio(name, sampling_ratio),
+        aligned=_args.flag(name, "aligned", aligned),
+        mode=_args.choice(name, "mode", op.modes[0] if mode is None else mode, op.modes),
+        layout=layout,
+        deterministic=(_DETERMINISTIC[0] if deterministic is None
+                       else _args.flag(name, "deterministic", deterministic)),
+    )
+    params.update(op.fixed)
+    return params
+
+
+def _pool(op, features, boxes, levels, params):
+    """The operator on normalised arguments: `features` a list of levels, `boxes` an
+    `args.Rois`, `levels` int32 per roi (None: one level)."""
+    if _REFERENCE_PATH.get() or not _lowering.has_kernels(jax.default_backend()):
+        rows = _args.rows_from_boxes(boxes.array) if boxes.per_image else boxes.array
+        flat = None if levels is None else levels.reshape(-1)
+        out = op.reference(features, rows, flat, params)
+        return out.reshape(boxes.array.shape[:2] + out.shape[1:]) if boxes.per_image else out
+    if levels is None:
+        levels = jnp.zeros((0,), jnp.int32)
+    out, _ = _primitives.forward_p.bind(boxes.array, levels, *features, **params)
+    return out
+
+
 def apply(op_name, features, rois, output_size, spatial_scale=1.0, sampling_ratio=0,
           aligned=False, mode=None, layout="NCHW", deterministic=None):
-    """Operator `op_name` of the registry on the public functions' arguments."""
+    """Single-level operator `op_name` of the registry on the public functions' arguments."""
     op = BY_NAME[op_name]
     name = op.function
     num_images, channels, height, width = _args.check_features(name, features, layout)
@@ -49,30 +82,14 @@ def apply(op_name, features, rois, output_size, spatial_scale=1.0, sampling_rati
     if op.position_sensitive and channels % (size[0] * size[1]):
         raise ValueError(f"{name}: features must have a channel count divisible by "
                          f"output_size[0] * output_size[1] = {size[0] * size[1]}, got {channels}")
-    params = dict(
-        op=op.name,
-        output_size=size,
-        spatial_scales=(_args.spatial_scale(name, spatial_scale),),
-        sampling_ratio=_args.sampling_ratio(name, sampling_ratio),
-        aligned=bool(aligned),
-        mode=_args.choice(name, "mode", op.modes[0] if mode is None else mode, op.modes),
-        layout=layout,
-        deterministic=_DETERMINISTIC[0] if deterministic is None else bool(deterministic),
-    )
-    params.update(op.fixed)
-    boxes = _args.rois(name, rois, num_images, features.dtype)
+    params = _params(op, name, size, (spatial_scale,), sampling_ratio, aligned, mode, layout,
+                     deterministic)
+    boxes = _args.rois(name, rois, num_images, features.dtype, op.box_coords)
     if height == 0 or width == 0:
-        # An empty map: every sample is outside it, so every output is 0 (and the
-        # kernels' tap arithmetic assumes at least one row and column).
-        shape = output_shape(op.name, features.shape, boxes.array.shape, size, layout)
+        # An empty map: every sample is outside it, so every output is 0.
+        shape = output_shape(op.kernel, features.shape, boxes.array.shape, size, layout)
         return jnp.zeros(shape, features.dtype)
-    if _REFERENCE_PATH.get() or not _lowering.has_kernels(jax.default_backend()):
-        rows = _args.rows_from_boxes(boxes.array) if boxes.per_image else boxes.array
-        out = op.reference(features, rows, params)
-        return out.reshape(boxes.array.shape[:2] + out.shape[1:]) if boxes.per_image else out
-    levels = jnp.zeros((0,), jnp.int32)  # one level
-    out, _ = _primitives.forward_p.bind(boxes.array, levels, features, **params)
-    return out
+    return _pool(op, [features], boxes, None, params)
 
 
 # {operator name: its public function}, filled by @_operator below.
@@ -163,6 +180,102 @@ def legacy_roi_align_max(features, rois, output_size, spatial_scale, *, layout="
     pool, stride 1."""
     return apply("legacy_max", features, rois, output_size, spatial_scale, layout=layout,
                  deterministic=deterministic)
+
+
+def level_of(rois, spatial_scales, *, mapper="torchvision", canonical_scale=224,
+             canonical_level=4, finest_scale=56):
+    """The pyramid level each box is pooled from by ``multi_scale_roi_align``: an int32
+    index into ``spatial_scales`` per box ((K,) for rows or a list, (N, R) for (N, R, 4)
+    boxes), computed as the ``mapper``'s library does (docs/semantics.md):
+
+    - "torchvision" (``MultiScaleRoIAlign``'s ``LevelMapper``):
+      ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)``;
+    - "detectron2" (``assign_boxes_to_levels``):
+      ``floor(canonical_level + log2(sqrt(area) / canonical_scale + 1e-8))``;
+    - "mmdet" (``SingleRoIExtractor.map_roi_levels``):
+      ``floor(log2(sqrt(area) / finest_scale + 1e-6))``;
+
+    clamped to the pyramid (torchvision and Detectron2: levels ``-log2(spatial_scales[0])``
+    to ``-log2(spatial_scales[-1])``, which must be consecutive powers of two; mmdet: 0 to
+    L - 1); area ``(x2 - x1) * (y2 - y1)`` in the boxes' dtype. A box with a negative or NaN
+    area gets -1 (no level: it pools zeros).
+    """
+    name = "level_of"
+    scales = _scales(name, spatial_scales)
+    mapper = _args.choice(name, "mapper", mapper, _mappers.MAPPERS)
+    dtype = getattr(rois, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    boxes = _args.rois(name, rois, _args.images_of(rois), dtype)
+    first, last = _mappers.level_range(name, mapper, scales)
+    coords = boxes.array if boxes.per_image else boxes.array[:, 1:]
+    return _mappers.map_levels(jax.lax.stop_gradient(coords), first, last, mapper,
+                               _args.positive(name, "canonical_scale", canonical_scale),
+                               _args.integer(name, "canonical_level", canonical_level),
+                               _args.positive(name, "finest_scale", finest_scale))
+
+
+def _scales(name, spatial_scales):
+    if not isinstance(spatial_scales, (list, tuple)) or not spatial_scales:
+        raise TypeError(f"{name}: spatial_scales must be a non-empty sequence of floats, one "
+                        f"per feature level, got {spatial_scales!r}")
+    return tuple(_args.spatial_scale(name, s, f"spatial_scales[{i}]")
+                 for i, s in enumerate(spatial_scales))
+
+
+@_operator("multi_scale_roi_align")
+def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_ratio=-1,
+                          aligned=False, *, levels=None, mapper="torchvision",
+                          canonical_scale=224, canonical_level=4, finest_scale=56, mode="avg",
+                          layout="NCHW", deterministic=None):
+    """The FPN pooler in one call: each box pooled by roi_align from one level of a
+    feature pyramid, chosen by its size (``level_of``, the ``mapper``'s library's rule)
+    or given as ``levels``. One kernel call for all levels, forward and backward.
+
+    features: a sequence of L arrays, finest level first, the same N, C and dtype.
+    spatial_scales: the L levels' scales (e.g. ``(1/4, 1/8, 1/16, 1/32)``).
+    levels: optional int array, one level index (0 .. L-1) per box, overriding the
+    mapper; a box whose level is outside [0, L) pools zeros.
+    The other arguments, and the output, are ``roi_align``'s.
+    """
+    name = "multi_scale_roi_align"
+    op = BY_NAME[name]
+    if not isinstance(features, (list, tuple)) or not features:
+        raise TypeError(f"{name}: features must be a non-empty sequence of arrays, one per "
+                        f"level, got {type(features).__name__}")
+    scales = _scales(name, spatial_scales)
+    if len(scales) != len(features):
+        raise ValueError(f"{name}: spatial_scales must hold one scale per feature level "
+                         f"({len(features)}), got {len(scales)}")
+    if len(features) > _args.MAX_LEVELS:
+        raise ValueError(f"{name}: at most {_args.MAX_LEVELS} feature levels, got "
+                         f"{len(features)}")
+    shapes = [_args.check_features(f"{name}: features[{i}]", f, layout)
+              for i, f in enumerate(features)]
+    features = [jnp.asarray(f) for f in features]
+    for i, (f, shape) in enumerate(zip(features, shapes)):
+        if shape[:2] != shapes[0][:2] or f.dtype != features[0].dtype:
+            raise ValueError(f"{name}: every level needs the N, C and dtype of features[0] "
+                             f"({shapes[0][0]}, {shapes[0][1]}, {features[0].dtype}), got "
+                             f"features[{i}] with ({shape[0]}, {shape[1]}, {f.dtype})")
+    size = _args.output_size(name, output_size)
+    params = _params(op, name, size, scales, sampling_ratio, aligned, mode, layout,
+                     deterministic)
+    boxes = _args.rois(name, rois, shapes[0][0], features[0].dtype)
+    if levels is None:
+        mapper = _args.choice(name, "mapper", mapper, _mappers.MAPPERS)
+        first, last = _mappers.level_range(name, mapper, scales)
+        coords = boxes.array if boxes.per_image else boxes.array[:, 1:]
+        levels = _mappers.map_levels(
+            jax.lax.stop_gradient(coords), first, last, mapper,
+            _args.positive(name, "canonical_scale", canonical_scale),
+            _args.integer(name, "canonical_level", canonical_level),
+            _args.positive(name, "finest_scale", finest_scale))
+        if len(features) == 1:
+            levels = None  # as the peers: one level pools every box, no mapper
+    else:
+        levels = _args.levels(name, levels, boxes.array.shape[:-1])
+    return _pool(op, features, boxes, levels, params)
 
 
 assert set(FUNCTIONS) == {op.name for op in OPERATORS}, "every operator needs its function"

@@ -43,8 +43,17 @@ def check_features(op: str, features, layout: str):
     return (n, a, b, c) if layout == "NCHW" else (n, c, a, b)
 
 
+#: Largest output size per axis: a bin grid beyond it is no detector's output, and the
+#: output must stay allocatable (K * C * PH * PW elements).
+MAX_OUTPUT_SIZE = 65536
+
+#: Largest fixed sampling grid per bin and axis (cc/roi_common.h kMaxSamplingRatio):
+#: already a million samples per bin.
+MAX_SAMPLING_RATIO = 1024
+
+
 def output_size(op: str, size, name: str = "output_size", minimum: int = 1):
-    """int or (PH, PW), each an integer >= minimum."""
+    """int or (PH, PW), each an integer in [minimum, MAX_OUTPUT_SIZE]."""
     pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size) \
         if isinstance(size, Sequence) else None
     if pair is None or len(pair) != 2 or not all(
@@ -52,22 +61,80 @@ def output_size(op: str, size, name: str = "output_size", minimum: int = 1):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {size!r}")
     if min(pair) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {size!r}")
+    if max(pair) > MAX_OUTPUT_SIZE:
+        raise ValueError(f"{op}: {name} must be <= {MAX_OUTPUT_SIZE} per axis, got {size!r}")
     return int(pair[0]), int(pair[1])
 
 
-def spatial_scale(op: str, scale) -> float:
+def spatial_scale(op: str, scale, name: str = "spatial_scale") -> float:
+    """A real number > 0 that float32 geometry represents (not 0, not beyond 3.4e38)."""
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"{op}: spatial_scale must be a real number, got {scale!r}")
+        raise TypeError(f"{op}: {name} must be a real number, got {scale!r}")
     scale = float(scale)
-    if not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"{op}: spatial_scale must be finite and >= 0, got {scale!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        as_float32 = np.float32(scale)
+    if not (math.isfinite(scale) and np.isfinite(as_float32) and as_float32 > 0):
+        raise ValueError(f"{op}: {name} must be > 0 and finite in float32 "
+                         f"(at most 3.4e38), got {scale!r}")
     return scale
 
 
 def sampling_ratio(op: str, ratio) -> int:
+    """An int: > 0 a fixed grid per bin and axis (at most MAX_SAMPLING_RATIO), <= 0 adaptive."""
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Integral):
         raise TypeError(f"{op}: sampling_ratio must be an int (<= 0 for adaptive), got {ratio!r}")
+    if ratio > MAX_SAMPLING_RATIO:
+        raise ValueError(f"{op}: sampling_ratio must be <= {MAX_SAMPLING_RATIO} (a fixed grid of "
+                         f"that many samples per bin and axis), got {ratio!r}")
     return int(ratio)
+
+
+#: Feature levels one call takes (cc/roi_common.h kMaxLevels).
+MAX_LEVELS = 8
+
+
+def positive(op: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{op}: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def integer(op: str, name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    return int(value)
+
+
+def images_of(rois):
+    """N of rois given without features: the list's length, the (N, R, c) form's N, or
+    None for rows (any batch index is accepted)."""
+    if isinstance(rois, (list, tuple)):
+        return len(rois)
+    shape = np.shape(rois)
+    return shape[0] if len(shape) == 3 else None
+
+
+def levels(op: str, value, shape) -> jnp.ndarray:
+    """A level index per box: an integer array shaped like the boxes without their
+    coordinates ((K,) or (N, R)), as int32."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        value = jnp.asarray(value)
+        dtype = value.dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{op}: levels must be an integer array, got {np.dtype(dtype).name}")
+    if tuple(np.shape(value)) != tuple(shape):
+        raise ValueError(f"{op}: levels must have one entry per box, shape {tuple(shape)}, got "
+                         f"{tuple(np.shape(value))}")
+    return jnp.asarray(value).astype(jnp.int32)
+
+
+def flag(op: str, name: str, value) -> bool:
+    """A bool (NumPy's included); anything else is an error, not its truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def choice(op: str, name: str, value, allowed: Sequence[str]) -> str:
@@ -77,45 +144,58 @@ def choice(op: str, name: str, value, allowed: Sequence[str]) -> str:
 
 
 class Rois(NamedTuple):
-    """Normalised rois: `array` is (K, 5) rows or (N, R, 4) per-image boxes, in
-    the geometry dtype; `per_image` says which."""
+    """Normalised rois: `array` is (K, 1 + coords) rows or (N, R, coords) per-image
+    boxes, in the geometry dtype; `per_image` says which."""
     array: jnp.ndarray
     per_image: bool
 
 
-def rois(op: str, rois, num_images: int, features_dtype) -> Rois:
+#: Each box form's coordinates, by their count (the registry's `box_coords`).
+BOX_NAMES = {4: "x1, y1, x2, y2", 5: "cx, cy, w, h, angle"}
+
+
+def rois(op: str, rois, num_images: int, features_dtype, coords: int = 4) -> Rois:
     """The three forms of docs/semantics.md, cast to the geometry dtype.
 
-    (K, 5) rows [batch_index, x1, y1, x2, y2]; (N, R, 4) boxes of image n in row
-    n; a list of N arrays (R_n, 4), concatenated into rows.
+    (K, 1 + coords) rows [batch_index, *box]; (N, R, coords) boxes of image n in row
+    n; a list of N arrays (R_n, coords), concatenated into rows.
     """
     dtype = geometry_dtype(features_dtype)
+    names = BOX_NAMES[coords]
     if isinstance(rois, (list, tuple)):
-        if len(rois) != num_images:
-            raise ValueError(f"{op}: a list of rois must hold one (R_n, 4) array per image "
-                             f"({num_images}), got {len(rois)}")
+        if num_images is not None and len(rois) != num_images:
+            raise ValueError(f"{op}: a list of rois must hold one (R_n, {coords}) array per "
+                             f"image ({num_images}), got {len(rois)}")
         rows = []
         for n, boxes in enumerate(rois):
             shape = np.shape(boxes)
-            if len(shape) != 2 or shape[1] != 4:
-                raise ValueError(f"{op}: rois[{n}] must have shape (R_n, 4), got {tuple(shape)}")
+            if len(shape) != 2 or shape[1] != coords:
+                raise ValueError(f"{op}: rois[{n}] must have shape (R_n, {coords}) [{names}], "
+                                 f"got {tuple(shape)}")
             _check_float_rois(op, f"rois[{n}]", boxes)
             boxes = jnp.asarray(boxes, dtype)
             rows.append(jnp.concatenate(
                 [jnp.full((shape[0], 1), n, dtype), boxes], axis=1))
-        array = jnp.concatenate(rows, axis=0) if rows else jnp.zeros((0, 5), dtype)
+        array = (jnp.concatenate(rows, axis=0) if rows
+                 else jnp.zeros((0, coords + 1), dtype))
         return Rois(array, False)
     shape = np.shape(rois)
     _check_float_rois(op, "rois", rois)
-    if len(shape) == 2 and shape[1] == 5:
+    if len(shape) == 2 and shape[1] == coords + 1:
         return Rois(jnp.asarray(rois, dtype), False)
-    if len(shape) == 3 and shape[2] == 4:
-        if shape[0] != num_images:
-            raise ValueError(f"{op}: rois of shape (N, R, 4) must have N = {num_images} "
+    if len(shape) == 3 and shape[2] == coords:
+        if num_images is not None and shape[0] != num_images:
+            raise ValueError(f"{op}: rois of shape (N, R, {coords}) must have N = {num_images} "
                              f"(the features' batch), got shape {tuple(shape)}")
         return Rois(jnp.asarray(rois, dtype), True)
-    raise ValueError(f"{op}: rois must be (K, 5) [batch_index, x1, y1, x2, y2], (N, R, 4) or "
-                     f"a list of (R_n, 4), got shape {tuple(shape)}")
+    hint = ""
+    if len(shape) == 2 and shape[1] == coords:
+        hint = (f"; for boxes of one image, add the batch column "
+                f"(jnp.concatenate([jnp.zeros((K, 1)), boxes], axis=1)) or pass them as "
+                f"(1, K, {coords})")
+    raise ValueError(f"{op}: rois must be (K, {coords + 1}) [batch_index, {names}], "
+                     f"(N, R, {coords}) or a list of (R_n, {coords}), got shape "
+                     f"{tuple(shape)}{hint}")
 
 
 def _check_float_rois(op, name, value):
@@ -126,7 +206,7 @@ def _check_float_rois(op, name, value):
 
 
 def rows_from_boxes(boxes):
-    """(..., N, R, 4) per-image boxes -> (..., N*R, 5) rows with batch index n."""
-    *lead, n, r, _ = boxes.shape
+    """(..., N, R, coords) per-image boxes -> (..., N*R, 1 + coords) rows with batch index n."""
+    *lead, n, r, coords = boxes.shape
     index = jnp.broadcast_to(jnp.arange(n, dtype=boxes.dtype)[:, None, None], (*lead, n, r, 1))
-    return jnp.concatenate([index, boxes], axis=-1).reshape(*lead, n * r, 5)
+    return jnp.concatenate([index, boxes], axis=-1).reshape(*lead, n * r, coords + 1)

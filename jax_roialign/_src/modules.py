@@ -19,27 +19,38 @@ class ModuleSpec(NamedTuple):
     path: str                    # the function's public path in jax_roialign
     function: Callable
     parameters: list             # inspect.Parameter, the configuration
+    call_arguments: tuple        # per-call data, keyword arguments of __call__
 
 
-def config_parameters(fn) -> list[inspect.Parameter]:
-    """The function's parameters after (features, rois), with layout defaulting to NHWC."""
+def config_parameters(fn, call_arguments=()) -> list[inspect.Parameter]:
+    """The function's parameters after (features, rois), without the per-call ones, with
+    layout defaulting to NHWC."""
     params = list(inspect.signature(fn).parameters.values())[2:]
-    return [p.replace(default=DEFAULT_LAYOUT) if p.name == "layout" else p for p in params]
+    return [p.replace(default=DEFAULT_LAYOUT) if p.name == "layout" else p for p in params
+            if p.name not in call_arguments]
 
 
 def specs() -> list[ModuleSpec]:
     return [ModuleSpec(op.module, op.function, FUNCTIONS[op.name],
-                       config_parameters(FUNCTIONS[op.name])) for op in OPERATORS]
+                       config_parameters(FUNCTIONS[op.name], op.call_arguments),
+                       op.call_arguments) for op in OPERATORS]
 
 
-def apply(spec: ModuleSpec, module, features, rois):
-    """The operator on the configuration stored as the module's attributes."""
-    return spec.function(features, rois, **{p.name: getattr(module, p.name)
-                                            for p in spec.parameters})
+def apply(spec: ModuleSpec, module, features, rois, call_arguments):
+    """The operator on the configuration stored as the module's attributes, and the
+    call's own `call_arguments` (a dict of the spec's per-call arguments)."""
+    unknown = set(call_arguments) - set(spec.call_arguments)
+    if unknown:
+        raise TypeError(f"{spec.name}.__call__ got unexpected arguments {sorted(unknown)}; "
+                        f"it takes (features, rois"
+                        + "".join(f", {a}=None" for a in spec.call_arguments) + ")")
+    return spec.function(features, rois, **call_arguments,
+                         **{p.name: getattr(module, p.name) for p in spec.parameters})
 
 
 def docstring(kind: str, spec: ModuleSpec, extra: str = "") -> str:
     fields = ", ".join(str(p) for p in spec.parameters)
+    call = "".join(f", {a}=None" for a in spec.call_arguments)
     return (f"{kind} module applying ``jax_roialign.{spec.path}``.\n\n"
-            f"Configuration: ({fields}{extra}); ``__call__(features, rois)``.\n\n"
+            f"Configuration: ({fields}{extra}); ``__call__(features, rois{call})``.\n\n"
             f"jax_roialign.{spec.path}:\n\n{inspect.getdoc(spec.function) or ''}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .reference import legacy as _legacy
+from .reference import multi_scale as _multi_scale
 from .reference import pool as _pool
 from .reference import ps_roi_align as _ps_roi_align
 from .reference import roi_align as _roi_align
@@ -20,10 +21,11 @@ from .reference import roi_align as _roi_align
 
 @dataclass(frozen=True)
 class Operator:
-    name: str                    # the kernels' operator name (the `op` parameter)
+    name: str                    # the registry key
     function: str                # public path in jax_roialign: "roi_align", "legacy.roi_align"
     module: str                  # Flax / Haiku class name
-    reference: Callable          # core(features, rows, params) in pure JAX (see `reference/`)
+    # core(features: list of levels, rows, levels per row or None, params) in pure JAX
+    reference: Callable
     modes: tuple = ("avg",)      # accepted `mode` values, the first is the default
     min_output: int = 1          # smallest output size per axis
     fixed: dict = field(default_factory=dict)  # parameters the operator fixes
@@ -32,6 +34,13 @@ class Operator:
     box_coords: int = 4          # coordinates per box, after a row's batch index
     torchvision: str | None = None    # torchvision.ops.<name>, same positional arguments
     demo: tuple | None = None    # (column, title) in the demo's picture, if it is shown there
+    kernel_op: str | None = None  # the kernels' operator (the `op` parameter), if not `name`
+    call_arguments: tuple = ()   # per-call data among the function's parameters (modules
+                                 # take them in __call__, not as configuration)
+
+    @property
+    def kernel(self) -> str:
+        return self.kernel_op or self.name
 
 
 def _size(p):
@@ -40,36 +49,43 @@ def _size(p):
 
 OPERATORS = (
     Operator("roi_align", "roi_align", "RoIAlign",
-             lambda f, r, p: _roi_align.roi_align_core(
-                 f, r, *_size(p), p["spatial_scales"][0], p["sampling_ratio"], p["aligned"],
+             lambda fs, r, lv, p: _roi_align.roi_align_core(
+                 fs[0], r, *_size(p), p["spatial_scales"][0], p["sampling_ratio"], p["aligned"],
                  p["mode"], p["layout"]),
              modes=("avg", "max"), torchvision="roi_align", demo=(2, "RoIAlign")),
     Operator("roi_pool", "roi_pool", "RoIPool",
-             lambda f, r, p: _pool.roi_pool_core(f, r, *_size(p), p["spatial_scales"][0],
+             lambda fs, r, lv, p: _pool.roi_pool_core(fs[0], r, *_size(p), p["spatial_scales"][0],
                                                  p["layout"]),
              modes=("max",), fixed=dict(sampling_ratio=0, aligned=False), box_derivative=False,
              torchvision="roi_pool", demo=(0, "RoIPool (max)")),
     Operator("ps_roi_align", "ps_roi_align", "PSRoIAlign",
-             lambda f, r, p: _ps_roi_align.ps_roi_align_core(
-                 f, r, *_size(p), p["spatial_scales"][0], p["sampling_ratio"], p["layout"]),
+             lambda fs, r, lv, p: _ps_roi_align.ps_roi_align_core(
+                 fs[0], r, *_size(p), p["spatial_scales"][0], p["sampling_ratio"], p["layout"]),
              fixed=dict(aligned=True), position_sensitive=True, torchvision="ps_roi_align"),
     Operator("ps_roi_pool", "ps_roi_pool", "PSRoIPool",
-             lambda f, r, p: _pool.ps_roi_pool_core(f, r, *_size(p), p["spatial_scales"][0],
+             lambda fs, r, lv, p: _pool.ps_roi_pool_core(fs[0], r, *_size(p), p["spatial_scales"][0],
                                                     p["layout"]),
              fixed=dict(sampling_ratio=0, aligned=False), box_derivative=False,
              position_sensitive=True, torchvision="ps_roi_pool"),
     Operator("legacy", "legacy.roi_align", "LegacyRoIAlign",
-             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scales"][0], "plain",
+             lambda fs, r, lv, p: _legacy.legacy_core(fs[0], r, *_size(p), p["spatial_scales"][0], "plain",
                                                  p["layout"]),
              min_output=2, fixed=dict(sampling_ratio=0, aligned=False), demo=(1, "legacy RoIAlign")),
     Operator("legacy_avg", "legacy.roi_align_avg", "LegacyRoIAlignAvg",
-             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scales"][0], "avg",
+             lambda fs, r, lv, p: _legacy.legacy_core(fs[0], r, *_size(p), p["spatial_scales"][0], "avg",
                                                  p["layout"]),
              fixed=dict(sampling_ratio=0, aligned=False)),
     Operator("legacy_max", "legacy.roi_align_max", "LegacyRoIAlignMax",
-             lambda f, r, p: _legacy.legacy_core(f, r, *_size(p), p["spatial_scales"][0], "max",
+             lambda fs, r, lv, p: _legacy.legacy_core(fs[0], r, *_size(p), p["spatial_scales"][0], "max",
                                                  p["layout"]),
              modes=("max",), fixed=dict(sampling_ratio=0, aligned=False)),
+    Operator("multi_scale_roi_align", "multi_scale_roi_align", "MultiScaleRoIAlign",
+             lambda fs, r, lv, p: _multi_scale.multi_scale_roi_align_core(
+                 fs, r, lv, *_size(p), p["spatial_scales"], p["sampling_ratio"], p["aligned"],
+                 p["mode"], p["layout"]),
+             modes=("avg", "max"), kernel_op="roi_align", call_arguments=("levels",)),
 )
 
 BY_NAME = {op.name: op for op in OPERATORS}
+#: The kernels' operators, each with its own box derivative, coordinates and channels.
+KERNEL_OPS = {op.kernel for op in OPERATORS}

@@ -13,7 +13,7 @@ level (`*fs`, one for the single-level operators), last, as the kernels take the
     backward_boxes_p     (rois, levels, cotangent, winner, *fs) -> grad rois forward_boxes_p^T
 
 `levels` is the int32 level of each roi (shaped like the rois without their last axis),
-an empty (0,) array for one level. `winner` is the int32 index of each bin's winning
+or an empty (0,) array: every roi on level 0. `winner` is the int32 index of each bin's winning
 sample in max mode (shaped like `out`), an empty (0,) array in avg mode. Every primitive
 carries the same parameters (built in `api.apply`; backward_features_p also
 features_shapes). Operators without a box derivative (the registry's `box_derivative`)

@@ -29,8 +29,8 @@ def _linen_module(spec) -> type:
                  "__doc__": _docstring("Flax linen", spec)}
     namespace.update({p.name: p.default for p in params if p.default is not p.empty})
 
-    def __call__(self, features, rois):
-        return _apply(spec, self, features, rois)
+    def __call__(self, features, rois, **call_arguments):
+        return _apply(spec, self, features, rois, call_arguments)
 
     namespace["__call__"] = __call__
     return type(spec.name, (_linen.Module,), namespace)
@@ -48,8 +48,8 @@ def _nnx_module(spec) -> type:
         for key, value in bound.arguments.items():
             setattr(self, key, value)
 
-    def __call__(self, features, rois):
-        return _apply(spec, self, features, rois)
+    def __call__(self, features, rois, **call_arguments):
+        return _apply(spec, self, features, rois, call_arguments)
 
     # nnx's metaclass hides __init__ from inspect.signature(cls): state it on the class.
     return type(spec.name, (_nnx.Module,), {

@@ -26,8 +26,8 @@ def _module(spec) -> type:
         for key, value in bound.arguments.items():
             setattr(self, key, value)
 
-    def __call__(self, features, rois):
-        return _apply(spec, self, features, rois)
+    def __call__(self, features, rois, **call_arguments):
+        return _apply(spec, self, features, rois, call_arguments)
 
     # Haiku's metaclass derives the class's signature from __init__'s.
     __init__.__signature__ = inspect.Signature([
