@@ -25,6 +25,8 @@ struct RoiAttrs {
   int64_t mode;    // PoolMode
   int64_t layout;  // Layout
   int64_t deterministic;  // CUDA backward: 1 = no atomics, bit-identical runs (CPU always is)
+  double extrapolation_value;  // crop_and_resize: the value of a sample outside the image
+  int64_t radians;        // roi_align_rotated: 1 = angles in radians, 0 = degrees
 };
 
 }  // namespace jax_roialign
@@ -39,7 +41,9 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
     ::xla::ffi::StructMember<int64_t>("aligned"),
     ::xla::ffi::StructMember<int64_t>("mode"),
     ::xla::ffi::StructMember<int64_t>("layout"),
-    ::xla::ffi::StructMember<int64_t>("deterministic"));
+    ::xla::ffi::StructMember<int64_t>("deterministic"),
+    ::xla::ffi::StructMember<double>("extrapolation_value"),
+    ::xla::ffi::StructMember<int64_t>("radians"));
 
 namespace jax_roialign {
 
@@ -201,6 +205,8 @@ inline ffi::Error make_call(const LevelBuffers& features, const char* features_n
     return invalid("legacy roi_align needs output size >= 2");
   s->sampling_ratio = a.sampling_ratio;
   s->aligned = a.aligned != 0;
+  s->radians = a.radians != 0;
+  s->fill = a.extrapolation_value;
   return ffi::Error::Success();
 }
 

@@ -25,14 +25,20 @@ enum class PoolMode : int64_t { kAvg = 0, kMax = 1 };
 //   legacy         legacy.h: one lattice point per bin
 //   legacy_avg     legacy.h: 2x2 average of lattice points
 //   legacy_max     legacy.h: 2x2 max of lattice points
-#define JRA_OPERATORS(X)                              \
-  X(kRoiAlign, roi_align, false, true, 4)             \
-  X(kRoiPool, roi_pool, false, false, 4)              \
-  X(kPsRoiAlign, ps_roi_align, true, true, 4)         \
-  X(kPsRoiPool, ps_roi_pool, true, false, 4)          \
-  X(kLegacy, legacy, false, true, 4)                  \
-  X(kLegacyAvg, legacy_avg, false, true, 4)           \
-  X(kLegacyMax, legacy_max, false, true, 4)
+//   roi_align_rotated        rotated.h: (cx, cy, w, h, angle) boxes, avg
+//   crop_and_resize          crop.h: TensorFlow's bilinear crops of normalised boxes
+//   crop_and_resize_nearest  crop.h: the nearest cell (piecewise constant in the box)
+#define JRA_OPERATORS(X)                                          \
+  X(kRoiAlign, roi_align, false, true, 4)                         \
+  X(kRoiPool, roi_pool, false, false, 4)                          \
+  X(kPsRoiAlign, ps_roi_align, true, true, 4)                     \
+  X(kPsRoiPool, ps_roi_pool, true, false, 4)                      \
+  X(kLegacy, legacy, false, true, 4)                              \
+  X(kLegacyAvg, legacy_avg, false, true, 4)                       \
+  X(kLegacyMax, legacy_max, false, true, 4)                       \
+  X(kRoiAlignRotated, roi_align_rotated, false, true, 5)          \
+  X(kCropAndResize, crop_and_resize, false, true, 4)              \
+  X(kCropAndResizeNearest, crop_and_resize_nearest, false, false, 4)
 
 #define JRA_OP_ENUM(id, name, ps, box, coords) id,
 enum class Op : int64_t { JRA_OPERATORS(JRA_OP_ENUM) };
@@ -91,6 +97,9 @@ struct RoiCall {
   int64_t PH, PW;         // output bins
   int64_t sampling_ratio; // > 0 fixed grid, <= 0 adaptive per roi (align ops)
   bool aligned;
+  bool radians;           // roi_align_rotated: angles in radians (else degrees)
+  double fill;            // the forward's value of a bin with no sample (crop_and_resize's
+                          // extrapolation value; 0 for every other operator)
   int64_t L;              // feature levels
   bool has_levels;        // a level per roi in the levels buffer; else every roi is on level 0
   Level level[kMaxLevels];
@@ -156,7 +165,8 @@ struct AxisTap {
 //   kLerp      TensorFlow's crop_and_resize: top = f0 + (f1 - f0)*w0,
 //              bottom = f2 + (f3 - f2)*w0, top + (bottom - top)*w1, with
 //              w0 = x_lerp, w1 = y_lerp
-enum class SampleKind : int32_t { kBilinear = 0, kCell = 1, kLerp = 2 };
+//   kEmpty     outside the window: 0, nothing read (a grid that is not a rectangle)
+enum class SampleKind : int32_t { kBilinear = 0, kCell = 1, kLerp = 2, kEmpty = 3 };
 
 template <typename G>
 struct Sample {
@@ -181,6 +191,15 @@ JRA_HD Sample<G> make_sample(const AxisTap<G>& ty, const AxisTap<G>& tx, int64_t
 }
 
 template <typename G>
+JRA_HD Sample<G> empty_sample() {
+  Sample<G> s;
+  s.at[0] = s.at[1] = s.at[2] = s.at[3] = 0;
+  s.w[0] = s.w[1] = s.w[2] = s.w[3] = G(0);
+  s.kind = SampleKind::kEmpty;
+  return s;
+}
+
+template <typename G>
 JRA_HD Sample<G> cell_sample(int64_t y, int64_t x, int64_t W) {
   Sample<G> s;
   s.at[0] = s.at[1] = s.at[2] = s.at[3] = y * W + x;
@@ -194,6 +213,8 @@ JRA_HD Sample<G> cell_sample(int64_t y, int64_t x, int64_t W) {
 template <typename A, typename G, typename Read>
 JRA_HD A sample_value(const Sample<G>& s, Read f) {
   switch (s.kind) {
+    case SampleKind::kEmpty:
+      return A(0);
     case SampleKind::kCell:
       return f(s.at[0]);
     case SampleKind::kLerp: {
@@ -216,6 +237,8 @@ JRA_HD A sample_value(const Sample<G>& s, Read f) {
 template <typename A, typename G, typename Add>
 JRA_HD void scatter_sample(const Sample<G>& s, A g, A divisor, Add add) {
   switch (s.kind) {
+    case SampleKind::kEmpty:
+      return;
     case SampleKind::kCell:
       add(s.at[0], g * A(s.w[0]) / divisor);
       return;

@@ -21,11 +21,12 @@ the peers. Common to every operator:
 """
 
 from . import legacy, reference
-from ._src.api import (kernel_platforms, level_of, multi_scale_roi_align, ps_roi_align,
-                       ps_roi_pool, roi_align, roi_pool, set_deterministic, validate_rois)
+from ._src.api import (crop_and_resize, kernel_platforms, level_of, multi_scale_roi_align,
+                       ps_roi_align, ps_roi_pool, roi_align, roi_align_rotated, roi_pool,
+                       set_deterministic, validate_rois)
 from ._src.primitives import UnsupportedDerivativeError
 
 __all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align",
-           "level_of", "legacy", "set_deterministic", "validate_rois", "kernel_platforms",
-           "UnsupportedDerivativeError", "reference"]
+           "level_of", "roi_align_rotated", "crop_and_resize", "legacy", "set_deterministic",
+           "validate_rois", "kernel_platforms", "UnsupportedDerivativeError", "reference"]
 __version__ = "0.1.0"

@@ -12,9 +12,11 @@ from ._src.api import reference_form as _reference_form
 from ._src.operators import OPERATORS as _OPERATORS
 from ._src.reference.numerics import ADAPTIVE_GRID_CAP
 
-# One form per operator, named after its public function ("legacy.roi_align" ->
-# legacy_roi_align).
-_FORMS = {op.function.replace(".", "_"): _reference_form(op.name) for op in _OPERATORS}
+# One form per public function, named after it ("legacy.roi_align" -> legacy_roi_align);
+# operators sharing a function (crop_and_resize's methods) share its form.
+_FORMS = {}
+for _op in _OPERATORS:
+    _FORMS.setdefault(_op.function.replace(".", "_"), _reference_form(_op.name))
 globals().update(_FORMS)
 
 __all__ = ["ADAPTIVE_GRID_CAP", *_FORMS]

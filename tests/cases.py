@@ -9,6 +9,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jax_roialign as jra
@@ -17,6 +19,7 @@ from jax_roialign._src.operators import BY_NAME
 from loop_reference import roi_align_numpy
 from loop_reference_family import (legacy_numpy, ps_roi_align_numpy, ps_roi_pool_numpy,
                                    roi_pool_numpy)
+from loop_reference_rotated_crop import crop_and_resize_numpy, roi_align_rotated_numpy
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -30,6 +33,10 @@ class Case:
     # How the public function takes one map and its scale, if not as (f, rois, size, scale):
     # the multi-level operators take a list of levels and of scales.
     levels: bool = False
+    # The operator's boxes, made from the tests' axis-aligned pixel boxes (form_rois):
+    # "xyxy" as they are, "rotated" (cx, cy, w, h, angle), "crop" normalised [y1, x1, y2,
+    # x2] with box indices.
+    form: str = "xyxy"
 
     @property
     def op(self):
@@ -72,14 +79,28 @@ class Case:
         return kw
 
     def __call__(self, impl, f, rois, size, scale=1.0, sr=-1, aligned=False, layout="NCHW"):
-        """`impl` ("kernel", "reference" or a callable) on this case's configuration."""
+        """`impl` ("kernel", "reference" or a callable) on this case's configuration;
+        `rois` are the tests' axis-aligned pixel boxes, in any of the three forms."""
         impl = {"kernel": self.fn, "reference": self.ref}.get(impl, impl)
+        kw = self.kwargs(sr, aligned, layout)
         if self.levels:
-            return impl([f], rois, size, (scale,), **self.kwargs(sr, aligned, layout))
-        return impl(f, rois, size, scale, **self.kwargs(sr, aligned, layout))
+            return impl([f], rois, size, (scale,), **kw)
+        if self.form == "crop":
+            boxes, indices = form_rois(self.form, rois, f, layout, scale, self.config)
+            return impl(f, boxes, indices, size, **kw)
+        return impl(f, form_rois(self.form, rois, f, layout, scale, self.config), size, scale,
+                    **kw)
 
     def loop(self, f, rows, size, scale=1.0, sr=-1, aligned=False, layout="NCHW",
              dtype=np.float64):
+        rows = np.asarray(rows)  # converted in its own dtype, as the kernel's boxes are
+        if self.form == "crop":
+            boxes, indices = form_rois(self.form, rows, f, layout, scale, self.config)
+            rows = np.concatenate([np.asarray(indices, np.float64)[:, None], boxes], 1)
+        else:
+            rows = np.array(form_rois(self.form, rows, f, layout, scale, self.config))
+            if self.config.get("clockwise"):  # the oracle turns counter-clockwise
+                rows[:, -1] = -rows[:, -1]
         return self.oracle(f, rows, size[0], size[1], scale, sr, aligned, layout, dtype)
 
     def aligned_values(self):
@@ -87,6 +108,45 @@ class Case:
 
     def sampling_values(self):
         return (-1, 0, 1, 2) if self.sampling else (-1,)
+
+
+def _angle(x1, y1, xp):
+    """A box's angle in degrees, from its corner (so every form of the same box gets the
+    same angle), all quadrants; piecewise constant in the box (finite differences and
+    derivatives see a fixed angle)."""
+    if xp is jnp:
+        x1, y1 = jax.lax.stop_gradient(x1), jax.lax.stop_gradient(y1)
+    return xp.mod(37.0 * xp.floor(x1) + 11.0 * xp.floor(y1) + 23.5, 360.0) - 180.0
+
+
+def form_rois(form, rois, f, layout, scale, config):
+    """The tests' axis-aligned pixel boxes (rows, per-image or list) as `form`'s boxes."""
+    if form == "xyxy":
+        return rois
+    if isinstance(rois, (list, tuple)):  # each (R_n, 4) as the (1, R_n, 4) form
+        if form == "crop":
+            return [form_rois(form, r[None], f, layout, scale, config)[0][0] for r in rois], None
+        return [form_rois(form, r[None], f, layout, scale, config)[0] for r in rois]
+    xp = np if isinstance(rois, np.ndarray) else jnp
+    rows = rois.shape[-1] == 5
+    coords = rois[..., 1:] if rows else rois
+    x1, y1, x2, y2 = (coords[..., i] for i in range(4))
+    if form == "rotated":
+        angle = _angle(x1, y1, xp)
+        if config.get("angle_unit") == "radians":
+            angle = angle * (np.pi / 180.0)
+        box = xp.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1,
+                        xp.asarray(angle, coords.dtype)], -1)
+        return xp.concatenate([rois[..., :1], box], -1) if rows else box
+    # crop: normalised by the map's extent, with integer box indices (bad ones -1)
+    h, w = (f.shape[2:4] if layout == "NCHW" else f.shape[1:3])
+    ny, nx = scale / max(h - 1, 1), scale / max(w - 1, 1)
+    box = xp.stack([y1 * ny, x1 * nx, y2 * ny, x2 * nx], -1)
+    if not rows:
+        return box, None
+    idx = rois[..., 0]
+    good = xp.isfinite(idx) & (idx == xp.floor(idx)) & (idx >= 0) & (idx < 2 ** 20)
+    return box, xp.where(good, xp.where(good, idx, 0), -1).astype(np.int32)
 
 
 def _roi_align(mode):
@@ -113,6 +173,21 @@ CASES = [
     Case("multi_scale_roi_align", "multi_scale_roi_align", _roi_align("avg"), levels=True),
     Case("multi_scale_roi_align_max", "multi_scale_roi_align", _roi_align("max"),
          dict(mode="max"), levels=True),
+    Case("roi_align_rotated", "roi_align_rotated",
+         lambda f, r, ph, pw, s, sr, al, lay, dt: roi_align_rotated_numpy(
+             f, r, ph, pw, s, sr, al, False, lay, dt), form="rotated"),
+    Case("roi_align_rotated_mmcv", "roi_align_rotated",
+         lambda f, r, ph, pw, s, sr, al, lay, dt: roi_align_rotated_numpy(
+             f, r, ph, pw, s, sr, al, True, lay, dt),
+         dict(angle_unit="radians", clockwise=True), form="rotated"),
+    Case("crop_and_resize", "crop_and_resize",
+         lambda f, r, ph, pw, s, sr, al, lay, dt: crop_and_resize_numpy(
+             f, r, ph, pw, 0.5, "bilinear", lay, dt),
+         dict(extrapolation_value=0.5), form="crop"),
+    Case("crop_and_resize_nearest", "crop_and_resize_nearest",
+         lambda f, r, ph, pw, s, sr, al, lay, dt: crop_and_resize_numpy(
+             f, r, ph, pw, -1.0, "nearest", lay, dt),
+         dict(method="nearest", extrapolation_value=-1.0), form="crop"),
 ]
 IDS = [c.id for c in CASES]
 BOX_CASES = [c for c in CASES if c.box_derivative]

@@ -95,14 +95,14 @@ def _pool(features, rois, p_h, p_w, spatial_scale, layout, dtype, ps, return_arg
                             for x in range(x0, x1):
                                 acc = acc + f[b, y, x, ch]
                         out[k, ph, pw, co] = acc / T((y1 - y0) * (x1 - x0))
-                    else:  # first maximum in row-major order
-                        best, arg = None, None
+                    else:  # first maximum in row-major order; NaN never wins
+                        best, arg = None, (-1, -1, -1)
                         for y in range(y0, y1):
                             for x in range(x0, x1):
                                 v = f[b, y, x, ch]
-                                if best is None or v > best:
+                                if (best is None and v == v) or (best is not None and v > best):
                                     best, arg = v, (b, y, x)
-                        out[k, ph, pw, co] = best
+                        out[k, ph, pw, co] = 0 if best is None else best
                         argmax[k, ph, pw, co] = arg
     if return_argmax:
         return _layout(out, layout), (argmax if layout == "NHWC"
@@ -252,7 +252,7 @@ def legacy_numpy(features, rois, pooled_height, pooled_width, spatial_scale, var
                 win = [lat[ph, pw], lat[ph, pw + 1], lat[ph + 1, pw], lat[ph + 1, pw + 1]]
                 if variant == "avg":
                     out[k, ph, pw] = (((win[0] + win[1]) + win[2]) + win[3]) / T(4)
-                else:
-                    out[k, ph, pw] = np.maximum(np.maximum(win[0], win[1]),
-                                                np.maximum(win[2], win[3]))
+                else:  # NaN never wins; a window of NaN gives 0
+                    best = np.fmax(np.fmax(win[0], win[1]), np.fmax(win[2], win[3]))
+                    out[k, ph, pw] = np.where(np.isnan(best), 0, best)
     return _layout(out, layout)

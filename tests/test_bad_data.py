@@ -53,13 +53,14 @@ def test_empty_maps_give_zeros(case, shape):
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4), np.int32), np.zeros((1, 5)), 2), TypeError,
      "features must be float16, bfloat16, float32 or float64, got int32"),
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 4)), 2), ValueError,
-     r"rois must be \(K, 5\).*got shape \(1, 4\)"),
+     r"rois must be \(K, 5\).*got shape \(1, 4\); for boxes of one image, add the batch "
+     r"column"),
     (lambda: jra.roi_align(np.zeros((2, 3, 4, 4)), np.zeros((3, 1, 4)), 2), ValueError,
      r"must have N = 2.*got shape \(3, 1, 4\)"),
     (lambda: jra.roi_align(np.zeros((2, 3, 4, 4)), [np.zeros((1, 4))], 2), ValueError,
      r"one \(R_n, 4\) array per image \(2\), got 1"),
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), [np.zeros((1, 5))], 2), ValueError,
-     r"rois\[0\] must have shape \(R_n, 4\), got \(1, 5\)"),
+     r"rois\[0\] must have shape \(R_n, 4\) \[x1, y1, x2, y2\], got \(1, 5\)"),
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), 0), ValueError,
      "output_size must be >= 1, got 0"),
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 5)), (2, 2.5)), TypeError,
@@ -104,3 +105,23 @@ def test_reference_forms_check_arguments_as_the_functions_do(case):
         case.ref(*first, 2, True, 5, 6)
     with pytest.raises(ValueError, match="layout"):
         case.ref(*first, layout="HWC")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.mode == "max"],
+                         ids=[c.id for c in CASES if c.mode == "max"])
+def test_max_modes_skip_nan_features(case):
+    """A NaN value never wins a max (as torchvision's and mmcv's comparisons `v > best`);
+    a bin whose values are all NaN gives 0. The same rule on every path."""
+    rng = np.random.default_rng(15)
+    f = features(case, rng, (2, 2), "NCHW", h=6, w=7)
+    f[rng.uniform(size=f.shape) < 0.3] = np.nan
+    f[0, 0] = np.nan  # a whole plane: its bins are all NaN
+    rois = np.asarray([[0, 0.5, 0.5, 5.5, 4.5], [1, 1.2, 0.3, 6.0, 5.8], [0, 2.0, 2.0, 3.0, 3.0]])
+    got = np.asarray(case("kernel", f, rois, (2, 2), 1.0, 2, True))
+    assert not np.any(np.isnan(got))
+    np.testing.assert_allclose(got, case.loop(f, rois, (2, 2), 1.0, 2, True), rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(case("reference", f, rois, (2, 2), 1.0, 2, True), got,
+                               rtol=1e-12, atol=1e-12)
+    g = jax.grad(lambda x: jnp.sum(case("kernel", x, rois, (2, 2), 1.0, 2, True)))(jnp.asarray(f))
+    assert np.all(np.isfinite(g))

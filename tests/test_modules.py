@@ -14,17 +14,44 @@ import numpy as np
 import pytest
 
 import jax_roialign as jra
-from cases import CASES
+from cases import CASES, form_rois
+from jax_roialign._src.operators import OPERATORS
 
 CHANNELS = 18  # divisible by 3x3, so the position-sensitive ops take it too
 
-# (module name, the function, keyword configuration): one per operator case.
-# (module name, the function, keyword configuration, positional configuration (output_size,
-# spatial scale(s)), how the features are passed): one per operator case.
-MODULE_CASES = [(c.op.module, c.fn, {k: v for k, v in c.kwargs(2, True).items() if k != "layout"},
-                 (3, (0.5,)) if c.levels else (3, 0.5),
-                 (lambda f: [f]) if c.levels else (lambda f: f))
-                for c in CASES]
+class ModuleCase:
+    """An operator case as a module: its class name, its configuration (the case's, with
+    output size 3 and spatial scale 0.5), and the case's features and boxes."""
+
+    def __init__(self, case):
+        self.case = case
+        # A function's secondary operators (crop_and_resize's "nearest") use its module.
+        self.name = next(op.module for op in OPERATORS
+                         if op.function == case.op.function and op.module)
+        self.kwargs = {k: v for k, v in case.kwargs(2, True).items() if k != "layout"}
+        self.args = (3, (0.5,)) if case.levels else (3,) if case.form == "crop" else (3, 0.5)
+
+    def wrap(self, features):
+        return [features] if self.case.levels else features
+
+    def boxes(self, boxes, images):
+        """The tests' (N, R, 4) pixel boxes as the operator's (N, R, ...) boxes."""
+        b = form_rois(self.case.form, boxes, images, "NHWC", 0.5, self.case.config)
+        return b[0] if self.case.form == "crop" else b
+
+    def function(self, features, boxes):
+        """The function on the module's configuration, in NHWC (the modules' default)."""
+        extra = (None,) if self.case.form == "crop" else ()  # crop_and_resize's box_indices
+        return self.case.fn(self.wrap(features), boxes, *extra, *self.args, layout="NHWC",
+                            **self.kwargs)
+
+    def check(self, out, features, boxes):
+        """The module's output equals the function's."""
+        np.testing.assert_allclose(out, self.function(features, boxes), rtol=1e-6, atol=1e-6)
+        assert out.shape[:4] == (2, 3, 3, 3) and out.shape[4] in (CHANNELS, CHANNELS // 9)
+
+
+MODULE_CASES = [ModuleCase(c) for c in CASES]
 IDS = [c.id for c in CASES]
 
 
@@ -36,15 +63,6 @@ def data():
     corners = np.sort(rng.uniform(0, 24, (2, 3, 2, 2)), axis=2)  # (N, R, x|y, lo|hi)
     boxes = jnp.asarray(corners.transpose(0, 1, 3, 2).reshape(2, 3, 4), jnp.float32)
     return images, boxes
-
-
-def check_against_function(fn, kwargs, args, wrap, out, features, boxes):
-    """The module's output equals the function's, in NHWC (the modules' default)."""
-    expected = fn(wrap(features), boxes, *args, layout="NHWC", **kwargs)
-    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
-    assert out.shape[:4] == (2, 3, 3, 3) and out.shape[4] in (CHANNELS, CHANNELS // 9)
-
-
 
 
 def check_backbone_grads(kernel_grad):
@@ -59,28 +77,27 @@ def test_linen_module_under_jit_and_grad(case, data):
     nn = pytest.importorskip("flax.linen")
     from jax_roialign import flax as jf
 
-    name, fn, kwargs, args, wrap = case
-    module = getattr(jf, name)(*args, **kwargs)
+    module = getattr(jf, case.name)(*case.args, **case.kwargs)
     images, boxes = data
+    boxes = case.boxes(boxes, images)
 
     class Model(nn.Module):
         @nn.compact
         def __call__(self, x, b):
             features = nn.Conv(CHANNELS, (3, 3))(x)
-            return module.clone()(wrap(features), b), features
+            return module.clone()(case.wrap(features), b), features
 
     model = Model()
     params = model.init(jax.random.PRNGKey(0), images, boxes)
     out, features = jax.jit(model.apply)(params, images, boxes)
-    check_against_function(fn, kwargs, args, wrap, out, features, boxes)
+    case.check(out, features, boxes)
 
     loss = lambda p: jnp.sum(model.apply(p, images, boxes)[0] ** 2)
     grads = jax.jit(jax.grad(loss))(params)
     check_backbone_grads(grads["params"]["Conv_0"]["kernel"])
 
-    via_module = jax.grad(lambda f: jnp.sum(module.apply({}, wrap(f), boxes) ** 2))(features)
-    via_function = jax.grad(
-        lambda f: jnp.sum(fn(wrap(f), boxes, *args, layout="NHWC", **kwargs) ** 2))(features)
+    via_module = jax.grad(lambda f: jnp.sum(module.apply({}, case.wrap(f), boxes) ** 2))(features)
+    via_function = jax.grad(lambda f: jnp.sum(case.function(f, boxes) ** 2))(features)
     np.testing.assert_allclose(via_module, via_function, rtol=1e-6, atol=1e-6)
 
 
@@ -112,14 +129,15 @@ def test_linen_signatures_follow_the_functions():
     pytest.importorskip("flax.linen")
     from jax_roialign import flax as jf
 
-    for case in CASES:
-        fields = inspect.signature(getattr(jf, case.op.module)).parameters
+    for module_case in MODULE_CASES:
+        case = module_case.case
+        fields = inspect.signature(getattr(jf, module_case.name)).parameters
         for p in list(inspect.signature(case.fn).parameters.values())[2:]:
             if p.name in case.op.call_arguments:  # per-call data: an argument of __call__
-                assert p.name not in fields, (case.op.module, p.name)
+                assert p.name not in fields, (module_case.name, p.name)
                 continue
             default = "NHWC" if p.name == "layout" else p.default
-            assert fields[p.name].default == default, (case.op.module, p.name)
+            assert fields[p.name].default == default, (module_case.name, p.name)
 
 
 def test_per_call_arguments_go_to_call(data):
@@ -164,22 +182,22 @@ def test_nnx_module_under_jit_and_grad(case, data):
 
     from jax_roialign import flax as jf
 
-    name, fn, kwargs, args, wrap = case
     images, boxes = data
-    pool_type = getattr(jf.nnx, name)
+    boxes = case.boxes(boxes, images)
+    pool_type = getattr(jf.nnx, case.name)
 
     class Model(nnx.Module):
         def __init__(self, rngs):
             self.conv = nnx.Conv(3, CHANNELS, (3, 3), rngs=rngs)
-            self.pool = pool_type(*args, **kwargs)
+            self.pool = pool_type(*case.args, **case.kwargs)
 
         def __call__(self, x, b):
             features = self.conv(x)
-            return self.pool(wrap(features), b), features
+            return self.pool(case.wrap(features), b), features
 
     model = Model(nnx.Rngs(0))
     out, features = nnx.jit(lambda m, x, b: m(x, b))(model, images, boxes)
-    check_against_function(fn, kwargs, args, wrap, out, features, boxes)
+    case.check(out, features, boxes)
 
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(images, boxes)[0] ** 2)))(model)
     check_backbone_grads(nnx.state(grads.conv)["kernel"])
@@ -205,17 +223,17 @@ def test_haiku_module_under_jit_and_grad(case, data):
     hk = pytest.importorskip("haiku")
     from jax_roialign import haiku as jh
 
-    name, fn, kwargs, args, wrap = case
     images, boxes = data
+    boxes = case.boxes(boxes, images)
 
     def forward(x, b):
         features = hk.Conv2D(CHANNELS, 3)(x)
-        return getattr(jh, name)(*args, **kwargs)(wrap(features), b), features
+        return getattr(jh, case.name)(*case.args, **case.kwargs)(case.wrap(features), b), features
 
     model = hk.without_apply_rng(hk.transform(forward))
     params = model.init(jax.random.PRNGKey(0), images, boxes)
     out, features = jax.jit(model.apply)(params, images, boxes)
-    check_against_function(fn, kwargs, args, wrap, out, features, boxes)
+    case.check(out, features, boxes)
 
     grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, images, boxes)[0] ** 2)))(params)
     check_backbone_grads(grads["conv2_d"]["w"])

@@ -70,7 +70,7 @@ ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuffer le
     int32_t* w = c.s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
     const RoiCall s = c.s;
     return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
-      Kernels<T>::forward(s, f.data(), r, lv, o, w, nullptr, k0, k1, c0, c1);
+      Kernels<T>::forward(s, f.data(), r, lv, o, w, nullptr, false, k0, k1, c0, c1);
     });
   });
 }
@@ -91,7 +91,7 @@ ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyB
     const int32_t* w = winners(c.s, winner);
     const RoiCall s = c.s;
     return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
-      Kernels<T>::forward(s, f.data(), r, lv, o, nullptr, w, k0, k1, c0, c1);
+      Kernels<T>::forward(s, f.data(), r, lv, o, nullptr, w, true, k0, k1, c0, c1);
     });
   });
 }

@@ -44,8 +44,9 @@ struct Kernels {
     return s.layout == Layout::kNHWC && !position_sensitive(s.op) ? c1 - c0 : kPlaneBlock;
   }
 
+  // `fill`: the value of a bin without samples (the forward's; 0 for its linear part).
   static void forward_avg(const RoiCall& s, const T* f, const RoiPlan<G>& r, T* out, int64_t k,
-                          int64_t c0, int64_t c1, std::vector<A>& acc) {
+                          int64_t c0, int64_t c1, A fill, std::vector<A>& acc) {
     const int64_t cs = channel_step(s, r.level);
     const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;  // pixel stride
     const int64_t nb = block(s, c0, c1);
@@ -79,8 +80,9 @@ struct Kernels {
                       w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]);
         }
         const A divisor = A(b.divisor);
+        const bool empty = b.begin == b.end;
         for (int64_t c = 0; c < n; ++c)
-          out[s.output_offset(k, cb + c, bin)] = store<T>(acc[c] / divisor);
+          out[s.output_offset(k, cb + c, bin)] = store<T>(empty ? fill : acc[c] / divisor);
       }
     }
   }
@@ -105,9 +107,10 @@ struct Kernels {
           const Sample<G>& p = r.samples[i];
           const int32_t rel = int32_t(i - b.begin);
           // Branch-free updates (select, not jump): the comparisons of
-          // random data would mispredict and the loop would not vectorise.
+          // random data would mispredict and the loop would not vectorise. NaN
+          // never wins (docs/semantics.md).
           auto update = [&](int64_t c, A v) {
-            const bool better = (arg[c] < 0) | (v > best[c]);
+            const bool better = ((arg[c] < 0) & (v == v)) | (v > best[c]);
             best[c] = better ? v : best[c];
             arg[c] = better ? rel : arg[c];
           };
@@ -144,9 +147,11 @@ struct Kernels {
 
   // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
   // winners (`winner` written) or, with `given`, evaluates given winners.
+  // `linear`: forward_selected, the linear part (no fill).
   static void forward(const RoiCall& s, const T* const* f, const G* rois, const int32_t* levels,
-                      T* out, int32_t* winner, const int32_t* given, int64_t k0, int64_t k1,
-                      int64_t c0, int64_t c1) {
+                      T* out, int32_t* winner, const int32_t* given, bool linear, int64_t k0,
+                      int64_t k1, int64_t c0, int64_t c1) {
+    const A fill = linear ? A(0) : A(s.fill);
     RoiPlan<G> r;
     std::vector<A> acc;
     std::vector<int32_t> arg;
@@ -163,7 +168,7 @@ struct Kernels {
       }
       const T* level = f[r.level];
       if (s.mode == PoolMode::kAvg) {
-        forward_avg(s, level, r, out, k, c0, c1, acc);
+        forward_avg(s, level, r, out, k, c0, c1, fill, acc);
         continue;
       }
       if (!given) {

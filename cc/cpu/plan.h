@@ -56,9 +56,14 @@ class RoiPlan {
       b.divisor = sampler.divisor;
       b.cols = sampler.gx.count > 0 ? sampler.gx.count : 1;
       b.outside_from = sampler.outside_from;
+      // Avg mode drops empty samples (they add nothing); max mode keeps them, as a
+      // winner is an index among the bin's enumerated samples.
+      const bool keep_empty = s.mode == PoolMode::kMax;
       for (int64_t i = 0; i < sampler.count(); ++i) {
         SampleSlopes<G> d;
-        samples.push_back(sampler.sample(i, with_slopes ? &d : nullptr));
+        const Sample<G> sample = sampler.sample(i, with_slopes ? &d : nullptr);
+        if (sample.kind == SampleKind::kEmpty && !keep_empty) continue;
+        samples.push_back(sample);
         if (with_slopes) slopes.push_back(d);
       }
       b.end = int64_t(samples.size());

@@ -411,7 +411,10 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
     if (avg) {
       A acc = A(0);
       for (int64_t i = 0; i < n; ++i) acc += sample_value<A>(sample(bl, i).sample(), read);
-      a.out[o] = store<T>(acc / A(b.divisor));
+      // A bin without samples: the forward's fill (crop_and_resize's extrapolation
+      // value), the linear part's 0.
+      const bool fill = n == 0 && K == Kind::kForward;
+      a.out[o] = store<T>(fill ? A(s.fill) : acc / A(b.divisor));
     } else if constexpr (K == Kind::kForwardSelected) {
       const int32_t w = a.winner_in[o];
       a.out[o] = store<T>(w >= 0 && w < n ? sample_value<A>(sample(bl, w).sample(), read) : A(0));
@@ -422,7 +425,7 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
       A m = A(0);
       for (int64_t i = 0; i < n; ++i) {
         const A v = sample_value<A>(sample(bl, i).sample(), read);
-        if (arg < 0 || v > m) {
+        if ((arg < 0 && v == v) || v > m) {  // NaN never wins
           m = v;
           arg = i;
         }

@@ -42,7 +42,7 @@ OURS, REFERENCE, TORCHVISION = "jax_roialign", "reference", "torchvision"
 GBPS_DEFINITION = ("minimal bytes / time; forward: features read + rois read + output "
                    "written; forward+backward: that + output gradient read + feature "
                    "gradient written")
-OP_PATHS = [op.function for op in OPERATORS]
+OP_PATHS = [op.function for op in OPERATORS if op.bench]
 
 
 def operator_arguments(fn, w: Workload) -> dict:
@@ -254,7 +254,7 @@ def run(args) -> int:
     workloads = ["tiny"] if args.tiny else _names(args.workload, list(WORKLOADS), "workload")
     wanted = _names(args.ops, OP_PATHS, "op")
     args.peers = _names(args.peers, [OURS, REFERENCE, TORCHVISION], "peer")
-    ops = [o for o in OPERATORS if o.function in wanted]
+    ops = [o for o in OPERATORS if o.bench and o.function in wanted]
     out = sys.stderr if args.json else sys.stdout
     log = lambda line: print(line, file=out, flush=True)
 

@@ -13,6 +13,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import args as _args
 from . import lowering as _lowering
@@ -40,9 +41,11 @@ _REFERENCE_PATH = contextvars.ContextVar("jax_roialign_reference_path", default=
 
 
 def _params(op, name, output_size, spatial_scales, sampling_ratio, aligned, mode, layout,
-            deterministic):
+            deterministic, extrapolation_value=0.0, radians=False):
     """The primitives' parameters (one set, carried by all five) for operator `op`."""
     params = dict(
+        extrapolation_value=float(extrapolation_value),
+        radians=bool(radians),
         op=op.kernel,
         output_size=output_size,
         spatial_scales=tuple(_args.spatial_scale(name, s) for s in spatial_scales),
@@ -84,7 +87,7 @@ def apply(op_name, features, rois, output_size, spatial_scale=1.0, sampling_rati
                          f"output_size[0] * output_size[1] = {size[0] * size[1]}, got {channels}")
     params = _params(op, name, size, (spatial_scale,), sampling_ratio, aligned, mode, layout,
                      deterministic)
-    boxes = _args.rois(name, rois, num_images, features.dtype, op.box_coords)
+    boxes = _args.rois(name, rois, num_images, features.dtype, op.box_coords, op.box_names)
     if height == 0 or width == 0:
         # An empty map: every sample is outside it, so every output is 0.
         shape = output_shape(op.kernel, features.shape, boxes.array.shape, size, layout)
@@ -278,6 +281,77 @@ def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_
     return _pool(op, features, boxes, levels, params)
 
 
+@_operator("roi_align_rotated")
+def roi_align_rotated(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=True, *, clockwise=False, angle_unit="degrees", mode="avg",
+                      layout="NCHW", deterministic=None):
+    """Rotated RoIAlign (Detectron2's ``ROIAlignRotated``, mmcv's ``RoIAlignRotated``): each
+    box sampled on a bin grid in its own frame, rotated into the map.
+
+    rois: (K, 6) rows ``[batch_index, cx, cy, w, h, angle]``, (N, R, 5) boxes or a list of
+    N arrays (R_n, 5); the angle counter-clockwise (``clockwise=True``: clockwise, as
+    mmcv's flag) in ``angle_unit`` ("degrees", Detectron2's; "radians", mmcv's).
+    aligned: the half-pixel offset (Detectron2 always; mmcv's flag). False also clamps the
+    scaled size to at least 1, as mmcv does. A negative size with ``aligned=True`` is bad
+    data (zeros; the peers raise). mode: "avg" only, as the peers.
+    """
+    name = "roi_align_rotated"
+    op = BY_NAME[name]
+    num_images, _, height, width = _args.check_features(name, features, layout)
+    features = jnp.asarray(features)
+    size = _args.output_size(name, output_size)
+    unit = _args.choice(name, "angle_unit", angle_unit, ("degrees", "radians"))
+    params = _params(op, name, size, (spatial_scale,), sampling_ratio, aligned, mode, layout,
+                     deterministic, radians=unit == "radians")
+    boxes = _args.rois(name, rois, num_images, features.dtype, op.box_coords, op.box_names)
+    if _args.flag(name, "clockwise", clockwise):
+        # mmcv negates theta for clockwise boxes: an exact sign flip of the angle.
+        boxes = _args.Rois(boxes.array.at[..., -1].multiply(-1), boxes.per_image)
+    if height == 0 or width == 0:
+        shape = output_shape(op.kernel, features.shape, boxes.array.shape, size, layout)
+        return jnp.zeros(shape, features.dtype)
+    return _pool(op, [features], boxes, None, params)
+
+
+@_operator("crop_and_resize")
+@_operator("crop_and_resize_nearest")
+def crop_and_resize(image, boxes, box_indices, crop_size, *, method="bilinear",
+                    extrapolation_value=0.0, layout="NHWC", deterministic=None):
+    """TensorFlow's ``tf.image.crop_and_resize``: each box resampled to ``crop_size``.
+
+    image: (N, H, W, C) (``layout="NHWC"``, TensorFlow's) or (N, C, H, W).
+    boxes: (K, 4) normalised ``[y1, x1, y2, x2]`` (``y * (H - 1)`` in image rows) with
+    ``box_indices`` (K,) the image of each; or (N, R, 4) boxes per image (or a list of N
+    (R_n, 4)) with ``box_indices=None``: the output is then (N, R, CH, CW, C).
+    crop_size: int or (CH, CW). method: "bilinear" (TensorFlow's lerps) or "nearest".
+    extrapolation_value: the value of samples outside the image.
+    Differs from TensorFlow: a box index outside [0, N) or a non-finite box gives zeros
+    and no gradient (TensorFlow raises); the output has the image's dtype (TensorFlow:
+    float32), and float64 images compute in float64; "nearest" has no box gradient (the
+    true derivative, 0; TensorFlow returns the bilinear one).
+    """
+    name = "crop_and_resize"
+    method = _args.choice(name, "method", method, ("bilinear", "nearest"))
+    op = BY_NAME["crop_and_resize" if method == "bilinear" else "crop_and_resize_nearest"]
+    num_images, _, height, width = _args.check_features(name, image, layout)
+    image = jnp.asarray(image)
+    size = _args.output_size(name, crop_size, "crop_size")
+    fill = _args.real(name, "extrapolation_value", extrapolation_value)
+    params = _params(op, name, size, (1.0,), 0, False, None, layout, deterministic,
+                     extrapolation_value=fill)
+    if box_indices is None:
+        if not isinstance(boxes, (list, tuple)) and len(np.shape(boxes)) == 2:
+            raise ValueError(f"{name}: (K, 4) boxes need box_indices, the image of each box; "
+                             f"or pass (N, R, 4) boxes per image")
+        rois = _args.rois(name, boxes, num_images, image.dtype, op.box_coords, op.box_names)
+    else:
+        rois = _args.rows_with_indices(name, boxes, box_indices, image.dtype)
+    if height == 0 or width == 0:
+        shape = output_shape(op.kernel, image.shape, rois.array.shape, size, layout)
+        return jnp.zeros(shape, image.dtype)
+    return _pool(op, [image], rois, None, params)
+
+
 assert set(FUNCTIONS) == {op.name for op in OPERATORS}, "every operator needs its function"
 
 
@@ -301,12 +375,20 @@ def reference_form(op_name):
 def validate_rois(rois, num_images: int):
     """Which rois docs/semantics.md treats as bad data: a batch index that is not an
     integer in [0, num_images), or a non-finite coordinate. Returns a boolean array,
-    True for bad rows: shape (K,) for (K, 5) rows or a list, (N, R) for (N, R, 4)
-    boxes. Works under jit; combine with ``jax.experimental.checkify``
-    (``checkify.check(~bad.any(), ...)``) to raise.
+    True for bad rows: shape (K,) for (K, 1 + c) rows or a list, (N, R) for (N, R, c)
+    boxes (any box width c: 4, or 5 for rotated boxes). Works under jit; combine with
+    ``jax.experimental.checkify`` (``checkify.check(~bad.any(), ...)``) to raise.
+    (An operator may reject more: a negative size of an aligned rotated box, a level
+    outside the pyramid.)
     """
     dtype = getattr(rois, "dtype", jnp.float32)
-    boxes = _args.rois("validate_rois", rois, num_images, dtype)
+    if isinstance(rois, (list, tuple)):
+        coords = np.shape(rois[0])[-1] if rois else 4
+    else:
+        shape = np.shape(rois)
+        coords = shape[-1] - (1 if len(shape) == 2 else 0)
+    boxes = _args.rois("validate_rois", rois, num_images, dtype, coords,
+                       ", ".join(["coordinate"] * coords))
     a = boxes.array
     coords = a if boxes.per_image else a[:, 1:]
     bad = ~jnp.all(jnp.isfinite(coords), axis=-1)

@@ -130,6 +130,31 @@ def levels(op: str, value, shape) -> jnp.ndarray:
     return jnp.asarray(value).astype(jnp.int32)
 
 
+def real(op: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def rows_with_indices(op: str, boxes, box_indices, features_dtype) -> "Rois":
+    """(K, 4) boxes and (K,) integer image indices -> (K, 5) rows [index, *box]."""
+    dtype = geometry_dtype(features_dtype)
+    shape, index_shape = np.shape(boxes), np.shape(box_indices)
+    _check_float_rois(op, "boxes", boxes)
+    if len(shape) != 2 or shape[1] != 4:
+        raise ValueError(f"{op}: boxes must be (K, 4) [y1, x1, y2, x2] with box_indices, got "
+                         f"shape {tuple(shape)}")
+    if index_shape != shape[:1]:
+        raise ValueError(f"{op}: box_indices must have one image index per box, shape "
+                         f"({shape[0]},), got {tuple(index_shape)}")
+    index_dtype = getattr(box_indices, "dtype", None) or np.asarray(box_indices).dtype
+    if not jnp.issubdtype(index_dtype, jnp.integer):
+        raise TypeError(f"{op}: box_indices must be integers, got {np.dtype(index_dtype).name}")
+    rows = jnp.concatenate([jnp.asarray(box_indices).astype(dtype)[:, None],
+                            jnp.asarray(boxes, dtype)], axis=1)
+    return Rois(rows, False)
+
+
 def flag(op: str, name: str, value) -> bool:
     """A bool (NumPy's included); anything else is an error, not its truth value."""
     if not isinstance(value, (bool, np.bool_)):
@@ -150,18 +175,15 @@ class Rois(NamedTuple):
     per_image: bool
 
 
-#: Each box form's coordinates, by their count (the registry's `box_coords`).
-BOX_NAMES = {4: "x1, y1, x2, y2", 5: "cx, cy, w, h, angle"}
-
-
-def rois(op: str, rois, num_images: int, features_dtype, coords: int = 4) -> Rois:
+def rois(op: str, rois, num_images: int, features_dtype, coords: int = 4,
+         names: str = "x1, y1, x2, y2") -> Rois:
     """The three forms of docs/semantics.md, cast to the geometry dtype.
 
     (K, 1 + coords) rows [batch_index, *box]; (N, R, coords) boxes of image n in row
-    n; a list of N arrays (R_n, coords), concatenated into rows.
+    n; a list of N arrays (R_n, coords), concatenated into rows. `names` names the box's
+    coordinates in errors.
     """
     dtype = geometry_dtype(features_dtype)
-    names = BOX_NAMES[coords]
     if isinstance(rois, (list, tuple)):
         if num_images is not None and len(rois) != num_images:
             raise ValueError(f"{op}: a list of rois must hold one (R_n, {coords}) array per "

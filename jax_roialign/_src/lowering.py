@@ -57,6 +57,8 @@ def ffi_attributes(params: dict) -> dict:
         mode=np.int64(MODES[params["mode"]]),
         layout=np.int64(LAYOUTS[params["layout"]]),
         deterministic=np.int64(bool(params["deterministic"])),
+        extrapolation_value=np.float64(params["extrapolation_value"]),
+        radians=np.int64(bool(params["radians"])),
     )
 
 

@@ -33,7 +33,7 @@ def config_parameters(fn, call_arguments=()) -> list[inspect.Parameter]:
 def specs() -> list[ModuleSpec]:
     return [ModuleSpec(op.module, op.function, FUNCTIONS[op.name],
                        config_parameters(FUNCTIONS[op.name], op.call_arguments),
-                       op.call_arguments) for op in OPERATORS]
+                       op.call_arguments) for op in OPERATORS if op.module]
 
 
 def apply(spec: ModuleSpec, module, features, rois, call_arguments):
@@ -44,7 +44,8 @@ def apply(spec: ModuleSpec, module, features, rois, call_arguments):
         raise TypeError(f"{spec.name}.__call__ got unexpected arguments {sorted(unknown)}; "
                         f"it takes (features, rois"
                         + "".join(f", {a}=None" for a in spec.call_arguments) + ")")
-    return spec.function(features, rois, **call_arguments,
+    per_call = {name: call_arguments.get(name) for name in spec.call_arguments}  # default None
+    return spec.function(features, rois, **per_call,
                          **{p.name: getattr(module, p.name) for p in spec.parameters})
 
 

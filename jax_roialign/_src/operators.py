@@ -12,18 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .reference import crop as _crop
 from .reference import legacy as _legacy
 from .reference import multi_scale as _multi_scale
 from .reference import pool as _pool
 from .reference import ps_roi_align as _ps_roi_align
 from .reference import roi_align as _roi_align
+from .reference import rotated as _rotated
 
 
 @dataclass(frozen=True)
 class Operator:
     name: str                    # the registry key
     function: str                # public path in jax_roialign: "roi_align", "legacy.roi_align"
-    module: str                  # Flax / Haiku class name
+    module: str | None           # Flax / Haiku class name (None: another entry's function)
     # core(features: list of levels, rows, levels per row or None, params) in pure JAX
     reference: Callable
     modes: tuple = ("avg",)      # accepted `mode` values, the first is the default
@@ -32,7 +34,9 @@ class Operator:
     box_derivative: bool = True  # False: piecewise constant in the boxes, derivative 0
     position_sensitive: bool = False  # C = C_out * PH * PW, bin (ph, pw) reads its own group
     box_coords: int = 4          # coordinates per box, after a row's batch index
+    box_names: str = "x1, y1, x2, y2"  # what they are
     torchvision: str | None = None    # torchvision.ops.<name>, same positional arguments
+    bench: bool = True           # in `bench`'s table of single-map (K, 5)-box operators
     demo: tuple | None = None    # (column, title) in the demo's picture, if it is shown there
     kernel_op: str | None = None  # the kernels' operator (the `op` parameter), if not `name`
     call_arguments: tuple = ()   # per-call data among the function's parameters (modules
@@ -83,7 +87,26 @@ OPERATORS = (
              lambda fs, r, lv, p: _multi_scale.multi_scale_roi_align_core(
                  fs, r, lv, *_size(p), p["spatial_scales"], p["sampling_ratio"], p["aligned"],
                  p["mode"], p["layout"]),
-             modes=("avg", "max"), kernel_op="roi_align", call_arguments=("levels",)),
+             modes=("avg", "max"), kernel_op="roi_align", call_arguments=("levels",),
+             bench=False),
+    Operator("roi_align_rotated", "roi_align_rotated", "RoIAlignRotated",
+             lambda fs, r, lv, p: _rotated.roi_align_rotated_core(
+                 fs[0], r, *_size(p), p["spatial_scales"][0], p["sampling_ratio"], p["aligned"],
+                 p["radians"], p["layout"]),
+             box_coords=5, box_names="cx, cy, w, h, angle", bench=False),
+    Operator("crop_and_resize", "crop_and_resize", "CropAndResize",
+             lambda fs, r, lv, p: _crop.crop_and_resize_core(
+                 fs[0], r, *_size(p), p["extrapolation_value"], False, p["layout"]),
+             fixed=dict(sampling_ratio=0, aligned=False), call_arguments=("box_indices",),
+             box_names="y1, x1, y2, x2 (normalised)", bench=False),
+    # method="nearest" of the same function: its own kernel operator (a cell per sample,
+    # piecewise constant in the box), no module of its own.
+    Operator("crop_and_resize_nearest", "crop_and_resize", None,
+             lambda fs, r, lv, p: _crop.crop_and_resize_core(
+                 fs[0], r, *_size(p), p["extrapolation_value"], True, p["layout"]),
+             fixed=dict(sampling_ratio=0, aligned=False), box_derivative=False,
+             call_arguments=("box_indices",), box_names="y1, x1, y2, x2 (normalised)",
+             bench=False),
 )
 
 BY_NAME = {op.name: op for op in OPERATORS}

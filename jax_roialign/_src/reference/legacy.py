@@ -115,7 +115,7 @@ def legacy_core(features, rois, pooled_height: int, pooled_width: int,
         for o, (dy, dx) in enumerate(offsets):
             w = node(inwin, dy, dx)[..., None]
             v = node(vals, dy, dx)
-            take = w & ((arg < 0) | (v > best))
+            take = w & (((arg < 0) & (v == v)) | (v > best))  # NaN never wins
             best = jnp.where(take, v, best)
             arg = jnp.where(take, o, arg)
         fo = first_out[..., None]

@@ -145,7 +145,7 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
         def step(carry, dy, dx):
             best, arg = carry
             rows, v, valid = cell(tsg, dy, dx)
-            take = valid & ((arg < 0) | (v > best))
+            take = valid & (((arg < 0) & (v == v)) | (v > best))  # NaN never wins
             return jnp.where(take, v, best), jnp.where(take, rows[..., None], arg)
 
         _, arg = cell_loop(bound_y, bound_x, max_sy, max_sx, step,
