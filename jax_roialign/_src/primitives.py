@@ -33,7 +33,7 @@ from jax.interpreters import ad, batching
 from . import args as _args
 from . import lowering as _lowering
 from .operators import BY_NAME
-from .shapes import out_aval, winner_aval
+from .shapes import out_aval, reconciled, result_aval, winner_aval
 
 
 class UnsupportedDerivativeError(NotImplementedError):
@@ -49,33 +49,52 @@ def _unsupported(what: str):
 
 # --------------------------------------------------------------------------- primitives
 
+class _KernelPrimitive(Primitive):
+    """A kernel's primitive. Every bind, the AD and batching rules' included, first casts
+    the operands to one vma (shapes.reconciled): the abstract evaluations require it."""
+
+    def bind(self, *args, **params):
+        return super().bind(*reconciled(args), **params)
+
+
 def _primitive(kernel, abstract_eval, multiple_results=False):
     """The primitive of `kernel` (cc/kernel_list.h), lowered to that kernel."""
-    prim = Primitive(f"jax_roialign_{kernel}")
+    prim = _KernelPrimitive(f"jax_roialign_{kernel}")
     prim.multiple_results = multiple_results
     prim.def_impl(partial(dispatch.apply_primitive, prim))
-    prim.def_abstract_eval(abstract_eval)
+    prim.def_abstract_eval(partial(abstract_eval, prim.name))
     _lowering.register(prim, kernel)
     return prim
 
 
-def _forward_abstract(rois, levels, *fs, **p):
-    out = out_aval(fs[0], rois, p)
-    return out, winner_aval(out, p)
+def _forward_abstract(name, rois, levels, *fs, **p):
+    operands = (rois, levels, *fs)
+    out = out_aval(name, fs[0], rois, p, operands)
+    return out, winner_aval(name, out, p, operands)
+
+
+def _forward_selected_abstract(name, rois, levels, winner, *xs, **p):
+    return out_aval(name, xs[0], rois, p, (rois, levels, winner, *xs))
+
+
+def _backward_features_abstract(name, ct, rois, levels, winner, *, features_shapes, **p):
+    return [result_aval(name, shape, ct.dtype, (ct, rois, levels, winner))
+            for shape in features_shapes]
+
+
+def _forward_boxes_abstract(name, rois, levels, rd, winner, *fs, **p):
+    return out_aval(name, fs[0], rois, p, (rois, levels, rd, winner, *fs))
+
+
+def _backward_boxes_abstract(name, rois, levels, ct, winner, *fs, **p):
+    return result_aval(name, rois.shape, rois.dtype, (rois, levels, ct, winner, *fs))
 
 
 forward_p = _primitive("forward", _forward_abstract, True)
-forward_selected_p = _primitive(
-    "forward_selected", lambda rois, levels, winner, *xs, **p: out_aval(xs[0], rois, p))
-backward_features_p = _primitive(
-    "backward_features",
-    lambda ct, rois, levels, winner, *, features_shapes, **p: [
-        ct.update(shape=tuple(shape)) for shape in features_shapes],
-    True)
-forward_boxes_p = _primitive(
-    "forward_boxes", lambda rois, levels, rd, winner, *fs, **p: out_aval(fs[0], rois, p))
-backward_boxes_p = _primitive(
-    "backward_boxes", lambda rois, levels, ct, winner, *fs, **p: rois.update(shape=rois.shape))
+forward_selected_p = _primitive("forward_selected", _forward_selected_abstract)
+backward_features_p = _primitive("backward_features", _backward_features_abstract, True)
+forward_boxes_p = _primitive("forward_boxes", _forward_boxes_abstract)
+backward_boxes_p = _primitive("backward_boxes", _backward_boxes_abstract)
 
 
 # --------------------------------------------------------------------------- AD
