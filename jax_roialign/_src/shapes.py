@@ -14,13 +14,13 @@ would claim that operand's partition spec for differently shaped dimensions.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 from jax._src import core
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .operators import BY_NAME
+from .reference.numerics import varying, vma
 
 
 #: Each kernel's operands and results (cc/kernel_list.h): the roles of the operands
@@ -55,19 +55,12 @@ def winner_shape(out_shape, mode: str) -> tuple:
     return tuple(out_shape) if mode == "max" else (0,)
 
 
-def vma(x) -> frozenset:
-    """The manual mesh axes a value (or abstract value) varies over."""
-    aval = x if isinstance(x, core.AbstractValue) else jax.typeof(x)
-    return aval.manual_axis_type.varying
-
-
 def reconciled(args) -> list:
     """`args`, each cast to vary over the union of their manual axes (a no-op outside
     shard_map). The transpose of such a cast sums the cotangent over those axes: the
     gradient of an operand replicated over shards is the sum of its per-shard ones."""
     union = frozenset().union(*(vma(a) for a in args))
-    return [a if vma(a) == union else jax.lax.pcast(a, tuple(sorted(union - vma(a))), to="varying")
-            for a in args]
+    return [varying(a, union) for a in args]
 
 
 def result_aval(name: str, shape, dtype, operands):
