@@ -55,7 +55,7 @@ from jax._src.custom_partitioning_sharding_rule import (sdy_sharding_rule_to_mli
                                                         str_to_sdy_sharding_rule)
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.interpreters import mlir
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .operators import BY_NAME
@@ -193,7 +193,7 @@ def _direct_lowering(kernel):
         extra = {"sdy.sharding_rule": sdy_sharding_rule_to_mlir(
             str_to_sdy_sharding_rule(rule, **special), [a.type for a in args],
             [mlir.aval_to_ir_type(ctx.module_context, a) for a in ctx.avals_out])}
-        if "n" in factors(kernel, params, shapes)[0][SIGNATURES[kernel][0].index("rois")]:
+        if len(shapes[SIGNATURES[kernel][0].index("rois")]) == 3:  # (N, R, 4): n leads all
             extra["mhlo.frontend_attributes"] = mlir.ir_attribute({"num_batch_dims": "1"})
         rule_fn = jax.ffi.ffi_lowering(target, extra_attributes=extra)
         return rule_fn(ctx, *args, **ffi_attributes(params))
@@ -203,9 +203,12 @@ def _direct_lowering(kernel):
 
 def _wrapped(ctx) -> bool:
     """Whether a call lowers through custom_partitioning: jit on several devices, no
-    manual axes. (Under shard_map, SPMDAxisContext; on one device nothing to split.)"""
+    manual axes (under shard_map the context is an SPMDAxisContext), and a mesh to name
+    shardings by (jax knows one when an input or output has a NamedSharding; without,
+    the custom call itself is correct, by the batch partitioner or replication)."""
     context = ctx.module_context.axis_context
-    return isinstance(context, sharding_impls.ShardingContext) and context.num_devices > 1
+    return (isinstance(context, sharding_impls.ShardingContext) and context.num_devices > 1
+            and context.abstract_mesh is not None and not context.abstract_mesh.empty)
 
 
 # --------------------------------------------------------------------------- partitioning
@@ -276,7 +279,7 @@ def _spec_of(shape, mesh) -> tuple:
     (e.g. Shardy's sub-axes): treated as unsplit, such an operand is resharded. (An
     exception here would abort the process: XLA calls this during compilation.)"""
     spec = ()
-    if shape.sharding is not None and not mesh.empty:
+    if shape.sharding is not None:
         try:
             spec = tuple(sharding_impls.parse_flatten_op_sharding(
                 shape.sharding._hlo_sharding, mesh)[0])
@@ -293,22 +296,10 @@ def _spec(dims, n_axes, c_axes):
     return P(*map(entry, dims))
 
 
-def _replicated_mesh(mesh, arg_shapes):
-    """A mesh for shardings jax could not name (no mesh): one axis over the devices."""
-    devices = arg_shapes[0].sharding._device_assignment
-    return Mesh(np.asarray(devices), ("_devices",))
-
-
 def _result_shardings(call, mesh, arg_shapes, result_shape=None):
-    if mesh.empty:
-        return _replicated_result_shardings(call, _replicated_mesh(mesh, arg_shapes), arg_shapes)
+    """GSPMD's propagation: the results' shardings given the operands'."""
     n_axes, c_axes, _, results = _plan(call, mesh, arg_shapes)
     return tuple(NamedSharding(mesh, _spec(dims, n_axes, c_axes)) for dims in results)
-
-
-def _replicated_result_shardings(call, mesh, arg_shapes):
-    _, results = factors(call.kernel, call.params, [s.shape for s in arg_shapes])
-    return tuple(NamedSharding(mesh, P()) for _ in results)
 
 
 def _partitioner(primitive, kernel):
@@ -321,25 +312,20 @@ def _partitioner(primitive, kernel):
     wrapped = custom_partitioning(bind, static_argnums=(0,))
 
     def partition(call, mesh, arg_shapes, result_shape):
-        if mesh.empty:
-            mesh = _replicated_mesh(mesh, arg_shapes)
-            n_axes, c_axes = (), ()
-            operands, results = factors(kernel, call.params, [s.shape for s in arg_shapes])
-        else:
-            n_axes, c_axes, operands, results = _plan(call, mesh, arg_shapes)
+        n_axes, c_axes, operands, results = _plan(call, mesh, arg_shapes)
         params = dict(call.params)
         if "features_shapes" in params:  # backward_features: each shard's feature levels
             params["features_shapes"] = tuple(
                 tuple(length // math.prod(mesh.shape[a] for a in _axes(entry))
                       for length, entry in zip(shape, _spec(dims, n_axes, c_axes)))
                 for shape, dims in zip(params["features_shapes"], results))
-        reduce = [a for a in c_axes] if kernel == "backward_boxes" else []
+        # Each channel shard holds its channels' part of the box gradient.
+        reduce = c_axes if kernel == "backward_boxes" else ()
 
         def per_shard(*args):
             out = primitive.bind(*args, **params)
             out = tuple(out) if primitive.multiple_results else (out,)
-            # Each channel shard holds its channels' part of the box gradient.
-            return tuple(jax.lax.psum(o, tuple(reduce)) for o in out) if reduce else out
+            return tuple(jax.lax.psum(o, reduce) for o in out) if reduce else out
 
         arg_shardings = tuple(NamedSharding(mesh, _spec(d, n_axes, c_axes)) for d in operands)
         result_shardings = tuple(NamedSharding(mesh, _spec(d, n_axes, c_axes)) for d in results)
