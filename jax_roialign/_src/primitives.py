@@ -30,10 +30,9 @@ from jax._src import dispatch
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
-from . import args as _args
 from . import lowering as _lowering
 from .operators import BY_NAME
-from .shapes import out_aval, winner_aval
+from .shapes import SIGNATURES, out_aval, reconciled, result_aval, winner_aval
 
 
 class UnsupportedDerivativeError(NotImplementedError):
@@ -49,33 +48,52 @@ def _unsupported(what: str):
 
 # --------------------------------------------------------------------------- primitives
 
+class _KernelPrimitive(Primitive):
+    """A kernel's primitive. Every bind, the AD and batching rules' included, first casts
+    the operands to one vma (shapes.reconciled): the abstract evaluations require it."""
+
+    def bind(self, *args, **params):
+        return super().bind(*reconciled(args), **params)
+
+
 def _primitive(kernel, abstract_eval, multiple_results=False):
     """The primitive of `kernel` (cc/kernel_list.h), lowered to that kernel."""
-    prim = Primitive(f"jax_roialign_{kernel}")
+    prim = _KernelPrimitive(f"jax_roialign_{kernel}")
     prim.multiple_results = multiple_results
     prim.def_impl(partial(dispatch.apply_primitive, prim))
-    prim.def_abstract_eval(abstract_eval)
+    prim.def_abstract_eval(partial(abstract_eval, prim.name))
     _lowering.register(prim, kernel)
     return prim
 
 
-def _forward_abstract(rois, levels, *fs, **p):
-    out = out_aval(fs[0], rois, p)
-    return out, winner_aval(out, p)
+def _forward_abstract(name, rois, levels, *fs, **p):
+    operands = (rois, levels, *fs)
+    out = out_aval(name, fs[0], rois, p, operands)
+    return out, winner_aval(name, out, p, operands)
+
+
+def _forward_selected_abstract(name, rois, levels, winner, *xs, **p):
+    return out_aval(name, xs[0], rois, p, (rois, levels, winner, *xs))
+
+
+def _backward_features_abstract(name, ct, rois, levels, winner, *, features_shapes, **p):
+    return [result_aval(name, shape, ct.dtype, (ct, rois, levels, winner))
+            for shape in features_shapes]
+
+
+def _forward_boxes_abstract(name, rois, levels, rd, winner, *fs, **p):
+    return out_aval(name, fs[0], rois, p, (rois, levels, rd, winner, *fs))
+
+
+def _backward_boxes_abstract(name, rois, levels, ct, winner, *fs, **p):
+    return result_aval(name, rois.shape, rois.dtype, (rois, levels, ct, winner, *fs))
 
 
 forward_p = _primitive("forward", _forward_abstract, True)
-forward_selected_p = _primitive(
-    "forward_selected", lambda rois, levels, winner, *xs, **p: out_aval(xs[0], rois, p))
-backward_features_p = _primitive(
-    "backward_features",
-    lambda ct, rois, levels, winner, *, features_shapes, **p: [
-        ct.update(shape=tuple(shape)) for shape in features_shapes],
-    True)
-forward_boxes_p = _primitive(
-    "forward_boxes", lambda rois, levels, rd, winner, *fs, **p: out_aval(fs[0], rois, p))
-backward_boxes_p = _primitive(
-    "backward_boxes", lambda rois, levels, ct, winner, *fs, **p: rois.update(shape=rois.shape))
+forward_selected_p = _primitive("forward_selected", _forward_selected_abstract)
+backward_features_p = _primitive("backward_features", _backward_features_abstract, True)
+forward_boxes_p = _primitive("forward_boxes", _forward_boxes_abstract)
+backward_boxes_p = _primitive("backward_boxes", _backward_boxes_abstract)
 
 
 # --------------------------------------------------------------------------- AD
@@ -213,17 +231,13 @@ ad.primitive_transposes[backward_boxes_p] = _backward_boxes_transpose
 
 # --------------------------------------------------------------------------- batching
 #
-# A vmapped axis B folds into the kernels' own leading axes: into the images (B*N,
-# with each copy's rois re-indexed to its own images) when the features (or the
-# features-shaped result) are batched, else into the roi rows (B*K). The per-image
-# form becomes rows first. Invalid batch indices stay invalid.
-
-def _tangent_rows_from_boxes(boxes):
-    """Like _args.rows_from_boxes for a tangent/cotangent: the index column is 0."""
-    *lead, n, r, c = boxes.shape
-    zero = jnp.zeros((*lead, n, r, 1), boxes.dtype)
-    return jnp.concatenate([zero, boxes], axis=-1).reshape(*lead, n * r, c + 1)
-
+# A vmapped axis B folds into the kernels' own leading axes. (N, R, 4) boxes: into the
+# images, B inside N (image n*B + b), when the features (or the features-shaped result)
+# are batched, else into each image's rois (N, B*R). Either way every operand keeps N
+# as its leading factor, so a call split by images (or channels) stays split with no
+# communication (lowering.py). (K, 5) rows: into the images (B*N, each copy's rows
+# re-indexed to its own images) when the features are batched, else into the rows
+# (B*K). Invalid batch indices stay invalid.
 
 def _reindex(rows, batch, num_images):
     """(B, K, 1 + coords) rows of copy b -> batch index b*N + n; invalid ones -> -1."""
@@ -233,19 +247,20 @@ def _reindex(rows, batch, num_images):
     return rows.at[..., 0].set(jnp.where(valid, idx + offset, -1))
 
 
-def _make_batching_rule(prim, roles, result):
-    """roles: per fixed operand, 'rois' | 'levels' | 'winner' | 'rois_like' | 'out_like';
-    the operands after them are the feature levels. result: 'out' | 'out_winner' |
-    'features' | 'rois'."""
-    fixed = len(roles)
+def _is_placeholder(role, a, batched):
+    return role in ("winner", "levels") and a.ndim == int(batched) + 1 and a.shape[int(batched)] == 0
+
+
+def _make_batching_rule(prim, kernel):
+    fixed_roles, results = SIGNATURES[kernel]
+    fixed = len(fixed_roles)
 
     def rule(args, dims, **p):
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
         moved = [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
         batched = [d is not None for d in dims]
-        rois_i = roles.index("rois")
-        rois_rank = moved[rois_i].ndim - batched[rois_i]
-        per_image = rois_rank == 3
+        rois_i = fixed_roles.index("rois")
+        per_image = moved[rois_i].ndim - batched[rois_i] == 3
         features, features_batched = moved[fixed:], batched[fixed:]
         if features:
             num_images = features[0].shape[int(features_batched[0])]
@@ -254,57 +269,63 @@ def _make_batching_rule(prim, roles, result):
             num_images = p["features_shapes"][0][0]
             by_image = True
 
+        def full(a, b):
+            return a if b else jnp.broadcast_to(a, (size,) + a.shape)
+
+        def fold(a):
+            """(B, N, ...) -> (N*B, ...) by images, or (N, B*R, ...) by rois."""
+            a = jnp.moveaxis(a, 0, 1)
+            if by_image:
+                return a.reshape((a.shape[0] * size,) + a.shape[2:])
+            return a.reshape((a.shape[0], size * a.shape[2]) + a.shape[3:])
+
+        def unfold(x):
+            """The inverse of fold, for a result with the same leading axes."""
+            if by_image:
+                x = x.reshape((x.shape[0] // size, size) + x.shape[1:])
+            else:
+                x = x.reshape((x.shape[0], size, x.shape[1] // size) + x.shape[2:])
+            return jnp.moveaxis(x, 1, 0)
+
         new = []
-        for role, a, b in zip(roles, moved, batched):
-            if role in ("winner", "levels") and a.ndim == int(b) + 1 and a.shape[int(b)] == 0:
-                new.append(a if not b else a[0])  # the empty placeholder
-                continue
-            if not b:
-                a = jnp.broadcast_to(a, (size,) + a.shape)
-            if role in ("rois", "rois_like") and per_image:
-                a = _args.rows_from_boxes(a) if role == "rois" else _tangent_rows_from_boxes(a)
-            elif role in ("out_like", "winner", "levels") and per_image:
-                a = a.reshape((size, a.shape[1] * a.shape[2]) + a.shape[3:])
-            if role == "rois" and by_image:
-                a = _reindex(a, size, num_images)
-            new.append(a.reshape((size * a.shape[1],) + a.shape[2:]))
+        for role, a, b in zip(fixed_roles, moved, batched):
+            if _is_placeholder(role, a, b):
+                new.append(a if not b else a[0])
+            elif per_image:
+                new.append(fold(full(a, b)))
+            else:
+                a = full(a, b)
+                if role == "rois" and by_image:
+                    a = _reindex(a, size, num_images)
+                new.append(a.reshape((size * a.shape[1],) + a.shape[2:]))
         for f, b in zip(features, features_batched):
             if by_image:
-                f = f if b else jnp.broadcast_to(f, (size,) + f.shape)
-                f = f.reshape((size * f.shape[1],) + f.shape[2:])
+                f = full(f, b)
+                f = fold(f) if per_image else f.reshape((size * f.shape[1],) + f.shape[2:])
             new.append(f)
         if "features_shapes" in p:
             p = dict(p, features_shapes=tuple((size * s[0],) + tuple(s[1:])
                                               for s in p["features_shapes"]))
         out = prim.bind(*new, **p)
+        out = list(out) if prim.multiple_results else [out]
 
-        def unfold_rows(x):
-            x = x.reshape((size, x.shape[0] // size) + x.shape[1:])
+        def result(name, x):
+            if name == "winner" and p["mode"] != "max":
+                return x, None
             if per_image:
-                x = x.reshape((size, num_images, -1) + x.shape[2:])
-            return x
+                return unfold(x), 0
+            return x.reshape((size, x.shape[0] // size) + x.shape[1:]), 0
 
-        if result == "out":
-            return unfold_rows(out), 0
-        if result == "out_winner":
-            o, w = out
-            if p["mode"] == "max":
-                return (unfold_rows(o), unfold_rows(w)), (0, 0)
-            return (unfold_rows(o), w), (0, None)
-        if result == "features":
-            return [g.reshape((size, g.shape[0] // size) + g.shape[1:]) for g in out], [0] * len(out)
-        # rois: grad of (B*K, 1 + coords) rows back to the operand's form
-        width = out.shape[-1]
-        g = out.reshape((size, out.shape[0] // size, width))
-        if per_image:
-            g = g[..., 1:].reshape((size, num_images, -1, width - 1))
-        return g, 0
+        names = [n for name in results for n in ([name] * len(out) if name == "features" else [name])]
+        outs, out_dims = zip(*(result(name, x) for name, x in zip(names, out)))
+        if prim.multiple_results:
+            return list(outs), list(out_dims)
+        return outs[0], out_dims[0]
 
     batching.primitive_batchers[prim] = rule
 
 
-_make_batching_rule(forward_p, ("rois", "levels"), "out_winner")
-_make_batching_rule(forward_selected_p, ("rois", "levels", "winner"), "out")
-_make_batching_rule(backward_features_p, ("out_like", "rois", "levels", "winner"), "features")
-_make_batching_rule(forward_boxes_p, ("rois", "levels", "rois_like", "winner"), "out")
-_make_batching_rule(backward_boxes_p, ("rois", "levels", "out_like", "winner"), "rois")
+for _prim, _kernel in ((forward_p, "forward"), (forward_selected_p, "forward_selected"),
+                       (backward_features_p, "backward_features"),
+                       (forward_boxes_p, "forward_boxes"), (backward_boxes_p, "backward_boxes")):
+    _make_batching_rule(_prim, _kernel)

@@ -38,6 +38,25 @@ from jax import lax
 ADAPTIVE_GRID_CAP = 16
 
 
+def vma(x) -> frozenset:
+    """The manual mesh axes (inside ``shard_map``) that array `x` varies over."""
+    return jax.typeof(x).manual_axis_type.varying
+
+
+def varying(x, axes):
+    """`x`, typed to vary over the manual mesh axes `axes` too (no data moves)."""
+    missing = tuple(sorted(frozenset(axes) - vma(x)))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+
+def loop_carry(carry, *inputs):
+    """The initial `carry` of a loop over `inputs`, typed to vary where they do: inside
+    ``shard_map`` a loop's carry must have its body's type, and the body mixes the
+    carry with the inputs (an invariant initial carry, e.g. zeros, fails to trace)."""
+    axes = frozenset().union(*(vma(x) for x in inputs))
+    return jax.tree.map(lambda c: varying(c, axes), carry)
+
+
 def no_fma(p):
     """Returns ``p`` unchanged, hiding the product that made it from FMA contraction."""
     return jnp.where(p == p, p, jnp.asarray(jnp.nan, p.dtype))

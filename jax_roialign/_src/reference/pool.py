@@ -42,7 +42,7 @@ from jax import lax
 
 from .numerics import (batch_column, bin_bases, cell_loop,
                        exact_div, feature_table, finalise, geometry_dtype,
-                       image_index, no_fma, take_rows)
+                       image_index, loop_carry, no_fma, take_rows)
 
 # cc/roi_pool.h kMaxCorner: rounded corners saturate here.
 _MAX_CORNER = 1.0e15
@@ -135,7 +135,7 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
             return jnp.where(valid, acc + v, acc)
 
         acc = cell_loop(bound_y, bound_x, max_sy, max_sx, step,
-                         jnp.zeros((k, PH, PW, c), gdt))
+                         loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois))
         area = sy[:, :, None] * sx[:, None, :]
         divisor = jnp.maximum(area, 1).astype(gdt)[..., None]
         out = jnp.where((area > 0)[..., None], exact_div(acc, divisor), jnp.zeros((), gdt))
@@ -149,8 +149,8 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
             return jnp.where(take, v, best), jnp.where(take, rows[..., None], arg)
 
         _, arg = cell_loop(bound_y, bound_x, max_sy, max_sx, step,
-                            (jnp.zeros((k, PH, PW, c), gdt),
-                             jnp.full((k, PH, PW, c), -1, jnp.int32)))
+                            loop_carry((jnp.zeros((k, PH, PW, c), gdt),
+                                        jnp.full((k, PH, PW, c), -1, jnp.int32)), features, rois))
         chan = jnp.arange(c, dtype=jnp.int32)
         v = table.at[jnp.maximum(arg, 0), chan].get(mode="promise_in_bounds").astype(gdt)
         out = jnp.where(arg >= 0, v, jnp.zeros((), gdt))

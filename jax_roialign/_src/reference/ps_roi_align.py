@@ -13,7 +13,7 @@ from jax import lax
 
 from .numerics import (ADAPTIVE_GRID_CAP, axis_interp, batch_column, bin_bases, cell_loop,
                        exact_div, feature_table, finalise, four_tap, geometry_dtype,
-                       image_index, no_fma)
+                       image_index, loop_carry, no_fma)
 
 # Fixed grids with at most this many samples per bin are unrolled in Python; larger ones
 # (and adaptive grids) run in a lax.scan.
@@ -94,7 +94,7 @@ def ps_roi_align_core(features, rois, pooled_height: int, pooled_width: int,
         m = ((iy < gh) & (ix < gw))[:, None, None, None]
         return jnp.where(m, acc + val, acc)
 
-    acc = jnp.zeros((k, PH, PW, c), gdt)
+    acc = loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois)
     if sr > 0 and sr * sr <= _MAX_UNROLLED_SAMPLES:
         # Unrolled, iy-major; each sample recomputed in the backward pass.
         for st in range(sr * sr):

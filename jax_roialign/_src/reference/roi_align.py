@@ -66,8 +66,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .numerics import (ADAPTIVE_GRID_CAP, axis_interp, exact_div, gather_rows, no_fma,
-                       valid_batch_index)
+from .numerics import (ADAPTIVE_GRID_CAP, axis_interp, exact_div, gather_rows, loop_carry,
+                       no_fma, valid_batch_index)
 
 
 def roi_align_core(features, rois, pooled_height: int, pooled_width: int,
@@ -231,7 +231,7 @@ def roi_align_core(features, rois, pooled_height: int, pooled_width: int,
             return None
         return ((iy < gh) & (ix < gw))[:, None, None, None]
 
-    zeros = jnp.zeros((k, PH, PW, c), gdt)
+    zeros = loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois)
     if mode == "avg":
         def step(acc, iy, ix, yg, xg):
             val = sample(table, yg, xg)
@@ -254,8 +254,8 @@ def roi_align_core(features, rois, pooled_height: int, pooled_width: int,
                 better = better & m
             return jnp.where(better, val, best), jnp.where(better, iy * g + ix, arg)
 
-        _, arg = loop(step1, (jnp.full((k, PH, PW, c), -jnp.inf, gdt),
-                              jnp.full((k, PH, PW, c), -1, jnp.int32)))
+        _, arg = loop(step1, loop_carry((jnp.full((k, PH, PW, c), -jnp.inf, gdt),
+                                         jnp.full((k, PH, PW, c), -1, jnp.int32)), features, rois))
 
         # Pass 2 (differentiable): select the arg-max sample's value.  An empty grid
         # (or an all-NaN bin) keeps arg == -1 and gives 0.

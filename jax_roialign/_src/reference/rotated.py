@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from .numerics import (ADAPTIVE_GRID_CAP, axis_interp, batch_column, cell_loop, exact_div,
-                       feature_table, finalise, geometry_dtype, image_index, no_fma, take_rows)
+                       feature_table, finalise, geometry_dtype, image_index, loop_carry, no_fma,
+                       take_rows)
 
 
 def _angle(angle, radians, gdt):
@@ -119,6 +120,7 @@ def roi_align_rotated_core(features, rois, pooled_height, pooled_width, spatial_
     g = sr if sr > 0 else cap
     lim_h = g if sr > 0 else jnp.max(gh, initial=0)
     lim_w = g if sr > 0 else jnp.max(gw, initial=0)
-    acc = cell_loop(g, g, lim_h, lim_w, step, jnp.zeros((k, PH, PW, c), gdt))
+    acc = cell_loop(g, g, lim_h, lim_w, step,
+                    loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois))
     out = exact_div(acc, count[:, None, None, None])
     return finalise(out, alive, features.dtype, layout)
