@@ -110,6 +110,7 @@ def test_bench_tiny_prints_the_table_and_valid_json():
         assert r["forward_gbps"] > 0 and r["forward_ratio"] == 1.0
     assert any(r["impl"] == "reference" for r in doc["results"])
     table = out.stderr
+    assert "the jax_roialign rows run compiled kernels (cpu)" in table
     assert "fwd ms" in table and "fwd+bwd ms" in table and "GB/s" in table
     assert "roi_align" in table and "jax_roialign" in table
 

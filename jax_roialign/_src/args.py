@@ -114,8 +114,13 @@ def rois(op: str, rois, num_images: int, features_dtype) -> Rois:
             raise ValueError(f"{op}: rois of shape (N, R, 4) must have N = {num_images} "
                              f"(the features' batch), got shape {tuple(shape)}")
         return Rois(jnp.asarray(rois, dtype), True)
+    hint = ""
+    if len(shape) == 2 and shape[1] == 4:
+        hint = ("; (K, 4) boxes lack the batch index: for boxes of one image prepend a column "
+                "of zeros, jnp.concatenate([jnp.zeros((K, 1)), boxes], axis=1), or pass them "
+                "per image as (N, R, 4), e.g. boxes[None] for a batch of one")
     raise ValueError(f"{op}: rois must be (K, 5) [batch_index, x1, y1, x2, y2], (N, R, 4) or "
-                     f"a list of (R_n, 4), got shape {tuple(shape)}")
+                     f"a list of (R_n, 4), got shape {tuple(shape)}{hint}")
 
 
 def _check_float_rois(op, name, value):
