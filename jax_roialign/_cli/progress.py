@@ -24,7 +24,7 @@ class Progress:
         self.bar = tqdm(total=total, desc=what, unit=unit, file=self.file, leave=False,
                         smoothing=0, dynamic_ncols=True, disable=not self.enabled,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                   "{unit}s [{elapsed} elapsed, ~{remaining} left] {postfix}")
+                                   "{unit}s [{elapsed} elapsed, ~{remaining} left{postfix}]")
         self._stop = threading.Event()
         self._ticker = None
         if self.enabled:
