@@ -162,14 +162,14 @@ def bench_op(op, name: str, w: Workload, args, progress):
             if fn is None:
                 progress.advance(calls)
                 continue
-            done = progress.bar.n
+            done = progress.done
             try:
                 row[f"{key}_ms"], row[f"{key}_first_call_ms"], row[f"{key}_calls"] = \
                     median_ms(fn, args.repeats, args.budget, progress)
                 row[f"{key}_gbps"] = nbytes / row[f"{key}_ms"] / 1e6
             except Exception as e:  # e.g. a peer out of memory: reported, the run goes on
                 row[f"{key}_error"] = _error(e)
-                progress.advance(done + calls - progress.bar.n)
+                progress.advance(done + calls - progress.done)
         rows.append(row)
     ours = next((r for r in rows if r["impl"] == OURS), {})
     for r in rows:

@@ -40,6 +40,11 @@ class Progress:
         if self.enabled:
             self.bar.set_postfix_str(what, refresh=False)
 
+    @property
+    def done(self) -> int:
+        """Units advanced so far (0 when the bar is off)."""
+        return self.bar.n if self.enabled else 0
+
     def advance(self, n: int = 1) -> None:
         if self.enabled:
             self.bar.update(n)
