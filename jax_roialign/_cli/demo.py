@@ -678,7 +678,7 @@ def train(steps, layout, dtype, log, seed=0, quiet=False):
 
     checkpoints = set(np.linspace(0, steps, 11).astype(int)[1:])
     start = time.perf_counter()
-    with Progress(steps * len(HEADS), "training", quiet, unit="step") as progress:
+    with Progress(steps * len(HEADS), "training", quiet, unit="head-step") as progress:
         evaluate(0)
         for step in range(1, steps + 1):
             batch = synthetic_batch(rng, TRAIN_BATCH)
