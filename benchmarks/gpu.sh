@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu.sh [out-dir]     (from the repository root)
 set -euo pipefail
 out=${1:-benchmarks}
-JAX_ROIALIGN_CUDA=ON python -m pip install --no-build-isolation -q ".[test]" 2>&1 | tail -n 3
+# Editable, so that the commands below, run from the clone's root, import the kernels.
+JAX_ROIALIGN_CUDA=ON python -m pip install --no-build-isolation -q -e ".[test]" 2>&1 | tail -n 3
 python -c "import jax, jax_roialign as j; print(jax.devices(), j.kernel_platforms())"
 (cd tests && python -m pytest -q -x test_gpu.py) | tee "$out/gpu_tests.txt"
 {

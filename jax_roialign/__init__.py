@@ -18,15 +18,27 @@ the peers. Common to every operator:
   the operator is continuous in them, the box coordinates (first order).
 - ``deterministic``: GPU backward without atomics, bit-identical run to run;
   None takes ``set_deterministic``'s default (False). The CPU always is.
+
+Without its compiled CPU kernels (e.g. imported from a clone's source folder instead of
+the installed package) every operator runs the pure-JAX reference: importing warns
+(``KernelsMissingWarning``) with the cause and the fix.
 """
+
+import warnings
 
 from . import legacy, reference
 from ._src.api import (crop_and_resize, kernel_platforms, level_of, multi_scale_roi_align,
                        ps_roi_align, ps_roi_pool, roi_align, roi_align_rotated, roi_pool,
                        set_deterministic, validate_rois)
+from ._src.installation import KernelsMissingWarning, missing_kernels
 from ._src.primitives import UnsupportedDerivativeError
 
 __all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "multi_scale_roi_align",
            "level_of", "roi_align_rotated", "crop_and_resize", "legacy", "set_deterministic",
-           "validate_rois", "kernel_platforms", "UnsupportedDerivativeError", "reference"]
+           "validate_rois", "kernel_platforms", "UnsupportedDerivativeError", "reference",
+           "KernelsMissingWarning"]
 __version__ = "0.1.0"
+
+if (_missing := missing_kernels("cpu")) is not None:
+    warnings.warn(_missing, KernelsMissingWarning, stacklevel=2)
+del missing_kernels

@@ -18,11 +18,10 @@ def _bounded_compilation_cache():
 
 def pytest_configure(config):
     import jax_roialign
+    from jax_roialign._src.installation import missing_kernels
 
     # Tests must exercise the compiled kernels, never silently the reference fallback
-    # (e.g. a source checkout shadowing the installed package).
-    if "cpu" not in jax_roialign.kernel_platforms():
-        raise pytest.UsageError(
-            f"jax_roialign imported from {jax_roialign.__file__} has no compiled CPU kernels: "
-            "install it (pip install .) and run pytest from a directory where the source "
-            "checkout does not shadow the installed package")
+    # (e.g. a clone's source folder shadowing a non-editable install).
+    problem = missing_kernels("cpu")
+    if problem:
+        raise pytest.UsageError(f"{problem} (jax_roialign imported from {jax_roialign.__file__})")

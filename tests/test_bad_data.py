@@ -53,8 +53,8 @@ def test_empty_maps_give_zeros(case, shape):
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4), np.int32), np.zeros((1, 5)), 2), TypeError,
      "features must be float16, bfloat16, float32 or float64, got int32"),
     (lambda: jra.roi_align(np.zeros((1, 3, 4, 4)), np.zeros((1, 4)), 2), ValueError,
-     r"rois must be \(K, 5\).*got shape \(1, 4\); for boxes of one image, add the batch "
-     r"column"),
+     r"rois must be \(K, 5\).*got shape \(1, 4\); \(K, 4\) boxes lack the batch index: "
+     r"for boxes of one image prepend a column of zeros.*or pass them per image as \(N, R, 4\)"),
     (lambda: jra.roi_align(np.zeros((2, 3, 4, 4)), np.zeros((3, 1, 4)), 2), ValueError,
      r"must have N = 2.*got shape \(3, 1, 4\)"),
     (lambda: jra.roi_align(np.zeros((2, 3, 4, 4)), [np.zeros((1, 4))], 2), ValueError,
@@ -79,7 +79,10 @@ def test_empty_maps_give_zeros(case, shape):
      r"ps_roi_align: features must have a channel count divisible by "
      r"output_size\[0\] \* output_size\[1\] = 4, got 10"),
     (lambda: jra.ps_roi_pool(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 3), ValueError,
-     r"ps_roi_pool: .* = 9, got 10"),
+     r"ps_roi_pool: .* = 9, got 10 \(layout 'NCHW'\)$"),
+    (lambda: jra.ps_roi_align(np.zeros((1, 6, 5, 18)), np.zeros((1, 5)), 3), ValueError,
+     r"= 9, got 6 \(layout 'NCHW'\); the features look like NHWC \(axis 3 has 18 channels\): "
+     r"pass layout='NHWC'"),
     (lambda: jra.legacy.roi_align(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 1, 1.0), ValueError,
      r"legacy.roi_align: output_size must be >= 2, got 1"),
     (lambda: jra.roi_pool(np.zeros((1, 10, 4, 4)), np.zeros((1, 5)), 2, layout="HWC"), ValueError,

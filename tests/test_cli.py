@@ -1,8 +1,10 @@
 """`python -m jax_roialign demo` and `... bench`, end to end with tiny budgets, as a user
 (or CI) runs them: in a subprocess, with jax's default configuration."""
 
+import argparse
 import importlib.util
 import json
+import pathlib
 import struct
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jax_roialign as jra
 from jax_roialign._cli import demo as _demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -45,11 +48,12 @@ def run(*args, timeout=600):
 
 
 def test_demo_end_to_end_writes_a_valid_png(tmp_path):
-    path = tmp_path / "demo.png"
+    path = tmp_path / "sub" / "demo.png"  # the folder is created
     out = run("demo", "--steps", "3", "--out", str(path)).stdout
     width, height, _ = read_png(path)
-    assert width > 1000 and height > 500
-    assert "wrote" in out and "RoIAlign" in out
+    assert width > 1000 and height > 800
+    assert "wrote" in out and "RoIAlign" in out and "RoIPool, bins averaged" in out
+    assert "the operators run compiled kernels (cpu)" in out
     try:
         from PIL import Image
     except ImportError:
@@ -59,14 +63,30 @@ def test_demo_end_to_end_writes_a_valid_png(tmp_path):
             img.load()  # decodes every pixel
             assert img.size == (width, height)
     if _demo_has_flax():
-        assert "held-out accuracy" in out and "ms/step" in out
-        assert "gradient norm reaching the backbone" in out
+        # The summary states the last step's accuracy of each head; a best is labelled.
+        assert "held-out accuracy at the last step (step 3)" in out
+        for _, _, _, title in _demo.HEADS:
+            assert f"  {title} " in out
+        assert "best" in out and "gradient norm reaching the backbone" in out
     else:
         assert "pip install jax_roialign[demo]" in out
 
 
+def test_demo_writes_into_demo_output_by_default(tmp_path):
+    args = _demo_args()
+    assert args.out == str(pathlib.Path("demo_output") / "roialign_demo.png")
+    ignored = (pathlib.Path(__file__).resolve().parents[1] / ".gitignore").read_text()
+    assert "demo_output/" in ignored.splitlines()
+
+
 def _demo_has_flax():
     return all(importlib.util.find_spec(name) for name in ("flax", "optax"))
+
+
+def _demo_args(*argv):
+    parser = argparse.ArgumentParser()
+    _demo.add_arguments(parser)
+    return parser.parse_args(list(argv))
 
 
 def test_png_writer_without_pillow_round_trips(tmp_path):
@@ -81,12 +101,38 @@ def test_png_writer_without_pillow_round_trips(tmp_path):
 
 def test_picture_without_pillow(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
-    errors, labelled = _demo.picture(tmp_path / "p.png", "NCHW", jnp.float32, print)
+    errors, labelled = _demo.picture(tmp_path / "p.png", "NCHW", jnp.float32)
     assert not labelled
     read_png(tmp_path / "p.png")
-    # RoIAlign's crops are closer to the box's own pixels than RoIPool's and legacy's.
-    for other in ("roi_pool", "legacy"):
+    # RoIAlign's crops are closer to the box's own pixels than every other column's.
+    for other in ("roi_pool", "roi_pool_mean", "legacy"):
         assert np.all(errors["roi_align"] < errors[other])
+
+
+def test_the_averaged_column_uses_roipool_bins():
+    """The demo's "RoIPool, bins averaged" column averages the bins RoIPool maxes: their
+    maximum, computed from the same edges, is roi_pool's output exactly."""
+    feats = _demo.feature_map(_demo.render((0, 0, _demo.WIDTH, _demo.HEIGHT),
+                                           _demo.HEIGHT, _demo.WIDTH))
+    rows = np.concatenate([np.zeros((len(_demo.BOXES), 1), np.float32), _demo.BOXES], 1)
+    pooled = np.asarray(jra.roi_pool(jnp.asarray(feats[None], jnp.float32), rows, _demo.OUT,
+                                     1 / _demo.STRIDE, layout="NHWC"))
+    height, width = feats.shape[:2]
+    for k, (x1, y1, x2, y2) in enumerate(_demo.BOXES):
+        (xs, xe), (ys, ye) = (_demo.roipool_bins(x1, x2, width),
+                              _demo.roipool_bins(y1, y2, height))
+        maxed = np.array([[feats[ys[i]:ye[i], xs[j]:xe[j]].max((0, 1))
+                           for j in range(_demo.OUT)] for i in range(_demo.OUT)])
+        np.testing.assert_array_equal(maxed.astype(np.float32), pooled[k])
+
+
+def test_zoom_windows_show_one_object_each():
+    """Each box's zoom window holds no other box (no other object bleeds into it)."""
+    for i, box in enumerate(_demo.BOXES):
+        wx1, wy1, wx2, wy2 = _demo.zoom_window(box)
+        for j, (x1, y1, x2, y2) in enumerate(_demo.BOXES):
+            if i != j:
+                assert x2 <= wx1 or x1 >= wx2 or y2 <= wy1 or y1 >= wy2, (i, j)
 
 
 def test_training_without_flax_names_the_extra(monkeypatch):
@@ -110,6 +156,7 @@ def test_bench_tiny_prints_the_table_and_valid_json():
         assert r["forward_gbps"] > 0 and r["forward_ratio"] == 1.0
     assert any(r["impl"] == "reference" for r in doc["results"])
     table = out.stderr
+    assert "the jax_roialign rows run compiled kernels (cpu)" in table
     assert "fwd ms" in table and "fwd+bwd ms" in table and "GB/s" in table
     assert "roi_align" in table and "jax_roialign" in table
 

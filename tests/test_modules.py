@@ -1,7 +1,8 @@
-"""jax_roialign.flax (linen and nnx) and jax_roialign.haiku: every operator's module inside
-a model with a convolution before it, under jit and grad, equal to its function.
+"""jax_roialign.flax (linen and nnx), jax_roialign.haiku and jax_roialign.equinox: every
+operator's module inside a model with a convolution before it, under jit and grad, equal
+to its function.
 
-Skipped only when the framework (the extra) is not installed; CI installs both.
+Skipped only when the framework (the extra) is not installed; CI installs all three.
 """
 
 import inspect
@@ -39,10 +40,11 @@ class ModuleCase:
         b = form_rois(self.case.form, boxes, images, "NHWC", 0.5, self.case.config)
         return b[0] if self.case.form == "crop" else b
 
-    def function(self, features, boxes):
-        """The function on the module's configuration, in NHWC (the modules' default)."""
+    def function(self, features, boxes, layout="NHWC"):
+        """The function on the module's configuration, in NHWC (Flax's and Haiku's
+        default) or NCHW (Equinox's)."""
         extra = (None,) if self.case.form == "crop" else ()  # crop_and_resize's box_indices
-        return self.case.fn(self.wrap(features), boxes, *extra, *self.args, layout="NHWC",
+        return self.case.fn(self.wrap(features), boxes, *extra, *self.args, layout=layout,
                             **self.kwargs)
 
     def check(self, out, features, boxes):
@@ -252,6 +254,97 @@ def test_haiku_layout_default_and_name():
     assert "name" in inspect.signature(RoIAlign).parameters
 
 
+# ----------------------------------------------------------------------------- Equinox
+
+def check_nchw_against_function(case, out, features, boxes):
+    """The module's output equals the function's, in NCHW (the Equinox modules' default)."""
+    np.testing.assert_allclose(out, case.function(features, boxes, "NCHW"), rtol=1e-6,
+                               atol=1e-6)
+    assert out.shape[:3] == (2, 3, out.shape[2]) and out.shape[3:] == (3, 3)
+    assert out.shape[2] in (CHANNELS, CHANNELS // 9)
+
+
+@pytest.mark.parametrize("case", MODULE_CASES, ids=IDS)
+def test_equinox_module_under_jit_and_grad(case, data):
+    eqx = pytest.importorskip("equinox")
+    from jax_roialign import equinox as je
+
+    images, boxes = data
+    boxes = case.boxes(boxes, images)
+    images = images.transpose(0, 3, 1, 2)  # Equinox convolutions are channels-first
+
+    class Model(eqx.Module):
+        conv: eqx.nn.Conv2d
+        pool: eqx.Module
+
+        def __init__(self, key):
+            self.conv = eqx.nn.Conv2d(3, CHANNELS, 3, padding=1, dtype=jnp.float32, key=key)
+            self.pool = getattr(je, case.name)(*case.args, **case.kwargs)
+
+        def __call__(self, x, b):  # one example: (3, H, W), (R, 4)
+            features = self.conv(x)
+            return self.pool(case.wrap(features), b), features
+
+    model = Model(jax.random.PRNGKey(0))
+    out, features = eqx.filter_jit(lambda m, x, b: jax.vmap(m)(x, b))(model, images, boxes)
+    check_nchw_against_function(case, out, features, boxes)
+    # The module on the whole batch at once, under plain jax.jit, agrees.
+    batched = jax.jit(lambda f, b: model.pool(case.wrap(f), b))(features, boxes)
+    np.testing.assert_allclose(batched, out, rtol=1e-6, atol=1e-6)
+
+    loss = lambda m: jnp.sum(jax.vmap(m)(images, boxes)[0] ** 2)
+    grads = eqx.filter_jit(eqx.filter_grad(loss))(model)
+    check_backbone_grads(grads.conv.weight)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(model).conv.weight, grads.conv.weight,
+                               rtol=1e-5, atol=1e-6)
+
+    via_module = jax.grad(lambda f: jnp.sum(model.pool(case.wrap(f), boxes) ** 2))(features)
+    via_function = jax.grad(lambda f: jnp.sum(case.function(f, boxes, "NCHW") ** 2))(features)
+    np.testing.assert_allclose(via_module, via_function, rtol=1e-6, atol=1e-6)
+
+
+def test_equinox_layout_defaults_to_nchw_and_nhwc_is_accepted(data):
+    pytest.importorskip("equinox")
+    from jax_roialign.equinox import RoIAlign
+
+    images, boxes = data
+    assert RoIAlign(7).layout == "NCHW"
+    nhwc = RoIAlign(3, 0.5, 2, True, layout="NHWC")(images, boxes)
+    nchw = RoIAlign(3, 0.5, 2, True)(images.transpose(0, 3, 1, 2), boxes)
+    np.testing.assert_allclose(nchw.transpose(0, 1, 3, 4, 2), nhwc, rtol=1e-6, atol=1e-6)
+    # One example: (H, W, C) features and (R, 4) boxes give (R, PH, PW, C).
+    one = RoIAlign(3, 0.5, 2, True, layout="NHWC")(images[1], boxes[1])
+    np.testing.assert_allclose(one, nhwc[1], rtol=1e-6, atol=1e-6)
+
+
+def test_equinox_fields_are_static_and_follow_the_functions():
+    eqx = pytest.importorskip("equinox")
+    from jax_roialign import equinox as je
+
+    for module_case in MODULE_CASES:
+        case = module_case.case
+        fields = inspect.signature(getattr(je, module_case.name)).parameters
+        for p in list(inspect.signature(case.fn).parameters.values())[2:]:
+            if p.name in case.op.call_arguments:
+                continue
+            default = "NCHW" if p.name == "layout" else p.default
+            assert fields[p.name].default == default, (module_case.name, p.name)
+    module = je.RoIAlign([7, 7], 1 / 16, 2, True)
+    assert jax.tree.leaves(module) == [] and module.output_size == (7, 7)
+    assert eqx.tree_equal(module, je.RoIAlign((7, 7), 1 / 16, 2, True))
+
+
+def test_equinox_bad_configuration_is_reported_at_the_call(data):
+    pytest.importorskip("equinox")
+    from jax_roialign.equinox import RoIAlign
+
+    images, boxes = data
+    with pytest.raises(ValueError, match="output_size"):
+        RoIAlign(0)(images, boxes)
+    with pytest.raises(ValueError, match="mode"):
+        RoIAlign(3, mode="median")(images, boxes)
+
+
 # ----------------------------------------------------------------------------- optional imports
 
 def run_python(code):
@@ -262,12 +355,12 @@ def run_python(code):
 
 def test_importing_the_core_imports_neither_framework():
     out = run_python("import sys, jax_roialign, jax_roialign.reference\n"
-                     "optional = ('flax', 'haiku', 'PIL', 'optax', 'torch')\n"
+                     "optional = ('flax', 'haiku', 'equinox', 'PIL', 'optax', 'torch')\n"
                      "print(sorted(m for m in optional if m in sys.modules))")
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("framework", ["flax", "haiku"])
+@pytest.mark.parametrize("framework", ["flax", "haiku", "equinox"])
 def test_missing_framework_names_the_extra(framework):
     # None in sys.modules makes `import flax` fail as if Flax were not installed.
     out = run_python(f"import sys\nsys.modules['{framework}'] = None\n"

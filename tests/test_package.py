@@ -1,12 +1,14 @@
 """The installed package: default (x64 off) configuration, compiled modules, entry point."""
 
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+import jax_roialign
 from jax_roialign._src import lowering, primitives
 
 # Each primitive lowers to the kernel of its name (cc/kernel_list.h).
@@ -57,3 +59,62 @@ def test_main_self_check_runs():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "self-check passed" in out.stdout and "forward" in out.stdout
+    assert "runs compiled kernels (cpu)" in out.stdout
+    assert "reference / ours" in out.stdout and "fixed cost per call" in out.stdout
+
+
+# As if the compiled CPU module were missing: `import jax_roialign._cpu` fails.
+WITHOUT_KERNELS = "import sys\nsys.modules['jax_roialign._cpu'] = None\n"
+
+
+def test_import_without_kernels_warns_with_the_cause_and_the_fix():
+    code = WITHOUT_KERNELS + (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import jax_roialign\n"
+        "[w] = [w for w in caught if w.category is jax_roialign.KernelsMissingWarning]\n"
+        "print(w.message)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "no compiled CPU kernels" in out.stdout and "pure-JAX reference" in out.stdout
+    assert "Fix: reinstall" in out.stdout
+
+
+def test_self_check_fails_without_kernels():
+    """Without kernels the self-check would compare the reference with itself and pass."""
+    code = WITHOUT_KERNELS + ("from jax_roialign._cli import main\n"
+                              "sys.exit(main(['check', '--repeats', '1']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "self-check passed" not in out.stdout
+    assert "PURE-JAX REFERENCE" in out.stdout
+    assert "SELF-CHECK FAILED: jax_roialign has no compiled CPU kernels" in out.stderr
+
+
+def test_a_source_folder_without_kernels_names_the_editable_install(tmp_path):
+    """A clone's source folder that shadows the installed package (the README's commands
+    from the clone's root after a non-editable install): the warning says so and how to
+    fix it. The copy has the package's Python files and pyproject.toml, no compiled module."""
+    root = pathlib.Path(jax_roialign.__file__).resolve().parents[1]
+    shutil.copytree(root / "jax_roialign", tmp_path / "jax_roialign",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    shutil.copy(root / "pyproject.toml", tmp_path)
+    # An editable install's import hook would find the real package first: drop it.
+    code = ("import sys, warnings\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path\n"
+            "                    if 'jax_roialign' not in type(f).__module__]\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import jax_roialign\n"
+            "print(jax_roialign.__file__)\n"
+            "print([str(w.message) for w in caught\n"
+            "       if w.category is jax_roialign.KernelsMissingWarning][0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(str(tmp_path / "jax_roialign"))
+    assert f"Python imported the source folder {tmp_path / 'jax_roialign'}" in out.stdout
+    assert f"`pip install -e .` in {tmp_path}" in out.stdout

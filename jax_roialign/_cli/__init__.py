@@ -1,15 +1,8 @@
 """`python -m jax_roialign [check|demo|bench]`: the command-line tools.
 
-  (no command), check   a short self-check and timing on an embedded example: the
-                        compiled kernels against the pure-JAX reference (forward, feature
-                        and box gradients, both layouts, avg and max), then forward and
-                        forward+backward timings of both under jit (`--size` picks the
-                        workload)
-  demo                  the main job, to run and look at: a PNG of RoIPool's misalignment
-                        next to RoIAlign, then a small Flax detection head trained through
-                        roi_align (see `demo --help`)
-  bench                 every operator on standard detection workloads next to the pure-JAX
-                        reference and torchvision (see `bench --help`)
+Each needs the compiled kernels: without them `check` (the default) fails with the cause
+and the fix, and `demo` and `bench` say in their first lines that the pure-JAX reference
+runs instead.
 """
 
 from __future__ import annotations
@@ -19,9 +12,13 @@ import sys
 
 from . import bench, check, demo
 
-COMMANDS = {"check": (check, "self-check and a short timing (the default)"),
-            "demo": (demo, "the picture and the training run"),
-            "bench": (bench, "time every operator against its peers")}
+COMMANDS = {
+    "check": (check, "(the default) the compiled kernels against the pure-JAX reference "
+                     "(forward, feature and box gradients), then a short timing of both"),
+    "demo": (demo, "the main job: a picture of what RoIPool's rounding does and RoIAlign "
+                   "fixes, then detection heads trained through each, with their curves"),
+    "bench": (bench, "every operator on standard detection workloads next to the pure-JAX "
+                     "reference and torchvision")}
 
 
 def main(argv=None) -> int:
@@ -29,9 +26,13 @@ def main(argv=None) -> int:
     # No command means `check`, so `python -m jax_roialign [--size ...]` works.
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["check", *argv]
-    parser = argparse.ArgumentParser(prog="python -m jax_roialign", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    # The subcommands are listed once, by argparse, from COMMANDS.
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_roialign",
+        description="RoIAlign and its family for JAX: the command-line tools. "
+                    "`python -m jax_roialign COMMAND --help` for a command's options.")
+    commands = parser.add_subparsers(dest="command", title="commands",
+                                     metavar="{" + ",".join(COMMANDS) + "}")
     for name, (module, help_) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_, description=module.__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)

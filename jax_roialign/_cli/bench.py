@@ -34,8 +34,10 @@ import jax_roialign as jra
 from jax_roialign import reference
 
 from .._src.api import FUNCTIONS
+from .._src.installation import missing_kernels, path_taken
 from .._src.operators import OPERATORS
-from .timing import median_ms
+from .progress import Progress
+from .timing import jax_timers, median_ms
 from .workloads import STANDARD, WORKLOADS, Workload, proposals
 
 OURS, REFERENCE, TORCHVISION = "jax_roialign", "reference", "torchvision"
@@ -55,19 +57,6 @@ def operator_arguments(fn, w: Workload) -> dict:
 def channels_for(op, w: Workload) -> int:
     bins = w.size * w.size
     return max(w.shape[1] // bins, 1) * bins if op.position_sensitive else w.shape[1]
-
-
-def jax_timers(fn, kwargs, features, rois, cotangent, layout):
-    """Forward and forward+backward closures of a JAX op, jit-compiled."""
-    forward = jax.jit(lambda x, r: fn(x, r, **kwargs, layout=layout))
-
-    @jax.jit
-    def forward_backward(x, r, c):
-        out, pullback = jax.vjp(lambda y: fn(y, r, **kwargs, layout=layout), x)
-        return out, pullback(c)[0]
-
-    return (lambda: jax.block_until_ready(forward(features, rois)),
-            lambda: jax.block_until_ready(forward_backward(features, rois, cotangent)))
 
 
 def torch_device():
@@ -116,7 +105,12 @@ def _error(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0][:160]}"
 
 
-def bench_op(op, name: str, w: Workload, args):
+def implementations(op, peers, torchvision_importable):
+    """The implementations timed for `op`."""
+    return [p for p in peers if p != TORCHVISION or (torchvision_importable and op.torchvision)]
+
+
+def bench_op(op, name: str, w: Workload, args, progress):
     """Rows (one dict per implementation) for one operator on one workload."""
     fn = FUNCTIONS[op.name]
     rng = np.random.default_rng(0)
@@ -154,6 +148,7 @@ def bench_op(op, name: str, w: Workload, args):
             torch.from_numpy(cot_nchw).to(tdtype))))
 
     rows = []
+    calls = 1 + args.repeats  # per measurement, as progress counts them
     for impl, make in impls:
         row = dict(workload=name, op=op.function, impl=impl, channels=c,
                    bytes_forward=int(fwd_bytes), bytes_forward_backward=int(fb_bytes))
@@ -163,14 +158,18 @@ def bench_op(op, name: str, w: Workload, args):
             timers = (None, None)
             row["forward_error"] = row["forward_backward_error"] = _error(e)
         for key, fn, nbytes in zip(MEASURES, timers, (fwd_bytes, fb_bytes)):
+            progress.doing(f"{name} {op.function} {impl} {key.replace('_backward', '+backward')}")
             if fn is None:
+                progress.advance(calls)
                 continue
+            done = progress.done
             try:
                 row[f"{key}_ms"], row[f"{key}_first_call_ms"], row[f"{key}_calls"] = \
-                    median_ms(fn, args.repeats, args.budget)
+                    median_ms(fn, args.repeats, args.budget, progress)
                 row[f"{key}_gbps"] = nbytes / row[f"{key}_ms"] / 1e6
             except Exception as e:  # e.g. a peer out of memory: reported, the run goes on
                 row[f"{key}_error"] = _error(e)
+                progress.advance(done + calls - progress.done)
         rows.append(row)
     ours = next((r for r in rows if r["impl"] == OURS), {})
     for r in rows:
@@ -247,7 +246,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
                    help="features layout for the JAX implementations (torchvision: NCHW)")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON document on stdout (progress goes to stderr)")
+                   help="print one JSON document on stdout (the table goes to stderr)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (there is none either when stderr is not a terminal)")
 
 
 def run(args) -> int:
@@ -262,8 +263,12 @@ def run(args) -> int:
     log(f"jax_roialign {m['jax_roialign']}, jax {m['jax']}, backend {m['backend']}, kernels for: "
         f"{', '.join(m['kernels']) or 'none'}; {m['cpu']}, {m['cores']} cores; "
         f"median of {args.repeats} calls after a warm-up, ms")
+    log(f"the {OURS} rows run {path_taken(m['backend'])}")
+    problem = missing_kernels(m["backend"])
+    if problem:
+        log(f"WARNING: {problem}")
+    tv = import_torchvision() if TORCHVISION in args.peers else None
     if TORCHVISION in args.peers:
-        tv = import_torchvision()
         log("torchvision is not importable here: not timed" if tv is None else
             f"torchvision {tv[1].__version__} (torch {tv[0].__version__}, "
             f"{tv[0].get_num_threads()} threads; always NCHW)")
@@ -271,16 +276,19 @@ def run(args) -> int:
         f"faster). *: fewer than {args.repeats} calls, as the --budget of {args.budget:g} s ran "
         f"out; ~: the first call alone, compilation included")
     results = []
-    for name in workloads:
-        w = WORKLOADS[name]
-        log("")
-        log(describe(name, w, args))
-        log(HEADER)
-        for op in ops:
-            rows = bench_op(op, name, w, args)
-            for i, r in enumerate(rows):
-                log(format_row(r, i == 0, args.repeats))
-            results += rows
+    total = len(workloads) * sum(len(implementations(op, args.peers, tv is not None))
+                                 for op in ops) * len(MEASURES) * (1 + args.repeats)
+    with Progress(total, "bench", args.quiet) as progress:
+        for name in workloads:
+            w = WORKLOADS[name]
+            progress.log("", out)
+            progress.log(describe(name, w, args), out)
+            progress.log(HEADER, out)
+            for op in ops:
+                rows = bench_op(op, name, w, args, progress)
+                for i, r in enumerate(rows):
+                    progress.log(format_row(r, i == 0, args.repeats), out)
+                results += rows
     if args.json:
         print(json.dumps(dict(machine=m, repeats=args.repeats, budget_s=args.budget,
                               dtype=args.dtype, layout=args.layout,

@@ -83,8 +83,15 @@ def apply(op_name, features, rois, output_size, spatial_scale=1.0, sampling_rati
     features = jnp.asarray(features)
     size = _args.output_size(name, output_size, minimum=op.min_output)
     if op.position_sensitive and channels % (size[0] * size[1]):
+        # The one layout mistake the shapes reveal: the other layout's channel axis fits.
+        other, other_channels = (("NHWC", features.shape[3]) if layout == "NCHW"
+                                 else ("NCHW", features.shape[1]))
+        hint = (f"; the features look like {other} (axis {3 if other == 'NHWC' else 1} has "
+                f"{other_channels} channels): pass layout={other!r}"
+                if other_channels % (size[0] * size[1]) == 0 else "")
         raise ValueError(f"{name}: features must have a channel count divisible by "
-                         f"output_size[0] * output_size[1] = {size[0] * size[1]}, got {channels}")
+                         f"output_size[0] * output_size[1] = {size[0] * size[1]}, got {channels} "
+                         f"(layout {layout!r}){hint}")
     params = _params(op, name, size, (spatial_scale,), sampling_ratio, aligned, mode, layout,
                      deterministic)
     boxes = _args.rois(name, rois, num_images, features.dtype, op.box_coords, op.box_names)

@@ -212,9 +212,9 @@ def rois(op: str, rois, num_images: int, features_dtype, coords: int = 4,
         return Rois(jnp.asarray(rois, dtype), True)
     hint = ""
     if len(shape) == 2 and shape[1] == coords:
-        hint = (f"; for boxes of one image, add the batch column "
-                f"(jnp.concatenate([jnp.zeros((K, 1)), boxes], axis=1)) or pass them as "
-                f"(1, K, {coords})")
+        hint = (f"; (K, {coords}) boxes lack the batch index: for boxes of one image prepend a "
+                f"column of zeros, jnp.concatenate([jnp.zeros((K, 1)), boxes], axis=1), or "
+                f"pass them per image as (N, R, {coords}), e.g. boxes[None] for a batch of one")
     raise ValueError(f"{op}: rois must be (K, {coords + 1}) [batch_index, {names}], "
                      f"(N, R, {coords}) or a list of (R_n, {coords}), got shape "
                      f"{tuple(shape)}{hint}")

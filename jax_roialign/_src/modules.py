@@ -1,7 +1,9 @@
-"""What the framework modules (Flax, Haiku) share: one class per operator of the
+"""What the framework modules (Flax, Haiku, Equinox) share: one class per operator of the
 registry, named by its entry, configured by its function's parameters after
 ``(features, rois)`` (so a module cannot disagree with its function about an argument's
-name or default), with ``layout`` defaulting to NHWC, the frameworks' convention."""
+name or default), with ``layout`` defaulting to the framework's convention: NHWC for
+Flax and Haiku, whose convolutions are channels-last; NCHW for Equinox, whose are
+channels-first."""
 
 from __future__ import annotations
 
@@ -22,17 +24,19 @@ class ModuleSpec(NamedTuple):
     call_arguments: tuple        # per-call data, keyword arguments of __call__
 
 
-def config_parameters(fn, call_arguments=()) -> list[inspect.Parameter]:
+def config_parameters(fn, call_arguments=(), layout: str = DEFAULT_LAYOUT
+                      ) -> list[inspect.Parameter]:
     """The function's parameters after (features, rois), without the per-call ones, with
-    layout defaulting to NHWC."""
+    layout defaulting to `layout`."""
     params = list(inspect.signature(fn).parameters.values())[2:]
-    return [p.replace(default=DEFAULT_LAYOUT) if p.name == "layout" else p for p in params
+    return [p.replace(default=layout) if p.name == "layout" else p for p in params
             if p.name not in call_arguments]
 
 
-def specs() -> list[ModuleSpec]:
+def specs(layout: str = DEFAULT_LAYOUT) -> list[ModuleSpec]:
+    """One spec per registry entry, `layout` the default of the modules' `layout`."""
     return [ModuleSpec(op.module, op.function, FUNCTIONS[op.name],
-                       config_parameters(FUNCTIONS[op.name], op.call_arguments),
+                       config_parameters(FUNCTIONS[op.name], op.call_arguments, layout),
                        op.call_arguments) for op in OPERATORS if op.module]
 
 
