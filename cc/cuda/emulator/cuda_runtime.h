@@ -187,8 +187,9 @@ class Barrier {
 
 struct Warp {
   Barrier barrier;
-  unsigned lanes = 0;   // the block's threads in this warp
-  uint64_t slot[kWarp]; // one value per lane, exchanged between two barrier waits
+  unsigned lanes = 0;         // the block's threads in this warp
+  uint64_t slot[2][kWarp];    // one value per lane, in alternate exchanges
+  unsigned exchanges[kWarp] = {};  // per lane: exchanges it has entered
 };
 
 struct Block {
@@ -209,6 +210,17 @@ inline Warp& warp(unsigned mask, const Site& site) {
   const unsigned all = w.lanes == kWarp ? ~0u : (1u << w.lanes) - 1u;
   if (mask != all) fail("warp mask other than the warp's lanes (absent lanes are undefined)", site);
   return w;
+}
+
+// Every lane of the warp publishes `value` and, after the warp's barrier, sees
+// all lanes' values. The two slot arrays alternate: a lane rewrites one only
+// after the next exchange's barrier, which each lane reaches after reading it.
+inline const uint64_t* exchange(Warp& w, uint64_t value, const Site& site) {
+  const unsigned l = lane();
+  uint64_t* slots = w.slot[w.exchanges[l]++ % 2];
+  slots[l] = value;
+  w.barrier.wait(site);
+  return slots;
 }
 
 // n threads that run fn(i), i in [0, n), each on its own thread, and return
@@ -320,24 +332,21 @@ T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = int(jra_emu::
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(uint64_t), "shfl type");
   const jra_emu::Site site = JRA_EMU_HERE("__shfl_up_sync");
   if (width != int(jra_emu::kWarp)) jra_emu::fail("width other than 32", site);
-  jra_emu::Warp& w = jra_emu::warp(mask, site);
+  uint64_t bits = 0;
+  std::memcpy(&bits, &var, sizeof var);
+  const uint64_t* slots = jra_emu::exchange(jra_emu::warp(mask, site), bits, site);
   const unsigned lane = jra_emu::lane();
-  std::memcpy(&w.slot[lane], &var, sizeof var);
-  w.barrier.wait(site);
   T out = var;  // lanes below `delta` keep their own value
-  if (lane >= delta) std::memcpy(&out, &w.slot[lane - delta], sizeof out);
-  w.barrier.wait(site);  // every lane has read before a slot is rewritten
+  if (lane >= delta) std::memcpy(&out, &slots[lane - delta], sizeof out);
   return out;
 }
 
 inline unsigned __ballot_sync(unsigned mask, int predicate, JRA_EMU_CALLER) {
   const jra_emu::Site site = JRA_EMU_HERE("__ballot_sync");
   jra_emu::Warp& w = jra_emu::warp(mask, site);
-  w.slot[jra_emu::lane()] = predicate != 0;
-  w.barrier.wait(site);
+  const uint64_t* slots = jra_emu::exchange(w, predicate != 0, site);
   unsigned bits = 0;
-  for (unsigned l = 0; l < w.lanes; ++l) bits |= unsigned(w.slot[l]) << l;
-  w.barrier.wait(site);
+  for (unsigned l = 0; l < w.lanes; ++l) bits |= unsigned(slots[l]) << l;
   return bits;
 }
 
