@@ -243,7 +243,8 @@ def test_emulator_launch_failure_is_an_error():
     f, rois = jnp.ones((1, 2, 5, 5)), jnp.asarray([[0, 1., 1., 3., 3.]])
     previous = EMULATOR.shared_memory_limit(1024)
     try:
-        with pytest.raises(Exception, match="CUDA forward failed: cudaErrorInvalidValue"):
+        with pytest.raises(jax.errors.JaxRuntimeError,
+                           match="CUDA forward failed: cudaErrorInvalidValue"):
             target(lambda f, r: jra.roi_align(f, r, 2), f, rois)
     finally:
         EMULATOR.shared_memory_limit(previous)

@@ -32,6 +32,7 @@
 // Standard headers first: <memory> spells __attribute__((__noinline__)),
 // which the macro below would break.
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -145,8 +146,11 @@ inline void wake_all(std::atomic<uint32_t>& word) {
           nullptr, 0);
 }
 // Returns once `word` differs from `value` (acquiring); with a `site`, a wait
-// longer than kDeadlock is reported as a deadlock there.
+// longer than kDeadlock is reported as a deadlock there. Yielding twice before
+// sleeping lets the group's other threads arrive without a wake-up each
+// (about twice as fast with 256 threads on 2 cores).
 inline void wait_while(std::atomic<uint32_t>& word, uint32_t value, const Site* site = nullptr) {
+  for (int i = 0; i < 2 && word.load(std::memory_order_acquire) == value; ++i) sched_yield();
   const auto deadline = std::chrono::steady_clock::now() + kDeadlock;
   const timespec second{1, 0};
   while (word.load(std::memory_order_acquire) == value) {
