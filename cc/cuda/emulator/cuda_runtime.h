@@ -146,9 +146,9 @@ inline void wake_all(std::atomic<uint32_t>& word) {
           nullptr, 0);
 }
 // Returns once `word` differs from `value` (acquiring); with a `site`, a wait
-// longer than kDeadlock is reported as a deadlock there. Yielding twice before
-// sleeping lets the group's other threads arrive without a wake-up each
-// (about twice as fast with 256 threads on 2 cores).
+// longer than kDeadlock is reported as a deadlock there. Yielding twice first
+// lets the group's other threads arrive, so that a waiter often sees the round
+// end without sleeping (barriers twice as fast, 256 threads on 2 cores).
 inline void wait_while(std::atomic<uint32_t>& word, uint32_t value, const Site* site = nullptr) {
   for (int i = 0; i < 2 && word.load(std::memory_order_acquire) == value; ++i) sched_yield();
   const auto deadline = std::chrono::steady_clock::now() + kDeadlock;
