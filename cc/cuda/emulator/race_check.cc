@@ -1,7 +1,8 @@
 // ThreadSanitizer's check of the CUDA kernels on the emulator, without Python
 // (whose uninstrumented jaxlib floods TSan with false reports): the forward,
 // the atomic and the deterministic backward (its tiles, ballots and barriers)
-// and the box gradient, on a few float32 shapes, each result compared with
+// and the box gradient, on a few float32 shapes and operators (a rotated, a
+// crop, a three-level pyramid among them), each result compared with
 // the CPU kernels' (bit for bit where the two add in the same order). .ci/run
 // builds it with -fsanitize=thread and runs it: a race is a report, and the
 // exit status 66.
@@ -37,44 +38,74 @@ bool same(const std::vector<float>& a, const std::vector<float>& b, float tol) {
   return true;
 }
 
-void check(Op op, PoolMode mode, Layout layout) {
+// One call of every kernel on `levels` feature levels (each roi its own level).
+void check(Op op, PoolMode mode, Layout layout, int64_t levels = 1) {
   RoiCall s{};
   s.op = op;
   s.mode = mode;
   s.layout = layout;
-  s.N = 2, s.H = 30, s.W = 36, s.PH = 4, s.PW = 3, s.K = 16, s.R = 0;
+  s.N = 2, s.PH = 4, s.PW = 3, s.K = 16, s.R = 0, s.per_image = false;
   s.C = position_sensitive(op) ? 3 * s.PH * s.PW : 40;
   s.Cout = position_sensitive(op) ? 3 : s.C;
-  s.spatial_scale = 0.5, s.sampling_ratio = -1, s.aligned = true;
-  std::mt19937 rng(int(op) * 4 + int(mode) * 2 + int(layout));
-  std::uniform_real_distribution<float> u(-1, 1), x(-10, 80), y(-10, 70);
-  std::vector<float> f(size_t(s.N * s.C * s.H * s.W)), rois(size_t(s.K * 5));
-  for (float& v : f) v = u(rng);
-  for (int64_t k = 0; k < s.K; ++k) {
-    float* r = &rois[size_t(k * 5)];
-    r[0] = float(k % s.N), r[1] = x(rng), r[2] = y(rng), r[3] = r[1] + 40 * (u(rng) + 1),
-    r[4] = r[2] + 30 * (u(rng) + 1);
+  s.sampling_ratio = -1, s.aligned = true, s.radians = false, s.fill = 0.5;
+  s.L = levels, s.has_levels = levels > 1;
+  for (int64_t l = 0; l < levels; ++l) s.level[l] = Level{30 >> l, 36 >> l, 0.5 / double(1 << l)};
+  std::mt19937 rng(int(op) * 8 + int(mode) * 4 + int(layout) * 2 + int(levels));
+  std::uniform_real_distribution<float> u(-1, 1), x(-10, 80), y(-10, 70), angle(-180, 180);
+  const int64_t stride = s.coords() + 1;
+  std::vector<std::vector<float>> f(static_cast<size_t>(levels));
+  for (int64_t l = 0; l < levels; ++l) {
+    f[size_t(l)].resize(size_t(s.level_size(l)));
+    for (float& v : f[size_t(l)]) v = u(rng);
   }
+  std::vector<float> rois(size_t(s.K * stride));
+  std::vector<int32_t> level_of(size_t(levels > 1 ? s.K : 0));
+  for (int64_t k = 0; k < s.K; ++k) {
+    float* r = &rois[size_t(k * stride)];
+    r[0] = float(k % s.N);
+    const float x1 = x(rng), y1 = y(rng), w = 40 * (u(rng) + 1), h = 30 * (u(rng) + 1);
+    if (op == Op::kRoiAlignRotated) {
+      r[1] = x1 + w / 2, r[2] = y1 + h / 2, r[3] = w, r[4] = h, r[5] = angle(rng);
+    } else if (op == Op::kCropAndResize) {  // normalised [y1, x1, y2, x2]
+      r[1] = y1 / 60, r[2] = x1 / 72, r[3] = (y1 + h) / 60, r[4] = (x1 + w) / 72;
+    } else {
+      r[1] = x1, r[2] = y1, r[3] = x1 + w, r[4] = y1 + h;
+    }
+    if (levels > 1) level_of[size_t(k)] = int32_t(k % (levels + 1)) - (k % 7 == 3);  // some -1
+  }
+  const int32_t* lv = level_of.empty() ? nullptr : level_of.data();
   const size_t n_out = size_t(s.K * s.Cout * s.bins());
-  std::vector<float> out(n_out), out2(n_out), ct(n_out), grad(f.size()), grad2(f.size()),
-      boxes(rois.size()), boxes2(rois.size());
+  std::vector<float> out(n_out), out2(n_out), ct(n_out), boxes(rois.size()), boxes2(rois.size());
+  std::vector<std::vector<float>> grad(f.size()), grad2(f.size());
   std::vector<int32_t> win(n_out), win2(n_out);
   for (float& v : ct) v = u(rng);
+  const float* fp[kMaxLevels] = {};
+  float* gp[kMaxLevels] = {};
+  cuda::Levels<const float> fl{};
+  cuda::Levels<float> gl{};
+  for (size_t l = 0; l < f.size(); ++l) {
+    grad[l].assign(f[l].size(), 0.0f);
+    grad2[l].assign(f[l].size(), 0.0f);
+    fp[l] = fl.data[l] = f[l].data();
+    gp[l] = grad[l].data();
+    gl.data[l] = grad2[l].data();
+  }
 
-  Cpu::forward(s, f.data(), rois.data(), out.data(), win.data(), nullptr, 0, s.K, 0, s.Cout);
-  expect(Cuda::forward(s, f.data(), rois.data(), out2.data(), win2.data(), nullptr) == 0 &&
+  Cpu::forward(s, fp, rois.data(), lv, out.data(), win.data(), nullptr, false, 0, s.K, 0, s.Cout);
+  expect(Cuda::forward(s, fl, rois.data(), lv, out2.data(), win2.data(), nullptr) == 0 &&
              out == out2 && (mode == PoolMode::kAvg || win == win2),
          "forward", s);
-  Cpu::backward_features(s, ct.data(), rois.data(), win.data(), grad.data(), 0, s.Cout);
+  Cpu::backward_features(s, ct.data(), rois.data(), lv, win.data(), gp, 0, s.Cout);
   for (bool deterministic : {true, false}) {
-    expect(Cuda::backward_features(s, ct.data(), rois.data(), win.data(), grad2.data(),
-                                   deterministic, nullptr) == 0 &&
-               (deterministic ? grad == grad2 : same(grad2, grad, 1e-5f)),
-           deterministic ? "deterministic backward" : "atomic backward", s);
+    bool ok = Cuda::backward_features(s, ct.data(), rois.data(), lv, win.data(), gl,
+                                      deterministic, nullptr) == 0;
+    for (size_t l = 0; l < f.size(); ++l)
+      ok = ok && (deterministic ? grad[l] == grad2[l] : same(grad2[l], grad[l], 1e-5f));
+    expect(ok, deterministic ? "deterministic backward" : "atomic backward", s);
   }
   if (!has_box_derivative(op)) return;
-  Cpu::backward_boxes(s, f.data(), rois.data(), ct.data(), win.data(), boxes.data(), 0, s.K);
-  expect(Cuda::backward_boxes(s, f.data(), rois.data(), ct.data(), win.data(), boxes2.data(),
+  Cpu::backward_boxes(s, fp, rois.data(), lv, ct.data(), win.data(), boxes.data(), 0, s.K);
+  expect(Cuda::backward_boxes(s, fl, rois.data(), lv, ct.data(), win.data(), boxes2.data(),
                               nullptr) == 0 &&
              same(boxes2, boxes, 1e-5f),
          "backward_boxes", s);
@@ -87,6 +118,9 @@ int main() {
     check(Op::kRoiAlign, PoolMode::kAvg, layout);
     check(Op::kRoiAlign, PoolMode::kMax, layout);
     check(Op::kPsRoiPool, PoolMode::kAvg, layout);
+    check(Op::kRoiAlignRotated, PoolMode::kAvg, layout);
+    check(Op::kCropAndResize, PoolMode::kAvg, layout);
+    check(Op::kRoiAlign, PoolMode::kMax, layout, 3);  // a pyramid
   }
   std::printf("race_check: %s\n", failures ? "FAILED" : "ok");
   return failures ? 1 : 0;
