@@ -34,120 +34,235 @@ struct AxisPair {
 template <typename G>
 union RoiGeometry {
   AxisPair<AxisGeometry<G>> align;   // roi_align, ps_roi_align
+  AxisPair<PoolAxis<G>> pool;        // roi_pool, ps_roi_pool
   AxisPair<LegacyAxis<G>> legacy;    // legacy
   RotatedGeometry<G> rotated;        // roi_align_rotated
   AxisPair<CropAxis<G>> crop;        // crop_and_resize
 };
 
+// One roi's sampler: its geometry (computed once), and per bin its windows,
+// taps and samples. Every operator but roi_align_rotated is separable: a
+// sample's taps are a y tap (from the bin row and the y entry) and an x tap
+// (from the bin column and the x entry), so a platform may compute the taps
+// per axis and combine them per sample (the CPU plan does).
 template <typename G>
-struct BinSampler {
+struct RoiSampler {
   Op op;
   int64_t image;       // -1: invalid roi (zeros, no gradient)
   int64_t level;       // the roi's feature level
-  int64_t ph, pw;      // the bin
   int64_t H, W;        // the level's extent
-  GridAxis gy, gx;     // the samples along y and x, as enumerated
-  int64_t outside_from;  // max: enumerated row from which an implicit 0 precedes
-  double divisor;      // avg: the sum is divided by this; max: 1
-  bool weighted;       // avg: an entry's multiplicity scales its weights
+  int64_t sampling_ratio;
+  bool avg;            // avg mode: a divisor, and a chunk's multiplicity scales its taps
   RoiGeometry<G> geo;
 
-  JRA_HD int64_t count() const { return gy.count * gx.count; }
-  // Enumerated row of sample i (for outside_from).
-  JRA_HD int64_t row(int64_t i) const { return i / gx.count; }
-  // Whether the bin's implicit-0 sample precedes sample i in grid order.
-  JRA_HD bool outside_precedes(int64_t i) const {
-    return outside_from != kNever && row(i) >= outside_from;
+  JRA_HD bool valid() const { return image >= 0; }
+  JRA_HD bool separable() const { return op != Op::kRoiAlignRotated; }
+
+  // The in-window entries of bin p along `axis` (0: y, 1: x), bounded as
+  // sample_grid.h says.
+  JRA_HD GridAxis window(int axis, int64_t p) const {
+    const int64_t extent = axis == 0 ? H : W;
+    switch (op) {
+      case Op::kRoiAlign:
+      case Op::kPsRoiAlign: {
+        GridAxis g = (axis == 0 ? geo.align.y : geo.align.x).window(p);
+        g.limit(sample_bound(sampling_ratio, extent));
+        return g;
+      }
+      case Op::kRoiPool:
+      case Op::kPsRoiPool: {
+        int64_t lo = 0, hi = 0;
+        (axis == 0 ? geo.pool.y : geo.pool.x).cells(p, &lo, &hi);
+        return hi > lo ? GridAxis{lo, hi - lo, hi - lo} : GridAxis{};
+      }
+      case Op::kLegacy:
+      case Op::kLegacyAvg:
+      case Op::kLegacyMax: {  // the in-window nodes of the span from p (positions are monotone)
+        const LegacyAxis<G>& l = axis == 0 ? geo.legacy.y : geo.legacy.x;
+        const int64_t span = legacy_span(op);
+        int64_t lo = span, hi = 0;
+        for (int64_t d = 0; d < span; ++d)
+          if (l.in_window(l.position(p + d))) { lo = lo < d ? lo : d; hi = d + 1; }
+        return hi > lo ? GridAxis{lo, hi - lo, hi - lo} : GridAxis{};
+      }
+      case Op::kRoiAlignRotated: {
+        int64_t i0 = 0, i1 = 0;
+        geo.rotated.candidates(axis, p, &i0, &i1);
+        GridAxis g{i0, i1 - i0, i1 - i0};
+        g.limit(sample_bound(sampling_ratio, H + W));
+        return g;
+      }
+      case Op::kCropAndResize:
+      case Op::kCropAndResizeNearest: {
+        const CropAxis<G>& c = axis == 0 ? geo.crop.y : geo.crop.x;
+        return c.in_window(c.position(p)) ? GridAxis{0, 1, 1} : GridAxis{};
+      }
+    }
+    return GridAxis{};
   }
 
-  // Sample i (row-major over the enumerated entries); its slopes if asked.
-  JRA_HD Sample<G> sample(int64_t i, SampleSlopes<G>* d = nullptr) const {
-    const int64_t a = i / gx.count, b = i - a * gx.count;
-    const int64_t iy = gy.index(a), ix = gx.index(b);
-    AxisTap<G> ty, tx;
-    if (d) {
-      for (int64_t j = 0; j < kMaxBoxCoords; ++j) d->dpos[0][j] = d->dpos[1][j] = G(0);
+  // Max mode: the enumerated row from which the bin's implicit 0 precedes
+  // (sample_grid.h), for the bin's windows gy, gx.
+  JRA_HD int64_t outside_from(const GridAxis& gy, const GridAxis& gx) const {
+    switch (op) {
+      case Op::kRoiAlign:
+      case Op::kPsRoiAlign:
+        return outside_precedes_from(geo.align.y.grid, geo.align.x.grid, gy.lo, gy.lo + gy.n,
+                                     gx.lo, gx.lo + gx.n);
+      case Op::kLegacy:
+      case Op::kLegacyAvg:
+      case Op::kLegacyMax: {
+        const int64_t span = legacy_span(op);
+        return outside_precedes_from(span, span, gy.lo, gy.lo + gy.n, gx.lo, gx.lo + gx.n);
+      }
+      case Op::kRoiPool:
+      case Op::kPsRoiPool:
+      case Op::kRoiAlignRotated:
+      case Op::kCropAndResize:
+      case Op::kCropAndResizeNearest:
+        return kNever;
     }
-    G* dy_pos = d ? d->dpos[0] : nullptr;  // d(sample y)/d(coordinates)
-    G* dx_pos = d ? d->dpos[1] : nullptr;
+    return kNever;
+  }
+
+  // Avg mode: what the bin's sum is divided by; max mode: 1.
+  JRA_HD double divisor(const GridAxis& gy, const GridAxis& gx) const {
+    if (!avg) return 1.0;
+    switch (op) {
+      case Op::kRoiAlign:
+      case Op::kPsRoiAlign: {  // max(gh * gw, 1), rounded to G as torchvision's `count` is
+        const double n = double(geo.align.y.grid) * double(geo.align.x.grid);
+        return double(G(n > 1 ? n : 1));
+      }
+      case Op::kRoiPool:
+      case Op::kPsRoiPool: {
+        const int64_t n = gy.count * gx.count;
+        return n > 0 ? double(G(n)) : 1.0;
+      }
+      case Op::kLegacy:
+      case Op::kLegacyAvg:
+      case Op::kLegacyMax:
+        return double(legacy_span(op) * legacy_span(op));
+      case Op::kRoiAlignRotated: {
+        const double n = double(geo.rotated.grid_h) * double(geo.rotated.grid_w);
+        return double(G(n > 1 ? n : 1));
+      }
+      case Op::kCropAndResize:
+      case Op::kCropAndResizeNearest:
+        return 1.0;
+    }
+    return 1.0;
+  }
+
+  // Separable operators: the tap of entry j of window g of bin p along
+  // `axis`, and, when `dpos` is given, d(sample position)/d(coordinate) for
+  // every box coordinate.
+  JRA_HD AxisTap<G> tap(int axis, int64_t p, const GridAxis& g, int64_t j, G* dpos) const {
+    if (dpos)
+      for (int64_t c = 0; c < kMaxBoxCoords; ++c) dpos[c] = G(0);
+    const int64_t i = g.index(j);
+    const int64_t extent = axis == 0 ? H : W;
+    // The coordinate slots of the axis's low and high corners: (x1, y1, x2, y2)
+    // boxes, TensorFlow's (y1, x1, y2, x2) crops.
+    const int lo = axis == 0 ? 1 : 0, hi = lo + 2;
+    const int crop_lo = 1 - lo, crop_hi = crop_lo + 2;
+    AxisTap<G> t{};
     switch (op) {
       case Op::kRoiPool:
       case Op::kPsRoiPool:
+        return cell_tap<G>(i);
       case Op::kCropAndResizeNearest: {
-        if (d) *d = SampleSlopes<G>{};
-        if (op != Op::kCropAndResizeNearest) return cell_sample<G>(iy, ix, W);
-        const CropAxis<G>& cy = geo.crop.y;
-        const CropAxis<G>& cx = geo.crop.x;
-        return cell_sample<G>(cy.nearest(cy.position(ph)), cx.nearest(cx.position(pw)), W);
+        const CropAxis<G>& c = axis == 0 ? geo.crop.y : geo.crop.x;
+        return cell_tap<G>(c.nearest(c.position(p)));
       }
       case Op::kRoiAlign:
       case Op::kPsRoiAlign: {
-        const AxisGeometry<G>& ay = geo.align.y;
-        const AxisGeometry<G>& ax = geo.align.x;
-        ty = axis_tap(ay.position(ph, iy), H);
-        tx = axis_tap(ax.position(pw, ix), W);
-        if (d) {  // (x1, y1, x2, y2)
-          ay.position_derivative(ph, iy, &dy_pos[1], &dy_pos[3]);
-          ax.position_derivative(pw, ix, &dx_pos[0], &dx_pos[2]);
-        }
+        const AxisGeometry<G>& a = axis == 0 ? geo.align.y : geo.align.x;
+        t = axis_tap(a.position(p, i), extent);
+        if (dpos) a.position_derivative(p, i, &dpos[lo], &dpos[hi]);
         break;
       }
       case Op::kLegacy:
       case Op::kLegacyAvg:
-      case Op::kLegacyMax: {  // lattice node (ph + iy, pw + ix)
-        const LegacyAxis<G>& ly = geo.legacy.y;
-        const LegacyAxis<G>& lx = geo.legacy.x;
-        ty = ly.tap(ly.position(ph + iy));
-        tx = lx.tap(lx.position(pw + ix));
-        if (d) {
-          ly.position_derivative(ph + iy, &dy_pos[1], &dy_pos[3]);
-          lx.position_derivative(pw + ix, &dx_pos[0], &dx_pos[2]);
-        }
+      case Op::kLegacyMax: {  // lattice node p + i
+        const LegacyAxis<G>& l = axis == 0 ? geo.legacy.y : geo.legacy.x;
+        t = l.tap(l.position(p + i));
+        if (dpos) l.position_derivative(p + i, &dpos[lo], &dpos[hi]);
         break;
       }
-      case Op::kRoiAlignRotated: {
-        const RotatedGeometry<G>& r = geo.rotated;
-        const G yy = r.yy(ph, iy), xx = r.xx(pw, ix);
-        const G y = r.y_of(yy, xx), x = r.x_of(yy, xx);
-        if (!r.in_window(y, x)) {
-          if (d) *d = SampleSlopes<G>{};
-          return empty_sample<G>();
-        }
-        ty = axis_tap(y, H);
-        tx = axis_tap(x, W);
-        if (d) {  // (cx, cy, w, h, angle)
-          const G fy = (G(ph) + (G(iy) + G(0.5)) / G(r.grid_h)) / G(r.PH) - G(0.5);
-          const G fx = (G(pw) + (G(ix) + G(0.5)) / G(r.grid_w)) / G(r.PW) - G(0.5);
-          const G dyy_dh = r.h_clamped ? G(0) : r.scale * fy;  // d yy / d h
-          const G dxx_dw = r.w_clamped ? G(0) : r.scale * fx;  // d xx / d w
-          dy_pos[1] = r.scale;
-          dy_pos[2] = -r.sin_t * dxx_dw;
-          dy_pos[3] = r.cos_t * dyy_dh;
-          dy_pos[4] = (-yy * r.sin_t - xx * r.cos_t) * r.dtheta;
-          dx_pos[0] = r.scale;
-          dx_pos[2] = r.cos_t * dxx_dw;
-          dx_pos[3] = r.sin_t * dyy_dh;
-          dx_pos[4] = (yy * r.cos_t - xx * r.sin_t) * r.dtheta;
-        }
+      case Op::kCropAndResize: {
+        const CropAxis<G>& c = axis == 0 ? geo.crop.y : geo.crop.x;
+        t = c.tap(c.position(p));
+        if (dpos) c.position_derivative(p, &dpos[crop_lo], &dpos[crop_hi]);
         break;
       }
-      case Op::kCropAndResize: {  // one sample per bin; (y1, x1, y2, x2)
-        const CropAxis<G>& cy = geo.crop.y;
-        const CropAxis<G>& cx = geo.crop.x;
-        ty = cy.tap(cy.position(ph));
-        tx = cx.tap(cx.position(pw));
-        if (d) {
-          cy.position_derivative(ph, &dy_pos[0], &dy_pos[2]);
-          cx.position_derivative(pw, &dx_pos[1], &dx_pos[3]);
-          weight_slopes(ty, tx, d->dy, d->dx);
-        }
+      case Op::kRoiAlignRotated:  // not separable: sample() handles it
+        break;
+    }
+    if (avg && g.chunked()) scale_tap(&t, G(g.multiplicity(j)));
+    return t;
+  }
+
+  // Separable operators: the sample of taps ty, tx; its weight slopes if asked
+  // (d->dpos is the caller's, from tap()).
+  JRA_HD Sample<G> combine(const AxisTap<G>& ty, const AxisTap<G>& tx, SampleSlopes<G>* d) const {
+    switch (op) {
+      case Op::kRoiPool:
+      case Op::kPsRoiPool:
+      case Op::kCropAndResizeNearest:  // piecewise constant: no slopes
+        if (d) zero_weight_slopes(d);
+        return cell_sample<G>(ty.low, tx.low, W);
+      case Op::kCropAndResize:
+        if (d) weight_slopes(ty, tx, d->dy, d->dx);
         return lerp_sample(ty, tx, W);
-      }
+      case Op::kRoiAlign:
+      case Op::kPsRoiAlign:
+      case Op::kLegacy:
+      case Op::kLegacyAvg:
+      case Op::kLegacyMax:
+      case Op::kRoiAlignRotated:
+        break;
     }
-    if (weighted && (gy.chunked() || gx.chunked())) {
-      scale_tap(&ty, G(gy.multiplicity(a)));
-      scale_tap(&tx, G(gx.multiplicity(b)));
+    if (d) weight_slopes(ty, tx, d->dy, d->dx);
+    return make_sample(ty, tx, W);
+  }
+
+  // Sample i (row-major over the enumerated entries of windows gy, gx) of bin
+  // (ph, pw); its slopes if asked.
+  JRA_HD Sample<G> sample(int64_t ph, int64_t pw, const GridAxis& gy, const GridAxis& gx,
+                          int64_t i, SampleSlopes<G>* d) const {
+    const int64_t a = i / gx.count, b = i - a * gx.count;
+    if (separable()) {
+      const AxisTap<G> ty = tap(0, ph, gy, a, d ? d->dpos[0] : nullptr);
+      const AxisTap<G> tx = tap(1, pw, gx, b, d ? d->dpos[1] : nullptr);
+      return combine(ty, tx, d);
     }
+    const int64_t iy = gy.index(a), ix = gx.index(b);
+    const RotatedGeometry<G>& r = geo.rotated;
+    if (d) *d = SampleSlopes<G>{};
+    const G yy = r.yy(ph, iy), xx = r.xx(pw, ix);
+    const G y = r.y_of(yy, xx), x = r.x_of(yy, xx);
+    if (!r.in_window(y, x)) return empty_sample<G>();
+    AxisTap<G> ty = axis_tap(y, H);
+    AxisTap<G> tx = axis_tap(x, W);
+    if (d) {  // (cx, cy, w, h, angle)
+      G* dy_pos = d->dpos[0];
+      G* dx_pos = d->dpos[1];
+      const G fy = (G(ph) + (G(iy) + G(0.5)) / G(r.grid_h)) / G(r.PH) - G(0.5);
+      const G fx = (G(pw) + (G(ix) + G(0.5)) / G(r.grid_w)) / G(r.PW) - G(0.5);
+      const G dyy_dh = r.h_clamped ? G(0) : r.scale * fy;  // d yy / d h
+      const G dxx_dw = r.w_clamped ? G(0) : r.scale * fx;  // d xx / d w
+      dy_pos[1] = r.scale;
+      dy_pos[2] = -r.sin_t * dxx_dw;
+      dy_pos[3] = r.cos_t * dyy_dh;
+      dy_pos[4] = (-yy * r.sin_t - xx * r.cos_t) * r.dtheta;
+      dx_pos[0] = r.scale;
+      dx_pos[2] = r.cos_t * dxx_dw;
+      dx_pos[3] = r.sin_t * dyy_dh;
+      dx_pos[4] = (yy * r.cos_t - xx * r.sin_t) * r.dtheta;
+    }
+    if (avg && gy.chunked()) scale_tap(&ty, G(gy.multiplicity(a)));
+    if (avg && gx.chunked()) scale_tap(&tx, G(gx.multiplicity(b)));
     if (d) weight_slopes(ty, tx, d->dy, d->dx);
     return make_sample(ty, tx, W);
   }
@@ -158,119 +273,125 @@ struct BinSampler {
     t->w_high *= m;
     t->slope *= m;
   }
+
+  JRA_HD static void zero_weight_slopes(SampleSlopes<G>* d) {
+    for (int j = 0; j < 4; ++j) d->dy[j] = d->dx[j] = G(0);
+  }
 };
 
+// The sampler of one bin: its roi's, with the bin's windows.
 template <typename G>
-JRA_HD BinSampler<G> bin_sampler(const RoiCall& s, const G* rois, const int32_t* levels,
-                                 int64_t k, int64_t bin) {
-  BinSampler<G> b{};
-  b.op = s.op;
-  b.level = roi_level(s, levels, k);
-  b.image = b.level < 0 ? -1 : roi_image(s, rois, k);
-  b.ph = bin / s.PW;
-  b.pw = bin % s.PW;
-  b.outside_from = kNever;
-  b.divisor = 1.0;
-  b.weighted = s.mode == PoolMode::kAvg;
-  if (b.image < 0) return b;
-  const Level& lv = s.level[b.level];
-  if (lv.H <= 0 || lv.W <= 0) {  // an empty map: nothing to read, zeros
-    b.image = -1;
-    return b;
+struct BinSampler : RoiSampler<G> {
+  int64_t ph, pw;        // the bin
+  GridAxis gy, gx;       // the samples along y and x, as enumerated
+  int64_t outside_from;  // max: enumerated row from which an implicit 0 precedes
+  double divisor;        // avg: the sum is divided by this; max: 1
+
+  JRA_HD int64_t count() const { return gy.count * gx.count; }
+  // Enumerated row of sample i (for outside_from).
+  JRA_HD int64_t row(int64_t i) const { return i / gx.count; }
+  // Whether the bin's implicit-0 sample precedes sample i in grid order.
+  JRA_HD bool outside_precedes(int64_t i) const {
+    return outside_from != kNever && row(i) >= outside_from;
   }
-  b.H = lv.H;
-  b.W = lv.W;
+  // Sample i (row-major over the enumerated entries); its slopes if asked.
+  JRA_HD Sample<G> sample(int64_t i, SampleSlopes<G>* d = nullptr) const {
+    return RoiSampler<G>::sample(ph, pw, gy, gx, i, d);
+  }
+};
+
+// Roi k's sampler (invalid: image -1, for a bad batch index, level or
+// coordinates, or an empty map).
+template <typename G>
+JRA_HD RoiSampler<G> roi_sampler(const RoiCall& s, const G* rois, const int32_t* levels,
+                                 int64_t k) {
+  RoiSampler<G> r{};
+  r.op = s.op;
+  r.level = roi_level(s, levels, k);
+  r.image = r.level < 0 ? -1 : roi_image(s, rois, k);
+  r.sampling_ratio = s.sampling_ratio;
+  r.avg = s.mode == PoolMode::kAvg;
+  if (r.image < 0) return r;
+  const Level& lv = s.level[r.level];
+  if (lv.H <= 0 || lv.W <= 0) {  // an empty map: nothing to read, zeros
+    r.image = -1;
+    return r;
+  }
+  r.H = lv.H;
+  r.W = lv.W;
   const G* c = roi_coords(s, rois, k);
-  const bool avg = s.mode == PoolMode::kAvg;
-  auto invalid = [&]() {
-    b.image = -1;
-    return b;
-  };
+  bool valid = true;
   switch (s.op) {
     case Op::kRoiAlign:
     case Op::kPsRoiAlign: {
-      AxisGeometry<G>& ay = b.geo.align.y;
-      AxisGeometry<G>& ax = b.geo.align.x;
-      ay = axis_geometry(c[1], c[3], lv.scale, s.aligned, s.sampling_ratio, s.PH, lv.H);
-      ax = axis_geometry(c[0], c[2], lv.scale, s.aligned, s.sampling_ratio, s.PW, lv.W);
-      if (!ay.valid || !ax.valid) return invalid();
-      b.gy = ay.window(b.ph);
-      b.gx = ax.window(b.pw);
-      b.outside_from = outside_precedes_from(ay.grid, ax.grid, b.gy.lo, b.gy.lo + b.gy.n,
-                                             b.gx.lo, b.gx.lo + b.gx.n);
-      b.gy.limit(sample_bound(s.sampling_ratio, lv.H));
-      b.gx.limit(sample_bound(s.sampling_ratio, lv.W));
-      // max(gh * gw, 1), rounded to G as torchvision's `count` is.
-      const double n = double(ay.grid) * double(ax.grid);
-      if (avg) b.divisor = double(G(n > 1 ? n : 1));
+      AxisPair<AxisGeometry<G>>& a = r.geo.align;
+      a.y = axis_geometry(c[1], c[3], lv.scale, s.aligned, s.sampling_ratio, s.PH, lv.H);
+      a.x = axis_geometry(c[0], c[2], lv.scale, s.aligned, s.sampling_ratio, s.PW, lv.W);
+      valid = a.y.valid && a.x.valid;
       break;
     }
     case Op::kRoiPool:
     case Op::kPsRoiPool: {
       const bool ps = position_sensitive(s.op);
-      const PoolAxis<G> py = pool_axis(c[1], c[3], lv.scale, ps, s.PH, lv.H);
-      const PoolAxis<G> px = pool_axis(c[0], c[2], lv.scale, ps, s.PW, lv.W);
-      if (!py.valid || !px.valid) return invalid();
-      int64_t y0 = 0, y1 = 0, x0 = 0, x1 = 0;
-      py.cells(b.ph, &y0, &y1);
-      px.cells(b.pw, &x0, &x1);
-      const bool empty = y1 <= y0 || x1 <= x0;
-      b.gy = GridAxis{y0, empty ? 0 : y1 - y0, empty ? 0 : y1 - y0};
-      b.gx = GridAxis{x0, empty ? 0 : x1 - x0, empty ? 0 : x1 - x0};
-      if (avg && b.count() > 0) b.divisor = double(G(b.count()));
+      AxisPair<PoolAxis<G>>& a = r.geo.pool;
+      a.y = pool_axis(c[1], c[3], lv.scale, ps, s.PH, lv.H);
+      a.x = pool_axis(c[0], c[2], lv.scale, ps, s.PW, lv.W);
+      valid = a.y.valid && a.x.valid;
       break;
     }
     case Op::kLegacy:
     case Op::kLegacyAvg:
-    case Op::kLegacyMax: {  // the span x span lattice nodes from (ph, pw)
-      const int64_t span = legacy_span(s.op);
-      LegacyAxis<G>& ly = b.geo.legacy.y;
-      LegacyAxis<G>& lx = b.geo.legacy.x;
-      ly = legacy_axis(c[1], c[3], lv.scale, legacy_nodes(s.op, s.PH), lv.H);
-      lx = legacy_axis(c[0], c[2], lv.scale, legacy_nodes(s.op, s.PW), lv.W);
-      if (!ly.valid || !lx.valid) return invalid();
-      // In-window nodes of the span form a rectangle (positions are monotone).
-      int64_t ylo = span, yhi = 0, xlo = span, xhi = 0;
-      for (int64_t d = 0; d < span; ++d) {
-        if (ly.in_window(ly.position(b.ph + d))) { ylo = ylo < d ? ylo : d; yhi = d + 1; }
-        if (lx.in_window(lx.position(b.pw + d))) { xlo = xlo < d ? xlo : d; xhi = d + 1; }
-      }
-      const bool empty = yhi <= ylo || xhi <= xlo;
-      b.gy = GridAxis{empty ? 0 : ylo, empty ? 0 : yhi - ylo, empty ? 0 : yhi - ylo};
-      b.gx = GridAxis{empty ? 0 : xlo, empty ? 0 : xhi - xlo, empty ? 0 : xhi - xlo};
-      b.outside_from = outside_precedes_from(span, span, ylo, yhi, xlo, xhi);
-      if (avg) b.divisor = double(span * span);
+    case Op::kLegacyMax: {
+      AxisPair<LegacyAxis<G>>& a = r.geo.legacy;
+      a.y = legacy_axis(c[1], c[3], lv.scale, legacy_nodes(s.op, s.PH), lv.H);
+      a.x = legacy_axis(c[0], c[2], lv.scale, legacy_nodes(s.op, s.PW), lv.W);
+      valid = a.y.valid && a.x.valid;
       break;
     }
-    case Op::kRoiAlignRotated: {
-      RotatedGeometry<G>& r = b.geo.rotated;
-      r = rotated_geometry(c, lv.scale, s.aligned, s.radians, s.sampling_ratio, s.PH, s.PW,
-                           lv.H, lv.W);
-      if (!r.valid) return invalid();
-      int64_t iy0, iy1, ix0, ix1;
-      r.candidates(b.ph, b.pw, &iy0, &iy1, &ix0, &ix1);
-      b.gy = GridAxis{iy0, iy1 - iy0, iy1 - iy0};
-      b.gx = GridAxis{ix0, ix1 - ix0, ix1 - ix0};
-      const int64_t bound = sample_bound(s.sampling_ratio, lv.H + lv.W);
-      b.gy.limit(bound);
-      b.gx.limit(bound);
-      const double n = double(r.grid_h) * double(r.grid_w);
-      if (avg) b.divisor = double(G(n > 1 ? n : 1));
+    case Op::kRoiAlignRotated:
+      r.geo.rotated = rotated_geometry(c, lv.scale, s.aligned, s.radians, s.sampling_ratio, s.PH,
+                                       s.PW, lv.H, lv.W);
+      valid = r.geo.rotated.valid;
       break;
-    }
     case Op::kCropAndResize:
     case Op::kCropAndResizeNearest: {  // (y1, x1, y2, x2), normalised
-      CropAxis<G>& cy = b.geo.crop.y;
-      CropAxis<G>& cx = b.geo.crop.x;
-      cy = crop_axis(c[0], c[2], s.PH, lv.H);
-      cx = crop_axis(c[1], c[3], s.PW, lv.W);
-      if (!cy.valid || !cx.valid) return invalid();
-      const bool in = cy.in_window(cy.position(b.ph)) && cx.in_window(cx.position(b.pw));
-      b.gy = GridAxis{0, in ? 1 : 0, in ? 1 : 0};
-      b.gx = GridAxis{0, in ? 1 : 0, in ? 1 : 0};
+      AxisPair<CropAxis<G>>& a = r.geo.crop;
+      a.y = crop_axis(c[0], c[2], s.PH, lv.H);
+      a.x = crop_axis(c[1], c[3], s.PW, lv.W);
+      valid = a.y.valid && a.x.valid;
       break;
     }
   }
+  if (!valid) r.image = -1;
+  return r;
+}
+
+// The sampler of bin (ph, pw) of a valid roi.
+template <typename G>
+JRA_HD BinSampler<G> bin_of(const RoiSampler<G>& r, int64_t ph, int64_t pw) {
+  BinSampler<G> b;
+  static_cast<RoiSampler<G>&>(b) = r;
+  b.ph = ph;
+  b.pw = pw;
+  b.gy = r.window(0, ph);
+  b.gx = r.window(1, pw);
+  b.outside_from = r.outside_from(b.gy, b.gx);
+  b.divisor = r.divisor(b.gy, b.gx);
+  return b;
+}
+
+// The sampler of bin `bin` (ph * PW + pw) of roi k (image -1: invalid roi).
+template <typename G>
+JRA_HD BinSampler<G> bin_sampler(const RoiCall& s, const G* rois, const int32_t* levels,
+                                 int64_t k, int64_t bin) {
+  const RoiSampler<G> r = roi_sampler(s, rois, levels, k);
+  if (r.valid()) return bin_of(r, bin / s.PW, bin % s.PW);
+  BinSampler<G> b{};
+  static_cast<RoiSampler<G>&>(b) = r;
+  b.ph = bin / s.PW;
+  b.pw = bin % s.PW;
+  b.outside_from = kNever;
+  b.divisor = 1.0;
   return b;
 }
 

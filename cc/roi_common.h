@@ -199,6 +199,17 @@ JRA_HD Sample<G> empty_sample() {
   return s;
 }
 
+// The tap of a single cell (the pool operators, nearest crops): no slope.
+template <typename G>
+JRA_HD AxisTap<G> cell_tap(int64_t i) {
+  AxisTap<G> t;
+  t.low = t.high = i;
+  t.w_low = G(1);
+  t.w_high = G(0);
+  t.slope = G(0);
+  return t;
+}
+
 template <typename G>
 JRA_HD Sample<G> cell_sample(int64_t y, int64_t x, int64_t W) {
   Sample<G> s;

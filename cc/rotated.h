@@ -46,26 +46,25 @@ struct RotatedGeometry {
     return y >= G(-1) && y <= G(H) && x >= G(-1) && x <= G(W);
   }
 
-  // Grid indices of bin (ph, pw) whose positions may be in the window:
-  // [iy0, iy1) x [ix0, ix1).
-  JRA_HD void candidates(int64_t ph, int64_t pw, int64_t* iy0, int64_t* iy1, int64_t* ix0,
-                         int64_t* ix1) const {
+  // Grid indices [i0, i1) along `axis` (0: y, 1: x) of bin p whose positions
+  // may be in the window (whatever the other axis's index).
+  JRA_HD void candidates(int axis, int64_t p, int64_t* i0, int64_t* i1) const {
     // Sample (iy, ix) sits at box-frame (a_y + iy * d_y, a_x + ix * d_x); the window's
     // corners, rotated back into the box frame, bound the indices that can reach it.
-    const double dy = double(bin_h) / double(grid_h), dx = double(bin_w) / double(grid_w);
-    const double ay = double(start_h) + double(ph) * double(bin_h) + 0.5 * dy;
-    const double ax = double(start_w) + double(pw) * double(bin_w) + 0.5 * dx;
-    double lo_y = 1e300, hi_y = -1e300, lo_x = 1e300, hi_x = -1e300;
+    const G bin = axis == 0 ? bin_h : bin_w;
+    const int64_t grid = axis == 0 ? grid_h : grid_w;
+    const double d = double(bin) / double(grid);
+    const double a = double(axis == 0 ? start_h : start_w) + double(p) * double(bin) + 0.5 * d;
+    double lo = 1e300, hi = -1e300;
     const double c = double(cos_t), s = double(sin_t);
     for (int corner = 0; corner < 4; ++corner) {
       const double y = (corner & 1 ? double(H) : -1.0) - double(ch);
       const double x = (corner & 2 ? double(W) : -1.0) - double(cw);
-      const double by = y * c + x * s, bx = -y * s + x * c;  // inverse rotation
-      lo_y = by < lo_y ? by : lo_y; hi_y = by > hi_y ? by : hi_y;
-      lo_x = bx < lo_x ? bx : lo_x; hi_x = bx > hi_x ? bx : hi_x;
+      const double b = axis == 0 ? y * c + x * s : -y * s + x * c;  // inverse rotation
+      lo = b < lo ? b : lo;
+      hi = b > hi ? b : hi;
     }
-    index_range(lo_y, hi_y, ay, dy, grid_h, iy0, iy1);
-    index_range(lo_x, hi_x, ax, dx, grid_w, ix0, ix1);
+    index_range(lo, hi, a, d, grid, i0, i1);
   }
 
   // Indices i in [0, grid) with a + i * d in [lo, hi], widened by one sample.

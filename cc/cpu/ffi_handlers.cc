@@ -1,6 +1,7 @@
 // The CPU FFI handlers of every operator (the `op` attribute picks its plan):
-// check the buffers, dispatch once on the features dtype, split the work over
-// XLA's intra-op pool.
+// check the buffers, dispatch once on the features dtype and the instruction
+// set, split the work over XLA's intra-op pool.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -9,7 +10,7 @@
 
 #include "../ffi_contract.h"
 #include "handlers.h"
-#include "kernels.h"
+#include "instruction_sets.h"
 #include "parallel.h"
 
 namespace jax_roialign::cpu {
@@ -19,6 +20,32 @@ namespace {
 template <typename Fn>
 ffi::Future dispatch_cpu(ffi::DataType dtype, Fn&& fn) {
   return dispatch_float(dtype, fn, [](ffi::Error e) { return ready_future(std::move(e)); });
+}
+
+// Output channels a task should have at least: a few vectors' worth.
+constexpr int64_t kTaskChannels = 16;
+
+// Whether consecutive output channels are adjacent in the features as XLA
+// lays them out (channel-last, not position-sensitive).
+bool channels_adjacent(const RoiCall& s) {
+  return s.layout == Layout::kNHWC && !position_sensitive(s.op);
+}
+
+// Whether a task's channel-last copy of its channels (kernels.h's Packed)
+// pays: the channels are not adjacent as laid out, there are enough to
+// vectorise over, and the samples' reads outnumber the cells the copy moves.
+bool packing_pays(const RoiCall& s) {
+  if (channels_adjacent(s) || s.Cout < kTaskChannels / 2) return false;
+  const double per_axis = s.sampling_ratio > 0 ? double(s.sampling_ratio) : 2.0;
+  const double reads = double(s.K) * double(s.bins()) * per_axis * per_axis * 4.0;
+  double cells = 0;
+  for (int64_t l = 0; l < s.L; ++l) cells += double(s.N) * double(s.level[l].H * s.level[l].W);
+  return reads >= cells;
+}
+
+// Tasks for a split over output channels.
+int64_t channel_tasks(ffi::ThreadPool& pool, const RoiCall& s) {
+  return std::max<int64_t>(1, std::min(pool_threads(pool), s.Cout / kTaskChannels));
 }
 
 // Splits rows x channels into about `threads` tasks: rows when there are
@@ -54,6 +81,32 @@ const int32_t* winners(const RoiCall& s, const ffi::AnyBuffer& winner) {
   return s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
 }
 
+// forward and forward_selected: with a channel-last copy per task (tasks
+// split the channels) where it pays, else on the buffers as they are.
+template <typename T>
+ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::AnyBuffer& rois,
+                        const ffi::AnyBuffer& levels, T* out, int32_t* winner,
+                        const int32_t* given, bool linear) {
+  using G = typename Types<T>::Geometry;
+  const auto f = level_pointers<const T>(c.features);
+  const G* r = geometry<G>(rois);
+  const int32_t* lv = level_indices(levels);
+  const RoiCall s = c.s;
+  return with_kernels<T>([&](auto isa) {
+    using I = decltype(isa);
+    if (packing_pays(s))
+      return parallel_for(pool, s.Cout, channel_tasks(pool, s), [=](int64_t c0, int64_t c1) {
+        typename I::Packed packed(s, c0, c1);
+        packed.load(f.data());
+        I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, 0, s.K, c0, c1);
+      });
+    return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+      I::Kernels::forward(s, I::direct(s, f.data()), r, lv, out, winner, given, linear, k0, k1,
+                          c0, c1);
+    });
+  });
+}
+
 ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuffer levels,
                     ffi::RemainingArgs features, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::AnyBuffer> winner, RoiAttrs attrs) {
@@ -62,16 +115,8 @@ ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuffer le
     return ready_future(e);
   return dispatch_cpu(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
-    using G = typename Types<T>::Geometry;
-    const auto f = level_pointers<const T>(c.features);
-    const G* r = geometry<G>(rois);
-    const int32_t* lv = level_indices(levels);
-    T* o = out->reinterpret_data<T>();
     int32_t* w = c.s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
-    const RoiCall s = c.s;
-    return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
-      Kernels<T>::forward(s, f.data(), r, lv, o, w, nullptr, false, k0, k1, c0, c1);
-    });
+    return run_forward<T>(pool, c, rois, levels, out->reinterpret_data<T>(), w, nullptr, false);
   });
 }
 
@@ -83,17 +128,26 @@ ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyB
     return ready_future(e);
   return dispatch_cpu(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
-    using G = typename Types<T>::Geometry;
-    const auto f = level_pointers<const T>(c.features);
-    const G* r = geometry<G>(rois);
-    const int32_t* lv = level_indices(levels);
-    T* o = out->reinterpret_data<T>();
-    const int32_t* w = winners(c.s, winner);
-    const RoiCall s = c.s;
-    return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
-      Kernels<T>::forward(s, f.data(), r, lv, o, nullptr, w, true, k0, k1, c0, c1);
-    });
+    return run_forward<T>(pool, c, rois, levels, out->reinterpret_data<T>(), nullptr,
+                          winners(c.s, winner), true);
   });
+}
+
+// Zeroes input channels [ic0, ic1) of every level and image of `grad`, as XLA
+// lays it out.
+template <typename A>
+void zero_channels(const RoiCall& s, A* const* grad, int64_t ic0, int64_t ic1) {
+  for (int64_t l = 0; l < s.L; ++l) {
+    const int64_t hw = s.level[l].H * s.level[l].W;
+    for (int64_t n = 0; n < s.N; ++n) {
+      if (s.layout == Layout::kNCHW) {
+        std::fill_n(grad[l] + s.feature_offset(l, n, ic0, 0), (ic1 - ic0) * hw, A(0));
+        continue;
+      }
+      for (int64_t p = 0; p < hw; ++p)
+        std::fill_n(grad[l] + s.feature_offset(l, n, ic0, p), ic1 - ic0, A(0));
+    }
+  }
 }
 
 ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi::AnyBuffer rois,
@@ -113,42 +167,33 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     const int32_t* w = winners(c.s, winner);
     const RoiCall s = c.s;
     const auto grad = level_pointers<T>(c.features);
-    // The outputs arrive uninitialised. 16-bit types accumulate in float32
-    // copies, rounded once at the end.
-    std::shared_ptr<std::vector<A>> scratch;
-    std::array<A*, kMaxLevels> acc{};
-    if constexpr (std::is_same_v<T, A>) {
-      acc = grad;
-    } else {
-      int64_t total = 0;
-      for (int64_t l = 0; l < s.L; ++l) total += s.level_size(l);
-      scratch = std::make_shared<std::vector<A>>(total);
-      for (int64_t l = 0, at = 0; l < s.L; at += s.level_size(l), ++l) acc[l] = scratch->data() + at;
-    }
     // Each task owns a block of output channels, hence of the input channels
     // they read, on every level: no two tasks touch the same element, and
-    // each element sums its terms in roi order.
+    // each element sums its terms in roi order. The outputs arrive
+    // uninitialised; a task accumulates in them directly where they are
+    // accumulator typed and channel-last (or a copy would not pay), else in
+    // a channel-last copy of its channels, rounded into them at the end.
+    const bool in_place = std::is_same_v<T, A> && (channels_adjacent(s) || !packing_pays(s));
     const int64_t per_output = s.C / s.Cout;  // input channels per output channel
-    return parallel_for(pool, s.Cout, pool_threads(pool), [=](int64_t c0, int64_t c1) {
-      for (int64_t l = 0; l < s.L; ++l) {
-        const int64_t hw = s.level[l].H * s.level[l].W;
-        for (int64_t img = 0; img < s.N; ++img)
-          for (int64_t ch = c0 * per_output; ch < c1 * per_output; ++ch)
-            for (int64_t p = 0; p < hw; ++p) acc[l][s.feature_offset(l, img, ch, p)] = A(0);
-      }
-      Kernels<T>::backward_features(s, ct, r, lv, w, acc.data(), c0, c1);
-      if constexpr (!std::is_same_v<T, A>) {
-        for (int64_t l = 0; l < s.L; ++l) {
-          const int64_t hw = s.level[l].H * s.level[l].W;
-          for (int64_t img = 0; img < s.N; ++img)
-            for (int64_t ch = c0 * per_output; ch < c1 * per_output; ++ch)
-              for (int64_t p = 0; p < hw; ++p) {
-                const int64_t i = s.feature_offset(l, img, ch, p);
-                grad[l][i] = store<T>(acc[l][i]);
-              }
+    return with_kernels<T>([&](auto isa) {
+      using I = decltype(isa);
+      return parallel_for(pool, s.Cout, pool_threads(pool), [=](int64_t c0, int64_t c1) {
+        if constexpr (std::is_same_v<T, A>) {
+          if (in_place) {
+            zero_channels(s, grad.data(), c0 * per_output, c1 * per_output);
+            const auto view = I::direct(s, grad.data());
+            if (channels_adjacent(s))
+              I::Kernels::template backward_features<true>(s, ct, r, lv, w, view, c0, c1);
+            else
+              I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1);
+            return;
+          }
         }
-      }
-      (void)scratch;  // keeps the float32 copies alive until the last task ends
+        typename I::Packed packed(s, c0, c1);
+        packed.zero();
+        I::Kernels::template backward_features<true>(s, ct, r, lv, w, packed.view(), c0, c1);
+        packed.store(grad.data());
+      });
     });
   });
 }
@@ -172,8 +217,11 @@ ffi::Future ForwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuff
     const int32_t* w = winners(c.s, winner);
     T* o = out_dot->reinterpret_data<T>();
     const RoiCall s = c.s;
-    return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
-      Kernels<T>::forward_boxes(s, f.data(), r, lv, rd, w, o, k0, k1, c0, c1);
+    return with_kernels<T>([&](auto isa) {
+      using I = decltype(isa);
+      return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+        I::Kernels::forward_boxes(s, I::direct(s, f.data()), r, lv, rd, w, o, k0, k1, c0, c1);
+      });
     });
   });
 }
@@ -198,13 +246,19 @@ ffi::Future BackwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuf
     G* g = grad_rois->reinterpret_data<G>();
     const RoiCall s = c.s;
     // Each task owns whole rows of grad_rois.
-    return parallel_for(pool, s.K, pool_threads(pool), [=](int64_t k0, int64_t k1) {
-      Kernels<T>::backward_boxes(s, f.data(), r, lv, ct, w, g, k0, k1);
+    return with_kernels<T>([&](auto isa) {
+      using I = decltype(isa);
+      return parallel_for(pool, s.K, pool_threads(pool), [=](int64_t k0, int64_t k1) {
+        I::Kernels::backward_boxes(s, I::direct(s, f.data()), r, lv, ct, w, g, k0, k1);
+      });
     });
   });
 }
 
 }  // namespace
+
+const char* kernel_instruction_set() { return instruction_set(); }
+
 }  // namespace jax_roialign::cpu
 
 namespace ffi = xla::ffi;

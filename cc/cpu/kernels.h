@@ -1,6 +1,6 @@
 // The five CPU kernels behind every operator's primitives (kernel_list.h),
-// generic over the operator's per-roi plan (plan.h), each over a range of
-// rois or channels so that the caller can split work across threads:
+// each over a range of rois and output channels so that the handlers can
+// split work across threads:
 //
 //   forward            out = op(features)                (max: and the winners)
 //   forward (given)    out = the linear map max mode is once its winners are fixed
@@ -11,231 +11,353 @@
 // Avg mode divides each bin's sum by its divisor; max mode uses only the bin's
 // winning sample (`winner`: index into the bin's samples, -1: an implicit 0).
 // Output channel c of bin `bin` reads input channel s.input_channel(c, bin) of
-// the roi's level.
-#pragma once
+// the roi's level. The features (and the feature gradients) are read through a
+// View: the buffers as XLA lays them out, or a task's channel-last copy of
+// its channels, where consecutive output channels are adjacent and the
+// channel loops (channel_loops.h) vectorise.
+//
+// Compiled once per instruction set (instruction_sets.h): no include guard.
+#ifndef JRA_CPU_ISA
+#error "kernels.h is compiled per instruction set: include instruction_sets.h"
+#endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
-#include "plan.h"
+#include "channel_loops.h"
+#include "roi_plan.h"
+#include "scratch.h"
 
-namespace jax_roialign::cpu {
+namespace jax_roialign::cpu::JRA_CPU_ISA {
+
+// Features (or feature gradients) of element type E, as one task sees them.
+template <typename E>
+struct View {
+  E* level[kMaxLevels];
+  const RoiCall* s;
+  bool packed;           // a task's channel-last copy of output channels [c0, c0 + ncout)
+  int64_t c0, ncout;
+  int64_t nin;           // packed: input channels per pixel, ncout (x bins, position-sensitive)
+  int64_t pixel;         // the step between pixels
+
+  // The step between consecutive output channels on level l.
+  int64_t channel_step(int64_t l) const {
+    if (packed) return 1;
+    const int64_t plane = s->layout == Layout::kNHWC ? 1 : s->level[l].H * s->level[l].W;
+    return position_sensitive(s->op) ? plane * s->bins() : plane;
+  }
+  // Pixel 0 of output channel c, bin `bin`, image n, level l.
+  E* at(int64_t l, int64_t n, int64_t c, int64_t bin) const {
+    if (!packed) return level[l] + s->feature_offset(l, n, s->input_channel(c, bin), 0);
+    const int64_t hw = s->level[l].H * s->level[l].W;
+    const int64_t slot = position_sensitive(s->op) ? bin * ncout + (c - c0) : c - c0;
+    return level[l] + n * hw * nin + slot;
+  }
+};
+
+// The buffers as XLA lays them out.
+template <typename E>
+View<E> direct_view(const RoiCall& s, E* const* level) {
+  View<E> v{};
+  for (int64_t l = 0; l < s.L; ++l) v.level[l] = level[l];
+  v.s = &s;
+  v.packed = false;
+  v.pixel = s.layout == Layout::kNHWC ? s.C : 1;
+  return v;
+}
+
+// A task's channel-last copy of output channels [c0, c1): the input channels
+// they read, ordered so that for each bin the output channels are adjacent.
+template <typename A>
+class Packed {
+ public:
+  Packed(const RoiCall& s, int64_t c0, int64_t c1) : s_(s) {
+    const int64_t per = position_sensitive(s.op) ? s.bins() : 1;
+    view_.s = &s_;
+    view_.packed = true;
+    view_.c0 = c0;
+    view_.ncout = c1 - c0;
+    view_.nin = view_.ncout * per;
+    view_.pixel = view_.nin;
+    // Input channel (c0 * per + i)'s slot in a pixel's channel-last run.
+    slot_.resize(view_.nin);
+    for (int64_t i = 0; i < view_.nin; ++i) {
+      const int64_t c = i / per, bin = i % per;  // ps: input channel c * bins + bin
+      slot_[i] = per == 1 ? i : bin * view_.ncout + c;
+    }
+    int64_t total = 0;
+    for (int64_t l = 0; l < s.L; ++l) total += s.N * s.level[l].H * s.level[l].W * view_.nin;
+    data_ = allocate_scratch<A>(size_t(total));
+    for (int64_t l = 0, at = 0; l < s.L; at += s.N * s.level[l].H * s.level[l].W * view_.nin, ++l)
+      view_.level[l] = data_.get() + at;
+  }
+
+  const View<A>& view() const { return view_; }
+
+  // Copies the task's input channels of `f` (as XLA lays them out) in.
+  template <typename T>
+  void load(const T* const* f) {
+    for_images([&](int64_t l, int64_t n, int64_t hw, int64_t cs, int64_t ps, int64_t ic0) {
+      to_channel_last(view_.level[l] + n * hw * view_.nin, view_.nin, slot_.data(),
+                      f[l] + s_.feature_offset(l, n, ic0, 0), cs, ps, view_.nin, hw);
+    });
+  }
+  // Copies the task's input channels out to `f`, rounded to T.
+  template <typename T>
+  void store(T* const* f) const {
+    for_images([&](int64_t l, int64_t n, int64_t hw, int64_t cs, int64_t ps, int64_t ic0) {
+      from_channel_last(f[l] + s_.feature_offset(l, n, ic0, 0), cs, ps,
+                        view_.level[l] + n * hw * view_.nin, view_.nin, slot_.data(),
+                        view_.nin, hw);
+    });
+  }
+  void zero() {
+    for (int64_t l = 0; l < s_.L; ++l)
+      std::fill_n(view_.level[l], s_.N * s_.level[l].H * s_.level[l].W * view_.nin, A(0));
+  }
+
+ private:
+  template <typename Fn>
+  void for_images(Fn fn) const {
+    const int64_t ic0 = view_.c0 * (view_.nin / std::max<int64_t>(view_.ncout, 1));
+    for (int64_t l = 0; l < s_.L; ++l) {
+      const int64_t hw = s_.level[l].H * s_.level[l].W;
+      const int64_t cs = s_.layout == Layout::kNHWC ? 1 : hw;  // between input channels
+      const int64_t ps = s_.layout == Layout::kNHWC ? s_.C : 1;
+      for (int64_t n = 0; n < s_.N; ++n) fn(l, n, hw, cs, ps, ic0);
+    }
+  }
+
+  RoiCall s_;
+  View<A> view_{};
+  std::vector<int64_t> slot_;
+  Scratch<A> data_;
+};
 
 template <typename T>
 struct Kernels {
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
 
-  // The step between consecutive output channels' input channels.
-  static int64_t channel_step(const RoiCall& s, int64_t level) {
-    const int64_t plane =
-        s.layout == Layout::kNHWC ? 1 : s.level[level].H * s.level[level].W;
-    return position_sensitive(s.op) ? plane * s.PH * s.PW : plane;
-  }
+  // Samples are produced this many at a time (roi_plan.h).
+  static constexpr int64_t kChunk = 64;
 
-  // Avg mode walks output channels innermost, in blocks: contiguous for NHWC
-  // (non-ps); for NCHW a block of planes gives each sample many independent
-  // loads, and the neighbouring samples reuse its cache lines. Each channel's
-  // arithmetic, and its order, is the per-channel loop's (the peers').
-  static constexpr int64_t kPlaneBlock = 32;
+  // What a task reuses from roi to roi.
+  struct Workspace {
+    RoiPlan<G> plan;
+    Sample<G> samples[kChunk];
+    SampleSlopes<G> slopes[kChunk];
+    std::vector<A> acc;
+    std::vector<int32_t> arg;
+  };
 
-  static int64_t block(const RoiCall& s, int64_t c0, int64_t c1) {
-    return s.layout == Layout::kNHWC && !position_sensitive(s.op) ? c1 - c0 : kPlaneBlock;
-  }
-
-  // `fill`: the value of a bin without samples (the forward's; 0 for its linear part).
-  static void forward_avg(const RoiCall& s, const T* f, const RoiPlan<G>& r, T* out, int64_t k,
-                          int64_t c0, int64_t c1, A fill, std::vector<A>& acc) {
-    const int64_t cs = channel_step(s, r.level);
-    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;  // pixel stride
-    const int64_t nb = block(s, c0, c1);
-    acc.resize(nb);
-    for (int64_t cb = c0; cb < c1; cb += nb) {
-      const int64_t n = std::min(nb, c1 - cb);
+  static void zero_rows(const RoiCall& s, T* out, int32_t* winner, int64_t k, int64_t c0,
+                        int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
       for (int64_t bin = 0; bin < s.bins(); ++bin) {
-        const T* img = f + s.feature_offset(r.level, r.image, s.input_channel(cb, bin), 0);
-        const PlanBin& b = r.bins[bin];
-        std::fill(acc.begin(), acc.begin() + n, A(0));
-        for (int64_t i = b.begin; i < b.end; ++i) {
-          const Sample<G>& p = r.samples[i];
-          const T* q0 = img + p.at[0] * ps;
-          if (p.kind == SampleKind::kCell) {
-            for (int64_t c = 0; c < n; ++c) acc[c] += load<A>(q0[c * cs]);
-            continue;
-          }
-          const T* q1 = img + p.at[1] * ps;
-          const T* q2 = img + p.at[2] * ps;
-          const T* q3 = img + p.at[3] * ps;
-          if (p.kind == SampleKind::kLerp) {
-            for (int64_t c = 0; c < n; ++c) {
-              auto read = [&](int64_t at) { return load<A>(img[at * ps + c * cs]); };
-              acc[c] += sample_value<A>(p, read);
-            }
-            continue;
-          }
-          const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
-          for (int64_t c = 0; c < n; ++c)
-            acc[c] += w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
-                      w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]);
+        out[s.output_offset(k, c, bin)] = store<T>(A(0));
+        if (winner) winner[s.output_offset(k, c, bin)] = -1;
+      }
+  }
+
+  // Sample `index` of bin b (the workspace's chunk holds the bin's first
+  // samples when `tabled`).
+  static Sample<G> nth(Workspace& w, const BinPlan& b, int64_t index, bool tabled) {
+    if (tabled) return w.samples[index];
+    Sample<G> p;
+    w.plan.samples(b, index, index + 1, &p, nullptr);
+    return p;
+  }
+
+  // Avg mode, one roi: channels [c0, c1) innermost, each bin's sums in `acc`.
+  // `fill`: the value of a bin without samples (the forward's; 0 for its linear part).
+  template <bool Unit, typename E>
+  static void forward_avg(const RoiCall& s, const View<E>& f, Workspace& w, T* out, int64_t k,
+                          int64_t c0, int64_t c1, A fill) {
+    const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l);
+    w.acc.resize(n);
+    A* acc = w.acc.data();
+    for (int64_t ph = 0; ph < s.PH; ++ph)
+      for (int64_t pw = 0; pw < s.PW; ++pw) {
+        const int64_t bin = ph * s.PW + pw;
+        const BinPlan b = w.plan.bin(ph, pw);
+        const E* img = f.at(l, w.plan.image(), c0, bin);
+        std::fill_n(acc, n, A(0));
+        for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
+          const int64_t i1 = std::min(b.count(), i0 + kChunk);
+          w.plan.samples(b, i0, i1, w.samples, nullptr);
+          int64_t c = 0;
+          if constexpr (Unit && std::is_same_v<std::remove_const_t<E>, A>)
+            for (; c + kBlock<A> <= n; c += kBlock<A>)
+              add_samples_block(acc + c, img + c, w.samples, i1 - i0, f.pixel);
+          if (c < n)
+            for (int64_t i = 0; i < i1 - i0; ++i)
+              add_sample<Unit>(acc + c, img + c * cs, w.samples[i], f.pixel, cs, n - c);
         }
         const A divisor = A(b.divisor);
-        const bool empty = !b.enumerated;
-        for (int64_t c = 0; c < n; ++c)
-          out[s.output_offset(k, cb + c, bin)] = store<T>(empty ? fill : acc[c] / divisor);
+        const bool empty = b.count() == 0;
+        T* o = out + s.output_offset(k, c0, bin);
+        const int64_t os = s.output_offset(k, c0 + 1, bin) - s.output_offset(k, c0, bin);
+        for (int64_t c = 0; c < n; ++c) o[c * os] = store<T>(empty ? fill : acc[c] / divisor);
       }
-    }
   }
 
-  // Max mode, blocked like forward_avg: per channel, the first largest sample
-  // value (same arithmetic as sample_value), then the implicit-0 rule.
-  static void forward_max(const RoiCall& s, const T* f, const RoiPlan<G>& r, T* out,
-                          int32_t* winner, int64_t k, int64_t c0, int64_t c1,
-                          std::vector<A>& best, std::vector<int32_t>& arg) {
-    const int64_t cs = channel_step(s, r.level);
-    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
-    const int64_t nb = block(s, c0, c1);
-    best.resize(nb);
-    arg.resize(nb);
-    for (int64_t cb = c0; cb < c1; cb += nb) {
-      const int64_t n = std::min(nb, c1 - cb);
-      for (int64_t bin = 0; bin < s.bins(); ++bin) {
-        const T* img = f + s.feature_offset(r.level, r.image, s.input_channel(cb, bin), 0);
-        const PlanBin& b = r.bins[bin];
-        std::fill(arg.begin(), arg.begin() + n, -1);
-        for (int64_t i = b.begin; i < b.end; ++i) {
-          const Sample<G>& p = r.samples[i];
-          const int32_t rel = int32_t(i - b.begin);
-          // Branch-free updates (select, not jump): the comparisons of
-          // random data would mispredict and the loop would not vectorise. NaN
-          // never wins (docs/semantics.md).
-          auto update = [&](int64_t c, A v) {
-            const bool better = ((arg[c] < 0) & (v == v)) | (v > best[c]);
-            best[c] = better ? v : best[c];
-            arg[c] = better ? rel : arg[c];
-          };
-          if (p.kind != SampleKind::kBilinear) {
-            for (int64_t c = 0; c < n; ++c) {
-              auto read = [&](int64_t at) { return load<A>(img[at * ps + c * cs]); };
-              update(c, sample_value<A>(p, read));
-            }
-            continue;
-          }
-          const T* q0 = img + p.at[0] * ps;
-          const T* q1 = img + p.at[1] * ps;
-          const T* q2 = img + p.at[2] * ps;
-          const T* q3 = img + p.at[3] * ps;
-          const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
-          for (int64_t c = 0; c < n; ++c)
-            update(c, w0 * load<A>(q0[c * cs]) + w1 * load<A>(q1[c * cs]) +
-                          w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]));
+  // Max mode, one roi: per channel, the first largest sample value, then the
+  // implicit-0 rule.
+  template <bool Unit, typename E>
+  static void forward_max(const RoiCall& s, const View<E>& f, Workspace& w, T* out,
+                          int32_t* winner, int64_t k, int64_t c0, int64_t c1) {
+    const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l);
+    w.acc.resize(n);
+    w.arg.resize(n);
+    A* best = w.acc.data();
+    int32_t* arg = w.arg.data();
+    for (int64_t ph = 0; ph < s.PH; ++ph)
+      for (int64_t pw = 0; pw < s.PW; ++pw) {
+        const int64_t bin = ph * s.PW + pw;
+        const BinPlan b = w.plan.bin(ph, pw);
+        const E* img = f.at(l, w.plan.image(), c0, bin);
+        std::fill_n(arg, n, -1);
+        for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
+          const int64_t i1 = std::min(b.count(), i0 + kChunk);
+          w.plan.samples(b, i0, i1, w.samples, nullptr);
+          for (int64_t i = 0; i < i1 - i0; ++i)
+            max_sample<Unit>(best, arg, img, w.samples[i], int32_t(i0 + i), f.pixel, cs, n);
         }
         for (int64_t c = 0; c < n; ++c) {
-          A m = best[c];
+          const A m = best[c];
           int32_t a = arg[c];
           if (b.outside_from != kNever &&
-              (a < 0 || A(0) > m || (A(0) == m && b.outside_precedes(a)))) {
+              (a < 0 || A(0) > m || (A(0) == m && b.outside_precedes(a))))
             a = -1;
-          }
-          const int64_t o = s.output_offset(k, cb + c, bin);
+          const int64_t o = s.output_offset(k, c0 + c, bin);
           out[o] = store<T>(a < 0 ? A(0) : m);
           winner[o] = a;
         }
       }
-    }
+  }
+
+  // Max mode's linear part, one roi: each output is its given winner's value.
+  template <typename E>
+  static void forward_given(const RoiCall& s, const View<E>& f, Workspace& w, T* out,
+                            const int32_t* given, int64_t k, int64_t c0, int64_t c1) {
+    const int64_t l = w.plan.level(), cs = f.channel_step(l);
+    for (int64_t ph = 0; ph < s.PH; ++ph)
+      for (int64_t pw = 0; pw < s.PW; ++pw) {
+        const int64_t bin = ph * s.PW + pw;
+        const BinPlan b = w.plan.bin(ph, pw);
+        const bool tabled = b.count() <= kChunk;
+        if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
+        const E* img = f.at(l, w.plan.image(), c0, bin);
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t o = s.output_offset(k, c, bin);
+          A v = A(0);
+          if (given[o] >= 0 && given[o] < b.count()) {
+            const E* ch = img + (c - c0) * cs;
+            v = sample_value<A>(nth(w, b, given[o], tabled),
+                                [&](int64_t at) { return load<A>(ch[at * f.pixel]); });
+          }
+          out[o] = store<T>(v);
+        }
+      }
   }
 
   // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
   // winners (`winner` written) or, with `given`, evaluates given winners.
   // `linear`: forward_selected, the linear part (no fill).
-  static void forward(const RoiCall& s, const T* const* f, const G* rois, const int32_t* levels,
+  template <typename E>
+  static void forward(const RoiCall& s, const View<E>& f, const G* rois, const int32_t* levels,
                       T* out, int32_t* winner, const int32_t* given, bool linear, int64_t k0,
                       int64_t k1, int64_t c0, int64_t c1) {
     const A fill = linear ? A(0) : A(s.fill);
-    RoiPlan<G> r;
-    std::vector<A> acc;
-    std::vector<int32_t> arg;
-    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    Workspace w;
+    const bool unit = f.channel_step(0) == 1;  // the same on every level
     for (int64_t k = k0; k < k1; ++k) {
-      r.build(s, rois, levels, k, false);
-      if (!r.valid()) {
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t bin = 0; bin < s.bins(); ++bin) {
-            out[s.output_offset(k, c, bin)] = store<T>(A(0));
-            if (winner) winner[s.output_offset(k, c, bin)] = -1;
-          }
+      w.plan.build(s, rois, levels, k, false);
+      if (!w.plan.valid()) {
+        zero_rows(s, out, winner, k, c0, c1);
         continue;
       }
-      const T* level = f[r.level];
-      if (s.mode == PoolMode::kAvg) {
-        forward_avg(s, level, r, out, k, c0, c1, fill, acc);
-        continue;
-      }
-      if (!given) {
-        forward_max(s, level, r, out, winner, k, c0, c1, acc, arg);
-        continue;
-      }
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          const T* img = level + s.feature_offset(r.level, r.image, s.input_channel(c, bin), 0);
-          auto read = [&](int64_t at) { return load<A>(img[at * ps]); };
-          const PlanBin& b = r.bins[bin];
-          const int64_t o = s.output_offset(k, c, bin);
-          const bool has = given[o] >= 0 && given[o] < b.end - b.begin;
-          out[o] = store<T>(has ? sample_value<A>(r.samples[b.begin + given[o]], read) : A(0));
-        }
+      if (s.mode == PoolMode::kMax && given) {
+        forward_given(s, f, w, out, given, k, c0, c1);
+      } else if (s.mode == PoolMode::kMax) {
+        if (unit) forward_max<true>(s, f, w, out, winner, k, c0, c1);
+        else forward_max<false>(s, f, w, out, winner, k, c0, c1);
+      } else {
+        if (unit) forward_avg<true>(s, f, w, out, k, c0, c1, fill);
+        else forward_avg<false>(s, f, w, out, k, c0, c1, fill);
       }
     }
   }
 
-  // Output channels [c0, c1) (and the input channels they read) of every
-  // level's gradient `grad` (accumulator typed, zeroed by the caller), all
+  // Output channels [c0, c1) of every level's gradient (accumulator typed,
+  // zeroed by the caller; the input channels those output channels read), all
   // rois in order: each element sums its terms in (roi, bin, sample, corner)
   // order, so the result is bit-identical run to run and for any thread count.
+  template <bool Unit>
   static void backward_features(const RoiCall& s, const T* ct, const G* rois,
-                                const int32_t* levels, const int32_t* winner, A* const* grad,
+                                const int32_t* levels, const int32_t* winner, const View<A>& grad,
                                 int64_t c0, int64_t c1) {
-    RoiPlan<G> r;
-    std::vector<A> g;
-    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    Workspace w;
+    const int64_t n = c1 - c0;
+    w.acc.resize(n);
+    A* g = w.acc.data();
     for (int64_t k = 0; k < s.K; ++k) {
-      r.build(s, rois, levels, k, false);
-      if (!r.valid()) continue;
-      const int64_t cs = channel_step(s, r.level);
-      const int64_t nb = s.mode == PoolMode::kAvg ? block(s, c0, c1) : 1;
-      g.resize(nb);
-      for (int64_t cb = c0; cb < c1; cb += nb) {
-        const int64_t n = std::min(nb, c1 - cb);
-        for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          A* img = grad[r.level] + s.feature_offset(r.level, r.image, s.input_channel(cb, bin), 0);
-          const PlanBin& b = r.bins[bin];
+      w.plan.build(s, rois, levels, k, false);
+      if (!w.plan.valid()) continue;
+      const int64_t l = w.plan.level(), cs = grad.channel_step(l);
+      for (int64_t ph = 0; ph < s.PH; ++ph)
+        for (int64_t pw = 0; pw < s.PW; ++pw) {
+          const int64_t bin = ph * s.PW + pw;
+          const BinPlan b = w.plan.bin(ph, pw);
+          A* img = grad.at(l, w.plan.image(), c0, bin);
           if (s.mode == PoolMode::kMax) {
-            const int64_t o = s.output_offset(k, cb, bin);
-            if (winner[o] < 0 || winner[o] >= b.end - b.begin) continue;
-            scatter_sample(r.samples[b.begin + winner[o]], load<A>(ct[o]), A(1),
-                           [&](int64_t at, A v) { img[at * ps] += v; });
+            const bool tabled = b.count() <= kChunk;
+            if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
+            for (int64_t c = c0; c < c1; ++c) {
+              const int64_t o = s.output_offset(k, c, bin);
+              if (winner[o] < 0 || winner[o] >= b.count()) continue;
+              A* ch = img + (c - c0) * cs;
+              scatter_sample(nth(w, b, winner[o], tabled), load<A>(ct[o]), A(1),
+                             [&](int64_t at, A v) { ch[at * grad.pixel] += v; });
+            }
             continue;
           }
+          for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, c0 + c, bin)]);
           const A divisor = A(b.divisor);
-          for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, cb + c, bin)]);
-          for (int64_t i = b.begin; i < b.end; ++i) {
-            const Sample<G>& p = r.samples[i];
-            if (p.kind != SampleKind::kBilinear) {
-              for (int64_t c = 0; c < n; ++c)
-                scatter_sample(p, g[c], divisor,
-                               [&](int64_t at, A v) { img[at * ps + c * cs] += v; });
-              continue;
-            }
-            for (int j = 0; j < 4; ++j) {
-              A* q = img + p.at[j] * ps;
-              const A w = A(p.w[j]);
-              // torchvision's order: g * w / count.
-              for (int64_t c = 0; c < n; ++c) q[c * cs] += g[c] * w / divisor;
-            }
+          const bool exact = exact_reciprocal(divisor);
+          const A inv = A(1) / divisor;
+          for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
+            const int64_t i1 = std::min(b.count(), i0 + kChunk);
+            w.plan.samples(b, i0, i1, w.samples, nullptr);
+            int64_t c = 0;
+            if constexpr (Unit)
+              for (; c + kBlock<A> <= n; c += kBlock<A>)
+                scatter_samples_block(img + c, g + c, w.samples, i1 - i0, divisor, exact, inv,
+                                      grad.pixel);
+            if (c < n)
+              for (int64_t i = 0; i < i1 - i0; ++i)
+                scatter_sample_channels<Unit>(img + c * cs, g + c, w.samples[i], divisor, exact,
+                                              inv, grad.pixel, cs, n - c);
           }
         }
-      }
     }
+  }
+
+  // The samples of bin b that count for output o: all (avg), the winner
+  // (max; none for an implicit 0).
+  static void counted(const RoiCall& s, const BinPlan& b, const int32_t* winner, int64_t o,
+                      int64_t* i0, int64_t* i1) {
+    *i0 = 0;
+    *i1 = b.count();
+    if (s.mode != PoolMode::kMax) return;
+    const bool has = winner[o] >= 0 && winner[o] < b.count();
+    *i0 = has ? winner[o] : 0;
+    *i1 = has ? *i0 + 1 : 0;
   }
 
   // d(sample value)/d(coordinate j) . t for the box tangent t, per corner:
@@ -250,90 +372,104 @@ struct Kernels {
     for (int j = 0; j < 4; ++j) dw[j] = d.dy[j] * ydot + d.dx[j] * xdot;
   }
 
-  // d(out)/d(boxes) . boxes_dot, rows [k0, k1), output channels [c0, c1).
-  static void forward_boxes(const RoiCall& s, const T* const* f, const G* rois,
+  // d(out)/d(boxes) . boxes_dot, rows [k0, k1), output channels [c0, c1):
+  // per output, its samples' terms in order, then the divisor.
+  static void forward_boxes(const RoiCall& s, const View<const T>& f, const G* rois,
                             const int32_t* levels, const G* rois_dot, const int32_t* winner,
                             T* out_dot, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
-    RoiPlan<G> r;
-    std::vector<G> dw;  // per sample: 4 directional weight derivatives
-    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    Workspace w;
+    std::vector<G> dw(4 * kChunk);
+    const int64_t n = c1 - c0;
+    w.acc.resize(n);
     for (int64_t k = k0; k < k1; ++k) {
-      r.build(s, rois, levels, k, true);
-      if (!r.valid()) {
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t bin = 0; bin < s.bins(); ++bin)
-            out_dot[s.output_offset(k, c, bin)] = store<T>(A(0));
+      w.plan.build(s, rois, levels, k, true);
+      if (!w.plan.valid()) {
+        zero_rows(s, out_dot, nullptr, k, c0, c1);
         continue;
       }
       const G* t = roi_coords(s, rois_dot, k);
-      dw.resize(r.samples.size() * 4);
-      for (size_t i = 0; i < r.samples.size(); ++i) weight_derivatives(s, r.slopes[i], t, &dw[4 * i]);
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          const T* img = f[r.level] + s.feature_offset(r.level, r.image, s.input_channel(c, bin), 0);
-          const PlanBin& b = r.bins[bin];
-          const int64_t o = s.output_offset(k, c, bin);
-          int64_t i0 = b.begin, i1 = b.end;
-          if (s.mode == PoolMode::kMax) {
-            const bool has = winner[o] >= 0 && winner[o] < b.end - b.begin;
-            i0 = has ? b.begin + winner[o] : b.end;
-            i1 = has ? i0 + 1 : b.end;
+      const int64_t l = w.plan.level(), cs = f.channel_step(l);
+      for (int64_t ph = 0; ph < s.PH; ++ph)
+        for (int64_t pw = 0; pw < s.PW; ++pw) {
+          const int64_t bin = ph * s.PW + pw;
+          const BinPlan b = w.plan.bin(ph, pw);
+          const T* img = f.at(l, w.plan.image(), c0, bin);
+          std::fill_n(w.acc.data(), n, A(0));
+          for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
+            const int64_t i1 = std::min(b.count(), i0 + kChunk);
+            w.plan.samples(b, i0, i1, w.samples, w.slopes);
+            for (int64_t i = 0; i < i1 - i0; ++i) weight_derivatives(s, w.slopes[i], t, &dw[4 * i]);
+            for (int64_t c = 0; c < n; ++c) {
+              int64_t u0, u1;
+              counted(s, b, winner, s.output_offset(k, c0 + c, bin), &u0, &u1);
+              const T* ch = img + c * cs;
+              A v = w.acc[c];
+              for (int64_t i = std::max(u0, i0); i < std::min(u1, i1); ++i) {
+                const Sample<G>& p = w.samples[i - i0];
+                if (p.kind == SampleKind::kEmpty) continue;  // reads nothing
+                for (int j = 0; j < 4; ++j)
+                  v += A(dw[4 * (i - i0) + j]) * load<A>(ch[p.at[j] * f.pixel]);
+              }
+              w.acc[c] = v;
+            }
           }
-          A v = A(0);
-          for (int64_t i = i0; i < i1; ++i)
-            for (int j = 0; j < 4; ++j)
-              v += A(dw[4 * i + j]) * load<A>(img[r.samples[i].at[j] * ps]);
-          out_dot[o] = store<T>(v / A(b.divisor));
+          for (int64_t c = 0; c < n; ++c)
+            out_dot[s.output_offset(k, c0 + c, bin)] = store<T>(w.acc[c] / A(b.divisor));
         }
-      }
     }
   }
 
   // grad_boxes rows [k0, k1): the coordinate slots of each row (a (K, 1 +
-  // coords) row's batch index slot gets 0). Summed in double, in a fixed order.
-  static void backward_boxes(const RoiCall& s, const T* const* f, const G* rois,
+  // coords) row's batch index slot gets 0). Summed in double, in a fixed
+  // order: bin, sample chunk, channel, sample.
+  static void backward_boxes(const RoiCall& s, const View<const T>& f, const G* rois,
                              const int32_t* levels, const T* ct, const int32_t* winner,
                              G* grad_rois, int64_t k0, int64_t k1) {
-    RoiPlan<G> r;
-    const int64_t ps = s.layout == Layout::kNHWC ? s.C : 1;
+    Workspace w;
     for (int64_t k = k0; k < k1; ++k) {
       G* out = grad_rois + k * s.roi_stride();
       for (int64_t j = 0; j < s.roi_stride(); ++j) out[j] = G(0);
-      r.build(s, rois, levels, k, true);
-      if (!r.valid()) continue;
+      w.plan.build(s, rois, levels, k, true);
+      if (!w.plan.valid()) continue;
+      const int64_t l = w.plan.level(), cs = f.channel_step(l);
       double grad[kMaxBoxCoords] = {};
-      for (int64_t c = 0; c < s.Cout; ++c) {
-        for (int64_t bin = 0; bin < s.bins(); ++bin) {
-          const T* img = f[r.level] + s.feature_offset(r.level, r.image, s.input_channel(c, bin), 0);
-          const PlanBin& b = r.bins[bin];
-          const int64_t o = s.output_offset(k, c, bin);
-          const double g = double(load<A>(ct[o])) / b.divisor;
-          int64_t i0 = b.begin, i1 = b.end;
-          if (s.mode == PoolMode::kMax) {
-            const bool has = winner[o] >= 0 && winner[o] < b.end - b.begin;
-            i0 = has ? b.begin + winner[o] : b.end;
-            i1 = has ? i0 + 1 : b.end;
-          }
-          if (g == 0) continue;
-          for (int64_t i = i0; i < i1; ++i) {
-            const SampleSlopes<G>& d = r.slopes[i];
-            double dy = 0, dx = 0;  // d(sample value)/d(sample y), /d(sample x)
-            for (int j = 0; j < 4; ++j) {
-              const double v = double(load<A>(img[r.samples[i].at[j] * ps]));
-              dy += double(d.dy[j]) * v;
-              dx += double(d.dx[j]) * v;
-            }
-            for (int64_t j = 0; j < s.coords(); ++j) {
-              if (d.dpos[0][j] != G(0)) grad[j] += g * dy * double(d.dpos[0][j]);
-              if (d.dpos[1][j] != G(0)) grad[j] += g * dx * double(d.dpos[1][j]);
+      for (int64_t ph = 0; ph < s.PH; ++ph)
+        for (int64_t pw = 0; pw < s.PW; ++pw) {
+          const int64_t bin = ph * s.PW + pw;
+          const BinPlan b = w.plan.bin(ph, pw);
+          const T* img = f.at(l, w.plan.image(), 0, bin);
+          for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
+            const int64_t i1 = std::min(b.count(), i0 + kChunk);
+            w.plan.samples(b, i0, i1, w.samples, w.slopes);
+            for (int64_t c = 0; c < s.Cout; ++c) {
+              const int64_t o = s.output_offset(k, c, bin);
+              const double g = double(load<A>(ct[o])) / b.divisor;
+              if (g == 0) continue;
+              int64_t u0, u1;
+              counted(s, b, winner, o, &u0, &u1);
+              const T* ch = img + c * cs;
+              for (int64_t i = std::max(u0, i0); i < std::min(u1, i1); ++i) {
+                const SampleSlopes<G>& d = w.slopes[i - i0];
+                const Sample<G>& p = w.samples[i - i0];
+                if (p.kind == SampleKind::kEmpty) continue;  // reads nothing
+                double dy = 0, dx = 0;  // d(sample value)/d(sample y), /d(sample x)
+                for (int j = 0; j < 4; ++j) {
+                  const double v = double(load<A>(ch[p.at[j] * f.pixel]));
+                  dy += double(d.dy[j]) * v;
+                  dx += double(d.dx[j]) * v;
+                }
+                for (int64_t j = 0; j < s.coords(); ++j) {
+                  if (d.dpos[0][j] != G(0)) grad[j] += g * dy * double(d.dpos[0][j]);
+                  if (d.dpos[1][j] != G(0)) grad[j] += g * dx * double(d.dpos[1][j]);
+                }
+              }
             }
           }
         }
-      }
       G* coords = out + (s.per_image ? 0 : 1);
       for (int64_t j = 0; j < s.coords(); ++j) coords[j] = G(grad[j]);
     }
   }
 };
 
-}  // namespace jax_roialign::cpu
+}  // namespace jax_roialign::cpu::JRA_CPU_ISA

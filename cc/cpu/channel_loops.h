@@ -1,0 +1,304 @@
+// The CPU kernels' inner loops: one sample (or one corner) over a run of n
+// output channels, `Unit` when consecutive channels are adjacent in memory
+// (channel-last data; the compiler then vectorises across channels), and the
+// transpositions between the features' layout and a task's channel-last
+// copy. Each channel's arithmetic, and its order, is the per-channel loop's
+// (the peers'), so vectorising changes no bit.
+//
+// Compiled once per instruction set (instruction_sets.h): no include guard,
+// everything lives in namespace jax_roialign::cpu::JRA_CPU_ISA.
+#ifndef JRA_CPU_ISA
+#error "channel_loops.h is compiled per instruction set: include instruction_sets.h"
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "../roi_common.h"
+
+namespace jax_roialign::cpu::JRA_CPU_ISA {
+
+// acc[c] += the sample's value at channel c, for c in [0, n); `img` is channel
+// 0 of pixel 0, `ps` the pixel stride, `cs` the channel stride (1 if Unit).
+template <bool Unit, typename A, typename E, typename G>
+inline void add_sample(A* __restrict acc, const E* img, const Sample<G>& p, int64_t ps,
+                       int64_t cs, int64_t n) {
+  const int64_t step = Unit ? 1 : cs;
+  const E* __restrict q0 = img + p.at[0] * ps;
+  switch (p.kind) {
+    case SampleKind::kEmpty:
+      return;
+    case SampleKind::kCell:
+      for (int64_t c = 0; c < n; ++c) acc[c] += load<A>(q0[c * step]);
+      return;
+    case SampleKind::kLerp: {
+      const E* __restrict q1 = img + p.at[1] * ps;
+      const E* __restrict q2 = img + p.at[2] * ps;
+      const E* __restrict q3 = img + p.at[3] * ps;
+      const A xl = A(p.w[0]), yl = A(p.w[1]);
+      for (int64_t c = 0; c < n; ++c) {
+        const A f0 = load<A>(q0[c * step]), f1 = load<A>(q1[c * step]);
+        const A f2 = load<A>(q2[c * step]), f3 = load<A>(q3[c * step]);
+        const A top = f0 + (f1 - f0) * xl;
+        const A bottom = f2 + (f3 - f2) * xl;
+        acc[c] += top + (bottom - top) * yl;
+      }
+      return;
+    }
+    case SampleKind::kBilinear:
+      break;
+  }
+  const E* __restrict q1 = img + p.at[1] * ps;
+  const E* __restrict q2 = img + p.at[2] * ps;
+  const E* __restrict q3 = img + p.at[3] * ps;
+  const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
+  for (int64_t c = 0; c < n; ++c)
+    acc[c] += w0 * load<A>(q0[c * step]) + w1 * load<A>(q1[c * step]) +
+              w2 * load<A>(q2[c * step]) + w3 * load<A>(q3[c * step]);
+}
+
+// Channels per register block of add_samples_block: four vectors of A (a
+// vector being 32 bytes: one AVX2 register, two SSE2 registers).
+template <typename A>
+constexpr int64_t kBlock = 4 * 32 / sizeof(A);
+
+// add_sample over samples p[0, count) for kBlock<A> adjacent channels, the
+// block's sums held in registers across the samples: per channel the same
+// operations, in the same order, as add_sample's.
+template <typename A, typename G>
+inline void add_samples_block(A* __restrict acc, const A* img, const Sample<G>* p, int64_t count,
+                              int64_t ps) {
+  typedef A Vec __attribute__((vector_size(32)));
+  constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
+  auto ld = [](const A* q) {
+    Vec v;
+    std::memcpy(&v, q, sizeof v);
+    return v;
+  };
+  Vec a[kVecs];
+  for (int v = 0; v < kVecs; ++v) a[v] = ld(acc + v * kLanes);
+  for (int64_t i = 0; i < count; ++i) {
+    const Sample<G>& s = p[i];
+    const A* q0 = img + s.at[0] * ps;
+    switch (s.kind) {
+      case SampleKind::kEmpty:
+        break;
+      case SampleKind::kCell:
+        for (int v = 0; v < kVecs; ++v) a[v] += ld(q0 + v * kLanes);
+        break;
+      case SampleKind::kLerp: {
+        const A* q1 = img + s.at[1] * ps;
+        const A* q2 = img + s.at[2] * ps;
+        const A* q3 = img + s.at[3] * ps;
+        const A xl = A(s.w[0]), yl = A(s.w[1]);
+        for (int v = 0; v < kVecs; ++v) {
+          const Vec f0 = ld(q0 + v * kLanes), f1 = ld(q1 + v * kLanes);
+          const Vec f2 = ld(q2 + v * kLanes), f3 = ld(q3 + v * kLanes);
+          const Vec top = f0 + (f1 - f0) * xl;
+          const Vec bottom = f2 + (f3 - f2) * xl;
+          a[v] += top + (bottom - top) * yl;
+        }
+        break;
+      }
+      case SampleKind::kBilinear: {
+        const A* q1 = img + s.at[1] * ps;
+        const A* q2 = img + s.at[2] * ps;
+        const A* q3 = img + s.at[3] * ps;
+        const A w0 = A(s.w[0]), w1 = A(s.w[1]), w2 = A(s.w[2]), w3 = A(s.w[3]);
+        for (int v = 0; v < kVecs; ++v)
+          a[v] += w0 * ld(q0 + v * kLanes) + w1 * ld(q1 + v * kLanes) +
+                  w2 * ld(q2 + v * kLanes) + w3 * ld(q3 + v * kLanes);
+        break;
+      }
+    }
+  }
+  for (int v = 0; v < kVecs; ++v) std::memcpy(acc + v * kLanes, &a[v], sizeof a[v]);
+}
+
+// Max mode: per channel, the first largest sample value (sample `index` of
+// its bin) so far. Branch-free (select, not jump): comparisons of random data
+// would mispredict and the loop would not vectorise. NaN never wins
+// (docs/semantics.md).
+template <bool Unit, typename A, typename E, typename G>
+inline void max_sample(A* __restrict best, int32_t* __restrict arg, const E* img,
+                       const Sample<G>& p, int32_t index, int64_t ps, int64_t cs, int64_t n) {
+  const int64_t step = Unit ? 1 : cs;
+  auto update = [&](int64_t c, A v) {
+    const bool better = ((arg[c] < 0) & (v == v)) | (v > best[c]);
+    best[c] = better ? v : best[c];
+    arg[c] = better ? index : arg[c];
+  };
+  if (p.kind != SampleKind::kBilinear) {
+    for (int64_t c = 0; c < n; ++c)
+      update(c, sample_value<A>(p, [&](int64_t at) { return load<A>(img[at * ps + c * step]); }));
+    return;
+  }
+  const E* __restrict q0 = img + p.at[0] * ps;
+  const E* __restrict q1 = img + p.at[1] * ps;
+  const E* __restrict q2 = img + p.at[2] * ps;
+  const E* __restrict q3 = img + p.at[3] * ps;
+  const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
+  for (int64_t c = 0; c < n; ++c)
+    update(c, w0 * load<A>(q0[c * step]) + w1 * load<A>(q1[c * step]) +
+                  w2 * load<A>(q2[c * step]) + w3 * load<A>(q3[c * step]));
+}
+
+// Whether dividing by d is multiplying by 1 / d exactly (d a power of two):
+// both round the same exact quotient once.
+template <typename A>
+inline bool exact_reciprocal(A d) {
+  int e = 0;
+  return d > A(0) && std::frexp(d, &e) == A(0.5);
+}
+
+// dst[c] += g[c] * w / divisor (torchvision's order), c in [0, n); `inv`, when
+// exact_reciprocal(divisor), is 1 / divisor.
+template <bool Unit, typename A>
+inline void scatter_corner(A* __restrict dst, const A* __restrict g, A w, A divisor, bool exact,
+                           A inv, int64_t cs, int64_t n) {
+  const int64_t step = Unit ? 1 : cs;
+  if (exact) {
+    for (int64_t c = 0; c < n; ++c) dst[c * step] += g[c] * w * inv;
+  } else {
+    for (int64_t c = 0; c < n; ++c) dst[c * step] += g[c] * w / divisor;
+  }
+}
+
+// The gradient g[c] through one sample into its corners of `img` (a
+// channel-0, pixel-0 pointer), in the order scatter_sample (roi_common.h) adds them.
+template <bool Unit, typename A, typename G>
+inline void scatter_sample_channels(A* img, const A* g, const Sample<G>& p, A divisor, bool exact,
+                                    A inv, int64_t ps, int64_t cs, int64_t n) {
+  const int64_t step = Unit ? 1 : cs;
+  switch (p.kind) {
+    case SampleKind::kEmpty:
+      return;
+    case SampleKind::kCell:
+      scatter_corner<Unit>(img + p.at[0] * ps, g, A(p.w[0]), divisor, exact, inv, cs, n);
+      return;
+    case SampleKind::kLerp: {  // TensorFlow: (1 - x_lerp or x_lerp) * ((1 - y_lerp or y_lerp) * g)
+      const A xl = A(p.w[0]), yl = A(p.w[1]);
+      A* __restrict q0 = img + p.at[0] * ps;
+      for (int64_t c = 0; c < n; ++c) q0[c * step] += (A(1) - xl) * ((A(1) - yl) * g[c]);
+      A* __restrict q1 = img + p.at[1] * ps;
+      for (int64_t c = 0; c < n; ++c) q1[c * step] += xl * ((A(1) - yl) * g[c]);
+      A* __restrict q2 = img + p.at[2] * ps;
+      for (int64_t c = 0; c < n; ++c) q2[c * step] += (A(1) - xl) * (yl * g[c]);
+      A* __restrict q3 = img + p.at[3] * ps;
+      for (int64_t c = 0; c < n; ++c) q3[c * step] += xl * (yl * g[c]);
+      return;
+    }
+    case SampleKind::kBilinear:
+      break;
+  }
+  for (int j = 0; j < 4; ++j)
+    scatter_corner<Unit>(img + p.at[j] * ps, g, A(p.w[j]), divisor, exact, inv, cs, n);
+}
+
+// scatter_sample_channels over samples p[0, count) for kBlock<A> adjacent
+// channels, the block's cotangents held in registers: per element the same
+// terms, in the same order, as scatter_sample_channels adds them.
+template <typename A, typename G>
+inline void scatter_samples_block(A* img, const A* g, const Sample<G>* p, int64_t count,
+                                  A divisor, bool exact, A inv, int64_t ps) {
+  typedef A Vec __attribute__((vector_size(32)));
+  constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
+  Vec gv[kVecs];
+  for (int v = 0; v < kVecs; ++v) std::memcpy(&gv[v], g + v * kLanes, sizeof gv[v]);
+  auto add = [](A* q, const Vec& term) {
+    Vec d;
+    std::memcpy(&d, q, sizeof d);
+    d += term;
+    std::memcpy(q, &d, sizeof d);
+  };
+  auto corner = [&](A* q, A w) {
+    if (exact) {
+      for (int v = 0; v < kVecs; ++v) add(q + v * kLanes, gv[v] * w * inv);
+    } else {
+      for (int v = 0; v < kVecs; ++v) add(q + v * kLanes, gv[v] * w / divisor);
+    }
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    const Sample<G>& s = p[i];
+    switch (s.kind) {
+      case SampleKind::kEmpty:
+        break;
+      case SampleKind::kCell:
+        corner(img + s.at[0] * ps, A(s.w[0]));
+        break;
+      case SampleKind::kLerp: {  // scatter_sample_channels' order and rounding
+        const A xl = A(s.w[0]), yl = A(s.w[1]);
+        for (int v = 0; v < kVecs; ++v)
+          add(img + s.at[0] * ps + v * kLanes, (A(1) - xl) * ((A(1) - yl) * gv[v]));
+        for (int v = 0; v < kVecs; ++v)
+          add(img + s.at[1] * ps + v * kLanes, xl * ((A(1) - yl) * gv[v]));
+        for (int v = 0; v < kVecs; ++v)
+          add(img + s.at[2] * ps + v * kLanes, (A(1) - xl) * (yl * gv[v]));
+        for (int v = 0; v < kVecs; ++v)
+          add(img + s.at[3] * ps + v * kLanes, xl * (yl * gv[v]));
+        break;
+      }
+      case SampleKind::kBilinear:
+        for (int j = 0; j < 4; ++j) corner(img + s.at[j] * ps, A(s.w[j]));
+        break;
+    }
+  }
+}
+
+// A task's channel-last copy of one image: dst[p * stride + slot[i]] = the
+// image's channel i at pixel p (src[i * cs + p * ps]), for the m channels i and
+// the hw pixels p. Planes (ps == 1) are transposed in tiles, so that a tile's
+// row reads and column writes stay in cache.
+template <typename A, typename E>
+inline void to_channel_last(A* dst, int64_t stride, const int64_t* slot, const E* src, int64_t cs,
+                            int64_t ps, int64_t m, int64_t hw) {
+  if (ps != 1) {
+    for (int64_t p = 0; p < hw; ++p)
+      for (int64_t i = 0; i < m; ++i) dst[p * stride + slot[i]] = load<A>(src[i * cs + p * ps]);
+    return;
+  }
+  constexpr int64_t kTile = 16;
+  bool identity = true;
+  for (int64_t i = 0; i < m; ++i) identity &= slot[i] == i;
+  for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
+    const int64_t np = std::min(kTile, hw - p0);
+    if (identity) {  // a pixel's run written in order: no slot lookups, whole-line writes
+      for (int64_t p = 0; p < np; ++p) {
+        const E* __restrict s = src + p0 + p;
+        A* __restrict d = dst + (p0 + p) * stride;
+        for (int64_t i = 0; i < m; ++i) d[i] = load<A>(s[i * cs]);
+      }
+      continue;
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const E* __restrict s = src + i * cs + p0;
+      A* __restrict d = dst + p0 * stride + slot[i];
+      for (int64_t p = 0; p < np; ++p) d[p * stride] = load<A>(s[p]);
+    }
+  }
+}
+
+// The inverse, rounding to the storage type: the image's channel i at pixel p
+// (dst[i * cs + p * ps]) = src[p * stride + slot[i]].
+template <typename T, typename A>
+inline void from_channel_last(T* dst, int64_t cs, int64_t ps, const A* src, int64_t stride,
+                              const int64_t* slot, int64_t m, int64_t hw) {
+  if (ps != 1) {
+    for (int64_t p = 0; p < hw; ++p)
+      for (int64_t i = 0; i < m; ++i) dst[i * cs + p * ps] = store<T>(src[p * stride + slot[i]]);
+    return;
+  }
+  constexpr int64_t kTile = 16;
+  for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
+    const int64_t np = std::min(kTile, hw - p0);
+    for (int64_t i = 0; i < m; ++i) {
+      T* __restrict d = dst + i * cs + p0;
+      const A* __restrict s = src + p0 * stride + slot[i];
+      for (int64_t p = 0; p < np; ++p) d[p] = store<T>(s[p * stride]);
+    }
+  }
+}
+
+}  // namespace jax_roialign::cpu::JRA_CPU_ISA

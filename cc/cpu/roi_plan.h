@@ -1,0 +1,120 @@
+// The channel-independent part of an operator for one roi on the CPU, built
+// once per roi and reused across every channel: the roi's sampler
+// (bin_sampler.h) and, for the separable operators, each bin row's y taps and
+// each bin column's x taps, so that a sample costs a combination of two
+// precomputed taps. Memory is per axis (bins x entries), not per sample, so
+// a large sampling grid costs no more than its taps; samples are produced in
+// chunks on demand. roi_align_rotated, not separable, samples per bin.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "../bin_sampler.h"
+
+namespace jax_roialign::cpu {
+
+// One bin of a roi: its windows (the enumerated entries along y and x), the
+// avg divisor and the max-mode tie rule.
+struct BinPlan {
+  int64_t ph, pw;
+  GridAxis gy, gx;
+  int64_t outside_from;  // max: first row an implicit-0 sample precedes (sample_grid.h)
+  double divisor;        // avg: the sum is divided by this (1 for max)
+
+  int64_t count() const { return gy.count * gx.count; }
+  // Max mode: whether the bin's implicit 0 precedes its sample `index`.
+  bool outside_precedes(int64_t index) const {
+    return outside_from != kNever && index / gx.count >= outside_from;
+  }
+};
+
+template <typename G>
+class RoiPlan {
+ public:
+  bool valid() const { return roi_.valid(); }
+  int64_t image() const { return roi_.image; }
+  int64_t level() const { return roi_.level; }
+
+  // Roi k's plan; with `slopes`, the position derivatives the box kernels need.
+  void build(const RoiCall& s, const G* rois, const int32_t* levels, int64_t k, bool slopes) {
+    roi_ = roi_sampler(s, rois, levels, k);
+    slopes_ = slopes;
+    if (!valid()) return;
+    axis(0, s.PH, wy_, oy_, ty_, dy_);
+    axis(1, s.PW, wx_, ox_, tx_, dx_);
+  }
+
+  BinPlan bin(int64_t ph, int64_t pw) const {
+    BinPlan b;
+    b.ph = ph;
+    b.pw = pw;
+    b.gy = wy_[ph];
+    b.gx = wx_[pw];
+    b.outside_from = roi_.outside_from(b.gy, b.gx);
+    b.divisor = roi_.divisor(b.gy, b.gx);
+    return b;
+  }
+
+  // Samples [i0, i1) of bin b into out[0, i1 - i0) (row-major over the
+  // enumerated entries, as BinSampler::sample); their slopes into d if given
+  // (the plan must have been built with slopes).
+  void samples(const BinPlan& b, int64_t i0, int64_t i1, Sample<G>* out,
+               SampleSlopes<G>* d) const {
+    if (i1 <= i0) return;
+    if (!roi_.separable()) {
+      for (int64_t i = i0; i < i1; ++i)
+        out[i - i0] = roi_.sample(b.ph, b.pw, b.gy, b.gx, i, d ? &d[i - i0] : nullptr);
+      return;
+    }
+    const AxisTap<G>* ty = ty_.data() + oy_[b.ph];
+    const AxisTap<G>* tx = tx_.data() + ox_[b.pw];
+    int64_t a = i0 / b.gx.count, e = i0 - a * b.gx.count;
+    for (int64_t i = i0; i < i1; ++i) {
+      SampleSlopes<G>* di = d ? &d[i - i0] : nullptr;
+      if (di) {
+        const G* py = dy_.data() + (oy_[b.ph] + a) * kMaxBoxCoords;
+        const G* px = dx_.data() + (ox_[b.pw] + e) * kMaxBoxCoords;
+        for (int64_t j = 0; j < kMaxBoxCoords; ++j) {
+          di->dpos[0][j] = py[j];
+          di->dpos[1][j] = px[j];
+        }
+      }
+      out[i - i0] = roi_.combine(ty[a], tx[e], di);
+      if (++e == b.gx.count) {
+        e = 0;
+        ++a;
+      }
+    }
+  }
+
+ private:
+  // Windows, tap offsets and taps (and position derivatives) of every bin
+  // along one axis.
+  void axis(int a, int64_t bins, std::vector<GridAxis>& w, std::vector<int64_t>& off,
+            std::vector<AxisTap<G>>& taps, std::vector<G>& dpos) {
+    w.resize(bins);
+    off.resize(bins);
+    taps.clear();
+    dpos.clear();
+    for (int64_t p = 0; p < bins; ++p) {
+      w[p] = roi_.window(a, p);
+      off[p] = int64_t(taps.size());
+      if (!roi_.separable()) continue;
+      for (int64_t j = 0; j < w[p].count; ++j) {
+        G d[kMaxBoxCoords];
+        taps.push_back(roi_.tap(a, p, w[p], j, slopes_ ? d : nullptr));
+        if (slopes_) dpos.insert(dpos.end(), d, d + kMaxBoxCoords);
+      }
+    }
+  }
+
+  RoiSampler<G> roi_{};
+  bool slopes_ = false;
+  std::vector<GridAxis> wy_, wx_;
+  std::vector<int64_t> oy_, ox_;
+  std::vector<AxisTap<G>> ty_, tx_;
+  std::vector<G> dy_, dx_;  // kMaxBoxCoords per tap
+};
+
+}  // namespace jax_roialign::cpu
