@@ -97,7 +97,8 @@ def torch_multiscale_timers(levels, rois, image_size, output_size, sampling_rati
 
     names = [f"p{i}" for i in range(len(levels))]
     pooler = MultiScaleRoIAlign(names, output_size, sampling_ratio)
-    rois = rois.to(torch_device())
+    device = torch_device()
+    rois = rois.to(device)
     images = int(levels[0].shape[0])
     boxes = [rois[rois[:, 0] == n, 1:] for n in range(images)]
     shapes = [tuple(image_size)] * images
@@ -106,7 +107,7 @@ def torch_multiscale_timers(levels, rois, image_size, output_size, sampling_rati
         return pooler(dict(zip(names, xs)), boxes, shapes)
 
     with torch.no_grad():  # the scales are inferred (and cached) on the first call
-        call(list(levels))
+        call([f.to(device) for f in levels])
     return _torch_closures(call, list(levels), cotangent)
 
 
