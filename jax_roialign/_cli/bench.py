@@ -42,6 +42,7 @@ import functools
 import inspect
 import json
 import math
+import os
 import platform
 import sys
 from typing import Callable, NamedTuple
@@ -535,11 +536,29 @@ def format_row(r, first, repeats, per_sample, label):
     return "\n".join(lines)
 
 
+def cpu_name():
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(rates):
     return dict(jax_roialign=jra.__version__, jax=jax.__version__, backend=jax.default_backend(),
-                kernels=jra.kernel_platforms(), cpu=platform.processor() or platform.machine(),
+                kernels=jra.kernel_platforms(), cpu=cpu_name(),
                 cores=cores(), python=platform.python_version(),
-                memory=rates._asdict())
+                memory=rates._asdict(), load_at_start=load())
+
+
+def load():
+    """The 1, 5 and 15 minute load averages (other jobs on a shared machine inflate
+    every time), where the platform has them."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def _names(value, allowed, what):
@@ -598,8 +617,9 @@ def workloads_of(suite, args):
     mine = [k for k in chosen if (WORKLOADS[k].levels > 1) == s.pyramid]
     if not mine:
         fitting = [k for k, w in WORKLOADS.items() if (w.levels > 1) == s.pyramid]
-        raise SystemExit(f"bench: the {suite} suite takes {'pyramid' if s.pyramid else 'single-map'}"
-                         f" workloads ({', '.join(fitting)}); --workload gave none")
+        kind = "pyramid" if s.pyramid else "single-map"
+        raise SystemExit(f"bench: the {suite} suite takes {kind} workloads "
+                         f"({', '.join(fitting)}); --workload gave none")
     return mine
 
 
@@ -625,6 +645,9 @@ def run(args) -> int:
         log(f"WARNING: {problem}")
     log(f"memory, measured now: read {rates.read_gbps:.1f} GB/s, write {rates.write_gbps:.1f} "
         f"GB/s (numpy max / fill of {rates.megabytes} MB, best of 1 and {rates.threads} threads)")
+    if m["load_at_start"]:
+        log("load average (1, 5, 15 min) at start: "
+            + ", ".join(f"{v:.2f}" for v in m["load_at_start"]))
     tv = import_torchvision() if TORCHVISION in peers and ("ops" in suites or
                                                            "pyramid" in suites) else None
     if TORCHVISION in peers and tv is None and ("ops" in suites or "pyramid" in suites):
@@ -681,6 +704,10 @@ def run(args) -> int:
             # Many distinct compilations in one process can exhaust vm.max_map_count
             # (docs/architecture.md); each block's functions are not called again.
             jax.clear_caches()
+    m["load_at_end"] = load()
+    if m["load_at_end"]:
+        log("\nload average (1, 5, 15 min) at end: "
+            + ", ".join(f"{v:.2f}" for v in m["load_at_end"]))
     if args.json:
         print(json.dumps(dict(machine=m, repeats=args.repeats, budget_s=args.budget,
                               suites=suites, layouts=layouts, dtypes=dtypes,
