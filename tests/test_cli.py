@@ -198,7 +198,7 @@ def test_bench_layout_and_dtype_lists_cover_every_combination():
     doc = json.loads(out.stdout)
     assert doc["layouts"] == ["NCHW", "NHWC"] and doc["dtypes"] == ["float32", "bfloat16"]
     combos = {(r["layout"], r["dtype"]) for r in doc["results"] if r["impl"] == "jax_roialign"}
-    assert combos == {(l, d) for l in ("NCHW", "NHWC") for d in ("float32", "bfloat16")}
+    assert combos == {(lay, d) for lay in ("NCHW", "NHWC") for d in ("float32", "bfloat16")}
     for r in doc["results"]:
         _timed(r)
         if r["impl"] == "reference":  # bfloat16: the same function, rounded differently

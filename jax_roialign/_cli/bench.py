@@ -177,9 +177,17 @@ def ops_block(name, w, layout, dtype, ctx) -> Block:
     groups = [ops_group(op, w, layout, dtype, ctx) for op in ctx.ops]
 
     def describe():
-        return [describe_single(name, w, layout, dtype)], {}
+        return [describe_single(name, w, layout, dtype)] + torch_boxes_note(dtype, ctx), {}
 
     return Block("ops", name, layout, dtype, describe, groups)
+
+
+def torch_boxes_note(dtype, ctx):
+    """The header line saying that torchvision pools boxes rounded to `dtype`."""
+    if ctx.torchvision is None or dtype == "float32":
+        return []
+    return [(f"{TORCHVISION} takes its boxes in the features' dtype: it pools them rounded "
+             f"to {dtype}, so its max |diff| includes the rounding")]
 
 
 def describe_single(name, w, layout, dtype):
@@ -309,12 +317,13 @@ def pyramid_block(name, w, layout, dtype, ctx) -> Block:
         counts = np.bincount(level[level >= 0], minlength=len(scales))
         names = [f"P{round(-math.log2(s))}" for s in scales]
         sr = "adaptive (0)" if w.sampling <= 0 else str(w.sampling)
-        lines = [f"{name} ({w.what}): levels {', '.join(str(s[2:]) for s in shapes)} of "
-                 f"{w.shape[:2]} {dtype} {layout}, {count} rois ({count // n} per image), "
-                 f"{w.size}x{w.size}, scales 1/{round(1 / scales[0])}..1/"
-                 f"{round(1 / scales[-1])}, sampling_ratio {sr}",
+        lines = [(f"{name} ({w.what}): levels {', '.join(str(s[2:]) for s in shapes)} of "
+                  f"{w.shape[:2]} {dtype} {layout}, {count} rois ({count // n} per image), "
+                  f"{w.size}x{w.size}, scales 1/{round(1 / scales[0])}..1/"
+                  f"{round(1 / scales[-1])}, sampling_ratio {sr}"),
                  "boxes per level (torchvision's mapper): "
                  + ", ".join(f"{k} {v}" for k, v in zip(names, counts))]
+        lines += torch_boxes_note(dtype, ctx)
         return lines, dict(boxes_per_level=dict(zip(names, map(int, counts))))
 
     return Block("pyramid", name, layout, dtype, describe, [Group(op.function, impls, note)])
@@ -419,8 +428,12 @@ assert set(PLANS) == set(SUITES), "every suite of workloads.py needs its plan he
 # ---- measuring a group -------------------------------------------------------------
 
 def _error(e: BaseException) -> str:
-    lines = str(e).strip().splitlines() or [""]
-    return f"{type(e).__name__}: {lines[0][:160]}"
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [""]
+    # A message that opens with a heading ("in user code:", TensorFlow's) says what went
+    # wrong on its last line.
+    line = lines[-1] if lines[0].endswith(":") else lines[0]
+    name = type(e).__name__
+    return f"{name}: {line.removeprefix(f'{name}: ')[:160]}"
 
 
 def measure_group(block, group, args, rates, progress):
@@ -631,7 +644,9 @@ def run(args) -> int:
     layouts = _names(args.layout, ["NCHW", "NHWC"], "layout")
     dtypes = _names(args.dtype, ["float32", "bfloat16", "float16"], "dtype")
     out = sys.stderr if args.json else sys.stdout
-    log = lambda line: print(line, file=out, flush=True)
+
+    def log(line):
+        print(line, file=out, flush=True)
 
     # Measured first, on the quiet process (no compiled functions, no peers' threads yet).
     rates = memory_rates(64 if args.tiny else 256)

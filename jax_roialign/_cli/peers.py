@@ -83,22 +83,25 @@ def _torch_closures(call, inputs, cotangent):
 
 
 def torch_timers(fn, kwargs, features, rois, cotangent):
-    """torchvision.ops.<op>(features, rois, **kwargs); CPU tensors in, NCHW."""
-    rois = rois.to(torch_device())
+    """torchvision.ops.<op>(features, rois, **kwargs); CPU tensors in, NCHW. The rois
+    are cast to the features' dtype, as torchvision requires (in float16/bfloat16 it so
+    pools rounded boxes)."""
+    rois = rois.to(torch_device(), features.dtype)
     return _torch_closures(lambda xs: fn(xs[0], rois, **kwargs), [features], cotangent)
 
 
 def torch_multiscale_timers(levels, rois, image_size, output_size, sampling_ratio, cotangent):
     """torchvision.ops.MultiScaleRoIAlign over the pyramid `levels` (NCHW tensors, finest
     first) with (K, 5) `rois` rows ordered by image: its forward takes a list of per-image
-    boxes and infers the levels' scales from the image size, as in a detector."""
+    boxes and infers the levels' scales from the image size, as in a detector. The boxes
+    are cast to the levels' dtype, as torchvision requires."""
     import torch
     from torchvision.ops import MultiScaleRoIAlign
 
     names = [f"p{i}" for i in range(len(levels))]
     pooler = MultiScaleRoIAlign(names, output_size, sampling_ratio)
     device = torch_device()
-    rois = rois.to(device)
+    rois = rois.to(device, levels[0].dtype)
     images = int(levels[0].shape[0])
     boxes = [rois[rois[:, 0] == n, 1:] for n in range(images)]
     shapes = [tuple(image_size)] * images
