@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU, jax's CUDA plugin, nvcc and cmake (and, if wanted,
 # torch + torchvision): build with CUDA, run the GPU tests, time every operator against
-# torchvision CUDA on the same device, and write the table next to this script.
+# torchvision CUDA on the same device (every bench suite; TensorFlow is compared on the
+# CPU only), and write the tables next to this script.
 #   bash benchmarks/gpu.sh [out-dir]     (from the repository root)
 set -euo pipefail
 out=${1:-benchmarks}
@@ -11,8 +12,8 @@ python -c "import jax, jax_roialign as j; print(jax.devices(), j.kernel_platform
 (cd tests && python -m pytest -q -x test_gpu.py) | tee "$out/gpu_tests.txt"
 {
   echo "# $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  echo "# command: python -m jax_roialign bench --peers jax_roialign,torchvision --layout NCHW"
-  python -m jax_roialign bench --peers jax_roialign,torchvision --layout NCHW
-  echo "# command: python -m jax_roialign bench --peers jax_roialign,torchvision --layout NHWC"
-  python -m jax_roialign bench --peers jax_roialign,torchvision --layout NHWC
+  for suite in ops pyramid rotated_crop; do
+    echo "# command: python -m jax_roialign bench --suite $suite --peers jax_roialign,torchvision --layout NCHW,NHWC"
+    python -m jax_roialign bench --suite $suite --peers jax_roialign,torchvision --layout NCHW,NHWC
+  done
 } 2>&1 | tee "$out/gpu_bench.txt"

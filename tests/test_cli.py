@@ -8,6 +8,7 @@ import pathlib
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import jax.numpy as jnp
@@ -16,6 +17,8 @@ import pytest
 
 import jax_roialign as jra
 from jax_roialign._cli import demo as _demo
+from jax_roialign._cli import timing as _timing
+from jax_roialign._cli import workloads as _workloads
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -148,17 +151,166 @@ def test_bench_tiny_prints_the_table_and_valid_json():
     out = run("bench", "--tiny", "--repeats", "1", "--json")
     doc = json.loads(out.stdout)
     assert list(doc["workloads"]) == ["tiny"] and "features read" in doc["gbps_definition"]
+    memory = doc["machine"]["memory"]
+    assert memory["read_gbps"] > 0 and memory["write_gbps"] > 0
     ours = [r for r in doc["results"] if r["impl"] == "jax_roialign"]
     assert any(r["op"] == "roi_align" for r in ours)
     for r in ours:
         assert not [k for k in r if k.endswith("_error")], r
         assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
         assert r["forward_gbps"] > 0 and r["forward_ratio"] == 1.0
+        assert r["forward_floor_ms"] > 0 and r["forward_floor_fraction"] > 0
+        assert r["forward_backward_floor_ms"] > r["forward_floor_ms"]
+    for r in doc["results"]:
+        if r["impl"] != "jax_roialign" and "forward_max_abs_diff" in r:
+            # The reference and torchvision compute the same function as ours.
+            assert r["compared_with"] == "jax_roialign" and r["forward_max_abs_diff"] < 1e-4, r
     assert any(r["impl"] == "reference" for r in doc["results"])
     table = out.stderr
     assert "the jax_roialign rows run compiled kernels (cpu)" in table
-    assert "fwd ms" in table and "fwd+bwd ms" in table and "GB/s" in table
+    assert "fwd ms" in table and "fwd+bwd ms" in table and "floor" in table
+    assert "memory, measured now: read" in table
     assert "roi_align" in table and "jax_roialign" in table
+
+
+# The peers hidden, as in an environment without them: the suites must run without.
+NO_PEERS = ("import sys; sys.modules['torch'] = sys.modules['torchvision'] = None; "
+            "sys.modules['tensorflow'] = None; from jax_roialign._cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+
+
+def run_without_peers(*args, timeout=600):
+    out = subprocess.run([sys.executable, "-c", NO_PEERS, *args], capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def _timed(r):
+    assert not [k for k in r if k.endswith("_error")], r
+    assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
+    assert r["forward_floor_fraction"] > 0 and r["forward_backward_floor_fraction"] > 0
+
+
+def test_bench_layout_and_dtype_lists_cover_every_combination():
+    out = run_without_peers("bench", "--tiny", "--repeats", "1", "--json", "--ops", "roi_align",
+                            "--layout", "NCHW,NHWC", "--dtype", "float32,bfloat16")
+    doc = json.loads(out.stdout)
+    assert doc["layouts"] == ["NCHW", "NHWC"] and doc["dtypes"] == ["float32", "bfloat16"]
+    combos = {(r["layout"], r["dtype"]) for r in doc["results"] if r["impl"] == "jax_roialign"}
+    assert combos == {(lay, d) for lay in ("NCHW", "NHWC") for d in ("float32", "bfloat16")}
+    for r in doc["results"]:
+        _timed(r)
+        if r["impl"] == "reference":  # bfloat16: the same function, rounded differently
+            assert r["forward_max_abs_diff"] < (1e-4 if r["dtype"] == "float32" else 0.1), r
+    assert "torchvision is not importable here: not timed" in out.stderr
+    assert out.stderr.count("[ops] tiny") == 4
+
+
+def test_bench_pyramid_suite_tiny():
+    out = run_without_peers("bench", "--suite", "pyramid", "--tiny", "--repeats", "1", "--json")
+    doc = json.loads(out.stdout)
+    w = _workloads.WORKLOADS["tiny_pyramid"]
+    assert list(doc["workloads"]) == ["tiny_pyramid"] and doc["suites"] == ["pyramid"]
+    (block,) = doc["blocks"]
+    assert sum(block["boxes_per_level"].values()) == w.rois
+    assert len(block["boxes_per_level"]) == w.levels
+    rows = {r["impl"]: r for r in doc["results"]}
+    assert set(rows) == {"jax_roialign", "jax_roialign loop", "reference"}
+    for r in rows.values():
+        _timed(r)
+        assert r["op"] == "multi_scale_roi_align" and r["samples"] > 0
+    # The fused call, the per-level loop and the reference pool the same boxes alike.
+    assert rows["jax_roialign loop"]["forward_max_abs_diff"] < 1e-5
+    assert rows["reference"]["forward_max_abs_diff"] < 1e-4
+    assert "boxes per level (torchvision's mapper): P2" in out.stderr
+    assert "torchvision is not importable here: not timed" in out.stderr
+
+
+def test_bench_rotated_crop_suite_tiny():
+    out = run_without_peers("bench", "--suite", "rotated_crop", "--tiny", "--repeats", "1",
+                            "--json", "--layout", "NCHW,NHWC")
+    doc = json.loads(out.stdout)
+    assert doc["suites"] == ["rotated_crop"]
+    for layout in ("NCHW", "NHWC"):
+        rows = [r for r in doc["results"] if r["layout"] == layout]
+        ops = [(r["op"], r["impl"]) for r in rows]
+        assert ops == [("roi_align", "jax_roialign"), ("roi_align_rotated", "jax_roialign"),
+                       ("roi_align", "reference"), ("roi_align_rotated", "reference"),
+                       ("crop_and_resize", "jax_roialign"), ("crop_and_resize", "reference")]
+        for r in rows:
+            _timed(r)
+            assert r["forward_ns_per_sample"] > 0
+        # Ratios per sample, against the group's first row (our roi_align; our crop).
+        assert rows[0]["forward_ratio"] == 1.0 and rows[4]["forward_ratio"] == 1.0
+        w = _workloads.WORKLOADS["tiny"]
+        assert rows[4]["samples"] == w.rois * _workloads.CROP_SIZE ** 2 * w.shape[1]
+        for r in rows[2:4] + rows[5:]:
+            assert r["compared_with"] == "jax_roialign" and r["forward_max_abs_diff"] < 1e-4
+    assert "tensorflow is not importable here: not timed" in out.stderr
+
+
+def test_bench_suites_take_workloads_of_their_kind():
+    out = subprocess.run([sys.executable, "-m", "jax_roialign", "bench", "--suite", "pyramid",
+                          "--workload", "fpn"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "fpn_pyramid" in out.stdout + out.stderr
+
+
+def test_interleaved_alternates_and_isolates_failures():
+    calls = []
+
+    def fn(name, fail_at=None):
+        def call():
+            calls.append(name)
+            if len([c for c in calls if c == name]) == fail_at:
+                raise RuntimeError(f"{name} broke")
+            return name
+        return call
+
+    a, b, c = _timing.interleaved([fn("a"), fn("b"), fn("c", fail_at=2)], repeats=3)
+    # First calls in turn, then rounds of one call each, the first rotating.
+    assert calls[:3] == ["a", "b", "c"] and calls[3:6] == ["a", "b", "c"]
+    assert calls[6:] == ["b", "a", "a", "b"]
+    assert (a.calls, b.calls, a.result, b.result) == (3, 3, "a", "b")
+    assert c.ms is None and "c broke" in str(c.error)
+
+
+def test_interleaved_budget_and_progress():
+    class Count:
+        done = 0
+
+        def advance(self, n=1):
+            self.done += n
+
+    progress = Count()
+    slow, fast = _timing.interleaved([lambda: time.sleep(0.02), lambda: None], repeats=4,
+                                     budget_s=0.01, progress=progress)
+    # A first call over the budget (a sleep of twice it) is taken alone; the progress
+    # still counts 1 + repeats calls per callable.
+    assert slow.calls == 0 and slow.ms == slow.first_call_ms >= 20
+    assert fast.calls >= 1 and fast.error is None
+    assert progress.done == 2 * (1 + 4)
+
+
+def test_memory_floor_is_measured_and_adds_reads_and_writes():
+    rates = _timing.memory_rates(megabytes=16, repeats=1)
+    assert rates.read_gbps > 0 and rates.write_gbps > 0 and rates.threads >= 1
+    floor = rates.floor_ms(2e6, 1e6)
+    assert floor == pytest.approx(2e6 / rates.read_gbps / 1e6 + 1e6 / rates.write_gbps / 1e6)
+
+
+def test_pyramid_proposals_spread_over_the_levels():
+    w = _workloads.WORKLOADS["fpn_pyramid"]
+    rows = _workloads.pyramid_proposals(np.random.default_rng(0), w)
+    assert rows.shape == (w.rois, 5)
+    assert np.all(np.bincount(rows[:, 0].astype(int)) == w.rois // w.shape[0])
+    height, width = w.image_size()
+    assert (height, width) == (800, 1088)
+    assert np.all(rows[:, 1:] >= 0) and np.all(rows[:, [1, 3]] <= width)
+    assert np.all(rows[:, [2, 4]] <= height)
+    counts = np.bincount(np.asarray(jra.level_of(rows, w.level_scales())), minlength=w.levels)
+    assert len(counts) == w.levels and counts.min() > w.rois / (2 * w.levels), counts
+    assert w.level_shapes()[-1] == (2, 256, 25, 34)
 
 
 def test_bench_rejects_unknown_names():
