@@ -34,7 +34,7 @@ class Workload(NamedTuple):
 
 
 WORKLOADS = {
-    "c4": Workload((1, 1024, 50, 68), 512, 14, 1 / 16, 0, "Faster R-CNN C4 head"),
+    "c4": Workload((1, 1024, 50, 68), 512, 14, 1 / 16, 2, "Faster R-CNN C4 head"),
     "fpn": Workload((2, 256, 200, 272), 1000, 7, 1 / 4, 2, "FPN level P2 box head"),
     "mask": Workload((2, 256, 100, 136), 200, 14, 1 / 8, 2, "Mask R-CNN mask head"),
     "head": Workload((8, 64, 64, 64), 256, 7, 1 / 8, 2, "a small detection head"),
