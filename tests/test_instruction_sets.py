@@ -18,7 +18,7 @@ import pytest
 import jax_roialign._cpu as cpu_module
 from cases import CASES, LAYOUTS, edge_rois, features
 
-DTYPES = ("float32", "bfloat16", "float64")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 def outputs():

@@ -15,8 +15,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../roi_common.h"
+
+#if JRA_CPU_F16C
+#include <immintrin.h>
+#endif
 
 namespace jax_roialign::cpu::JRA_CPU_ISA {
 
@@ -64,38 +69,66 @@ inline void add_sample(A* __restrict acc, const E* img, const Sample<G>& p, int6
 template <typename A>
 constexpr int64_t kBlock = 4 * 32 / sizeof(A);
 
+template <typename A>
+struct Vector;  // 32 bytes of A
+template <>
+struct Vector<float> { typedef float type __attribute__((vector_size(32))); };
+template <>
+struct Vector<double> { typedef double type __attribute__((vector_size(32))); };
+
+// The 32 / sizeof(A) elements at q, as a vector of A (exact conversions).
+template <typename A>
+inline typename Vector<A>::type load_vector(const A* q) {
+  typename Vector<A>::type v;
+  std::memcpy(&v, q, sizeof v);
+  return v;
+}
+inline Vector<float>::type load_vector(const BFloat16* q) {
+  typedef uint16_t Bits16 __attribute__((vector_size(16)));
+  typedef uint32_t Bits32 __attribute__((vector_size(32)));
+  Bits16 b;
+  std::memcpy(&b, q, sizeof b);
+  const Bits32 u = __builtin_convertvector(b, Bits32) << 16;
+  return __builtin_bit_cast(Vector<float>::type, u);
+}
+inline Vector<float>::type load_vector(const Half* q) {
+#if JRA_CPU_F16C
+  return __builtin_bit_cast(Vector<float>::type,
+                            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+#else
+  float f[8];
+  for (int i = 0; i < 8; ++i) f[i] = to_float(q[i]);
+  return load_vector(f);
+#endif
+}
+
 // add_sample over samples p[0, count) for kBlock<A> adjacent channels, the
 // block's sums held in registers across the samples: per channel the same
 // operations, in the same order, as add_sample's.
-template <typename A, typename G>
-inline void add_samples_block(A* __restrict acc, const A* img, const Sample<G>* p, int64_t count,
+template <typename A, typename E, typename G>
+inline void add_samples_block(A* __restrict acc, const E* img, const Sample<G>* p, int64_t count,
                               int64_t ps) {
-  typedef A Vec __attribute__((vector_size(32)));
+  using Vec = typename Vector<A>::type;
   constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
-  auto ld = [](const A* q) {
-    Vec v;
-    std::memcpy(&v, q, sizeof v);
-    return v;
-  };
   Vec a[kVecs];
-  for (int v = 0; v < kVecs; ++v) a[v] = ld(acc + v * kLanes);
+  for (int v = 0; v < kVecs; ++v) a[v] = load_vector(acc + v * kLanes);
   for (int64_t i = 0; i < count; ++i) {
     const Sample<G>& s = p[i];
-    const A* q0 = img + s.at[0] * ps;
+    const E* q0 = img + s.at[0] * ps;
     switch (s.kind) {
       case SampleKind::kEmpty:
         break;
       case SampleKind::kCell:
-        for (int v = 0; v < kVecs; ++v) a[v] += ld(q0 + v * kLanes);
+        for (int v = 0; v < kVecs; ++v) a[v] += load_vector(q0 + v * kLanes);
         break;
       case SampleKind::kLerp: {
-        const A* q1 = img + s.at[1] * ps;
-        const A* q2 = img + s.at[2] * ps;
-        const A* q3 = img + s.at[3] * ps;
+        const E* q1 = img + s.at[1] * ps;
+        const E* q2 = img + s.at[2] * ps;
+        const E* q3 = img + s.at[3] * ps;
         const A xl = A(s.w[0]), yl = A(s.w[1]);
         for (int v = 0; v < kVecs; ++v) {
-          const Vec f0 = ld(q0 + v * kLanes), f1 = ld(q1 + v * kLanes);
-          const Vec f2 = ld(q2 + v * kLanes), f3 = ld(q3 + v * kLanes);
+          const Vec f0 = load_vector(q0 + v * kLanes), f1 = load_vector(q1 + v * kLanes);
+          const Vec f2 = load_vector(q2 + v * kLanes), f3 = load_vector(q3 + v * kLanes);
           const Vec top = f0 + (f1 - f0) * xl;
           const Vec bottom = f2 + (f3 - f2) * xl;
           a[v] += top + (bottom - top) * yl;
@@ -103,13 +136,13 @@ inline void add_samples_block(A* __restrict acc, const A* img, const Sample<G>* 
         break;
       }
       case SampleKind::kBilinear: {
-        const A* q1 = img + s.at[1] * ps;
-        const A* q2 = img + s.at[2] * ps;
-        const A* q3 = img + s.at[3] * ps;
+        const E* q1 = img + s.at[1] * ps;
+        const E* q2 = img + s.at[2] * ps;
+        const E* q3 = img + s.at[3] * ps;
         const A w0 = A(s.w[0]), w1 = A(s.w[1]), w2 = A(s.w[2]), w3 = A(s.w[3]);
         for (int v = 0; v < kVecs; ++v)
-          a[v] += w0 * ld(q0 + v * kLanes) + w1 * ld(q1 + v * kLanes) +
-                  w2 * ld(q2 + v * kLanes) + w3 * ld(q3 + v * kLanes);
+          a[v] += w0 * load_vector(q0 + v * kLanes) + w1 * load_vector(q1 + v * kLanes) +
+                  w2 * load_vector(q2 + v * kLanes) + w3 * load_vector(q3 + v * kLanes);
         break;
       }
     }
@@ -143,6 +176,76 @@ inline void max_sample(A* __restrict best, int32_t* __restrict arg, const E* img
   for (int64_t c = 0; c < n; ++c)
     update(c, w0 * load<A>(q0[c * step]) + w1 * load<A>(q1[c * step]) +
                   w2 * load<A>(q2[c * step]) + w3 * load<A>(q3[c * step]));
+}
+
+// max_sample over samples p[0, count) (indices first, first + 1, ...) for
+// kBlock<A> adjacent channels, the block's best values and winners held in
+// registers: per channel the same comparisons, in the same order.
+template <typename A, typename E, typename G>
+inline void max_samples_block(A* __restrict best, int32_t* __restrict arg, const E* img,
+                              const Sample<G>* p, int32_t first, int64_t count, int64_t ps) {
+  using Vec = typename Vector<A>::type;
+  using Int = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;  // a lane's mask and index
+  typedef Int Ints __attribute__((vector_size(32)));
+  constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
+  typedef int32_t Int32s __attribute__((vector_size(kLanes * 4)));
+  Vec b[kVecs];
+  Ints a[kVecs];
+  for (int v = 0; v < kVecs; ++v) {
+    b[v] = load_vector(best + v * kLanes);
+    Int32s a32;
+    std::memcpy(&a32, arg + v * kLanes, sizeof a32);
+    a[v] = __builtin_convertvector(a32, Ints);
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    const Sample<G>& s = p[i];
+    const Int index = Int(first + i);
+    auto update = [&](int v, Vec x) {
+      const Ints better = ((a[v] < 0) & (x == x)) | (x > b[v]);
+      b[v] = better ? x : b[v];
+      a[v] = better ? index : a[v];
+    };
+    if (s.kind == SampleKind::kEmpty) {  // sample_value's 0
+      for (int v = 0; v < kVecs; ++v) update(v, Vec{} + A(0));
+      continue;
+    }
+    const E* q0 = img + s.at[0] * ps;
+    if (s.kind == SampleKind::kCell) {
+      for (int v = 0; v < kVecs; ++v) update(v, load_vector(q0 + v * kLanes));
+      continue;
+    }
+    const E* q1 = img + s.at[1] * ps;
+    const E* q2 = img + s.at[2] * ps;
+    const E* q3 = img + s.at[3] * ps;
+    switch (s.kind) {
+      case SampleKind::kEmpty:
+      case SampleKind::kCell:
+        break;
+      case SampleKind::kLerp: {
+        const A xl = A(s.w[0]), yl = A(s.w[1]);
+        for (int v = 0; v < kVecs; ++v) {
+          const Vec f0 = load_vector(q0 + v * kLanes), f1 = load_vector(q1 + v * kLanes);
+          const Vec f2 = load_vector(q2 + v * kLanes), f3 = load_vector(q3 + v * kLanes);
+          const Vec top = f0 + (f1 - f0) * xl;
+          const Vec bottom = f2 + (f3 - f2) * xl;
+          update(v, top + (bottom - top) * yl);
+        }
+        break;
+      }
+      case SampleKind::kBilinear: {
+        const A w0 = A(s.w[0]), w1 = A(s.w[1]), w2 = A(s.w[2]), w3 = A(s.w[3]);
+        for (int v = 0; v < kVecs; ++v)
+          update(v, w0 * load_vector(q0 + v * kLanes) + w1 * load_vector(q1 + v * kLanes) +
+                        w2 * load_vector(q2 + v * kLanes) + w3 * load_vector(q3 + v * kLanes));
+        break;
+      }
+    }
+  }
+  for (int v = 0; v < kVecs; ++v) {
+    std::memcpy(best + v * kLanes, &b[v], sizeof b[v]);
+    const Int32s a32 = __builtin_convertvector(a[v], Int32s);
+    std::memcpy(arg + v * kLanes, &a32, sizeof a32);
+  }
 }
 
 // Whether dividing by d is multiplying by 1 / d exactly (d a power of two):
@@ -203,7 +306,7 @@ inline void scatter_sample_channels(A* img, const A* g, const Sample<G>& p, A di
 template <typename A, typename G>
 inline void scatter_samples_block(A* img, const A* g, const Sample<G>* p, int64_t count,
                                   A divisor, bool exact, A inv, int64_t ps) {
-  typedef A Vec __attribute__((vector_size(32)));
+  using Vec = typename Vector<A>::type;
   constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
   Vec gv[kVecs];
   for (int v = 0; v < kVecs; ++v) std::memcpy(&gv[v], g + v * kLanes, sizeof gv[v]);

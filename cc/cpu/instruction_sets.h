@@ -11,7 +11,9 @@
 #include <cstring>
 
 #define JRA_CPU_ISA baseline
+#define JRA_CPU_F16C 0
 #include "kernels.h"
+#undef JRA_CPU_F16C
 #undef JRA_CPU_ISA
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -23,7 +25,9 @@
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2")
 #endif
 #define JRA_CPU_ISA avx2
+#define JRA_CPU_F16C 1
 #include "kernels.h"
+#undef JRA_CPU_F16C
 #undef JRA_CPU_ISA
 #if defined(__clang__)
 #pragma clang attribute pop

@@ -91,9 +91,9 @@ class Packed {
     }
     int64_t total = 0;
     for (int64_t l = 0; l < s.L; ++l) total += s.N * s.level[l].H * s.level[l].W * view_.nin;
-    data_ = allocate_scratch<A>(size_t(total));
+    data_ = std::make_unique<TaskScratch<A>>(size_t(total));
     for (int64_t l = 0, at = 0; l < s.L; at += s.N * s.level[l].H * s.level[l].W * view_.nin, ++l)
-      view_.level[l] = data_.get() + at;
+      view_.level[l] = data_->get() + at;
   }
 
   const View<A>& view() const { return view_; }
@@ -135,7 +135,7 @@ class Packed {
   RoiCall s_;
   View<A> view_{};
   std::vector<int64_t> slot_;
-  Scratch<A> data_;
+  std::unique_ptr<TaskScratch<A>> data_;
 };
 
 template <typename T>
@@ -191,7 +191,7 @@ struct Kernels {
           const int64_t i1 = std::min(b.count(), i0 + kChunk);
           w.plan.samples(b, i0, i1, w.samples, nullptr);
           int64_t c = 0;
-          if constexpr (Unit && std::is_same_v<std::remove_const_t<E>, A>)
+          if constexpr (Unit)
             for (; c + kBlock<A> <= n; c += kBlock<A>)
               add_samples_block(acc + c, img + c, w.samples, i1 - i0, f.pixel);
           if (c < n)
@@ -225,8 +225,15 @@ struct Kernels {
         for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
           const int64_t i1 = std::min(b.count(), i0 + kChunk);
           w.plan.samples(b, i0, i1, w.samples, nullptr);
-          for (int64_t i = 0; i < i1 - i0; ++i)
-            max_sample<Unit>(best, arg, img, w.samples[i], int32_t(i0 + i), f.pixel, cs, n);
+          int64_t c = 0;
+          if constexpr (Unit)
+            for (; c + kBlock<A> <= n; c += kBlock<A>)
+              max_samples_block(best + c, arg + c, img + c, w.samples, int32_t(i0), i1 - i0,
+                                f.pixel);
+          if (c < n)
+            for (int64_t i = 0; i < i1 - i0; ++i)
+              max_sample<Unit>(best + c, arg + c, img + c * cs, w.samples[i], int32_t(i0 + i),
+                               f.pixel, cs, n - c);
         }
         for (int64_t c = 0; c < n; ++c) {
           const A m = best[c];

@@ -1,7 +1,8 @@
-// Large per-call scratch buffers. A fresh buffer's pages fault in on first
-// touch, one per 4 KiB page, which for a feature map's copy costs as much as
-// the copy itself; on Linux the buffer is aligned and advised for transparent
-// huge pages, so it faults in 2 MiB at a time where the system allows.
+// Large per-task scratch buffers (a task's channel-last copy of the
+// features). A fresh buffer's pages fault in on first touch, one per 4 KiB
+// page, which for a feature map's copy costs about as much as the copy: so a
+// thread keeps its largest buffer (up to kKeptBytes) for its next task, and a
+// new buffer is aligned and advised for transparent huge pages on Linux.
 #ifndef JAX_ROIALIGN_CC_CPU_SCRATCH_H_
 #define JAX_ROIALIGN_CC_CPU_SCRATCH_H_
 
@@ -38,6 +39,40 @@ Scratch<A> allocate_scratch(size_t n) {
 #endif
   return Scratch<A>(static_cast<A*>(p));
 }
+
+// The most a thread keeps between tasks: the channel-last copy of a large FPN
+// level's channels is ~100 MB; beyond this, each task allocates its own.
+constexpr size_t kKeptBytes = size_t{1} << 30;
+
+// A buffer of n elements for the calling thread's current task, valid until
+// its next call on this thread (a task runs to completion on one thread and
+// calls this once). Throws std::bad_alloc.
+template <typename A>
+class TaskScratch {
+ public:
+  explicit TaskScratch(size_t n) {
+    const size_t bytes = (n > 0 ? n : 1) * sizeof(A);
+    if (bytes > kKeptBytes) {
+      own_ = allocate_scratch<unsigned char>(bytes);
+      data_ = reinterpret_cast<A*>(own_.get());
+      return;
+    }
+    thread_local Scratch<unsigned char> kept;
+    thread_local size_t kept_bytes = 0;
+    if (kept_bytes < bytes) {
+      kept.reset();
+      kept_bytes = 0;
+      kept = allocate_scratch<unsigned char>(bytes);
+      kept_bytes = bytes;
+    }
+    data_ = reinterpret_cast<A*>(kept.get());
+  }
+  A* get() const { return data_; }
+
+ private:
+  Scratch<unsigned char> own_;
+  A* data_ = nullptr;
+};
 
 }  // namespace jax_roialign::cpu
 
