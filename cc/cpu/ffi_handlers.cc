@@ -5,6 +5,8 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <new>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -81,8 +83,34 @@ const int32_t* winners(const RoiCall& s, const ffi::AnyBuffer& winner) {
   return s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
 }
 
+// The order in which the forward visits the rois: by image, level and the row
+// of the roi's middle bin, so that rois that read the same rows follow each
+// other and find them in cache. Each roi writes only its own outputs, so the
+// order changes no result.
+template <typename G>
+std::shared_ptr<const std::vector<int64_t>> locality_order(const RoiCall& s, const G* rois,
+                                                           const int32_t* levels) {
+  std::vector<std::pair<int64_t, int64_t>> keyed(s.K);
+  for (int64_t k = 0; k < s.K; ++k) {
+    const RoiSampler<G> r = roi_sampler(s, rois, levels, k);
+    int64_t key = -1;  // invalid rois first: they only write zeros
+    if (r.valid()) {
+      const BinSampler<G> b = bin_of(r, s.PH / 2, s.PW / 2);
+      const int64_t row = b.count() > 0 ? b.sample(0, nullptr).at[0] / r.W : 0;
+      key = (r.image * s.L + r.level) * (s.level[r.level].H + 1) + row;
+    }
+    keyed[k] = {key, k};
+  }
+  std::stable_sort(keyed.begin(), keyed.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  auto order = std::make_shared<std::vector<int64_t>>(s.K);
+  for (int64_t k = 0; k < s.K; ++k) (*order)[k] = keyed[k].second;
+  return order;
+}
+
 // forward and forward_selected: with a channel-last copy per task (tasks
-// split the channels) where it pays, else on the buffers as they are.
+// split the channels) where it pays, else on the buffers as they are; the
+// rois in locality_order.
 template <typename T>
 ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::AnyBuffer& rois,
                         const ffi::AnyBuffer& levels, T* out, int32_t* winner,
@@ -92,17 +120,25 @@ ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::
   const G* r = geometry<G>(rois);
   const int32_t* lv = level_indices(levels);
   const RoiCall s = c.s;
+  std::shared_ptr<const std::vector<int64_t>> order;
+  try {
+    order = locality_order(s, r, lv);
+  } catch (const std::bad_alloc&) {
+    return ready_future(ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                                   "jax_roialign: out of memory ordering the rois"));
+  }
   return with_kernels<T>([&](auto isa) {
     using I = decltype(isa);
     if (packing_pays(s))
       return parallel_for(pool, s.Cout, channel_tasks(pool, s), [=](int64_t c0, int64_t c1) {
         typename I::Packed packed(s, c0, c1);
         packed.load(f.data());
-        I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, 0, s.K, c0, c1);
+        I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, order->data(),
+                            0, s.K, c0, c1);
       });
     return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
-      I::Kernels::forward(s, I::direct(s, f.data()), r, lv, out, winner, given, linear, k0, k1,
-                          c0, c1);
+      I::Kernels::forward(s, I::direct(s, f.data()), r, lv, out, winner, given, linear,
+                          order->data(), k0, k1, c0, c1);
     });
   });
 }

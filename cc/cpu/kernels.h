@@ -277,13 +277,15 @@ struct Kernels {
   // winners (`winner` written) or, with `given`, evaluates given winners.
   // `linear`: forward_selected, the linear part (no fill).
   template <typename E>
+  // `order`: the rois in the order to visit them (positions [k0, k1) of it).
   static void forward(const RoiCall& s, const View<E>& f, const G* rois, const int32_t* levels,
-                      T* out, int32_t* winner, const int32_t* given, bool linear, int64_t k0,
-                      int64_t k1, int64_t c0, int64_t c1) {
+                      T* out, int32_t* winner, const int32_t* given, bool linear,
+                      const int64_t* order, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
     const A fill = linear ? A(0) : A(s.fill);
     Workspace w;
     const bool unit = f.channel_step(0) == 1;  // the same on every level
-    for (int64_t k = k0; k < k1; ++k) {
+    for (int64_t j = k0; j < k1; ++j) {
+      const int64_t k = order[j];
       w.plan.build(s, rois, levels, k, false);
       if (!w.plan.valid()) {
         zero_rows(s, out, winner, k, c0, c1);
