@@ -1,0 +1,65 @@
+"""What bounds the CPU kernels beyond their arithmetic, on the FPN workload (NHWC
+float32): the cost of XLA allocating each output afresh (a jitted `x * 2` on an array
+the size of roi_align's output), and the cost of reads the cache cannot serve (the
+workload's rois as given, visited in the kernels' order anyway; and 1000 copies of one
+box, every read in cache). Run it with and without
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=8589934592
+
+to see the allocator's share (benchmarks/README.md). Prints medians of interleaved calls.
+"""
+
+import argparse
+import os
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_roialign as jra
+from jax_roialign._cli.workloads import WORKLOADS, proposals
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    w = WORKLOADS["fpn"]
+    n, c, h, wd = w.shape
+    rng = np.random.default_rng(0)
+    f = jnp.asarray(rng.normal(size=(n, h, wd, c)).astype(np.float32))
+    rois = proposals(rng, n, h, wd, w.scale, w.rois)
+    pool = jax.jit(lambda x, r: jra.roi_align(x, r, w.size, w.scale, w.sampling, True,
+                                              layout="NHWC"))
+    out_elements = w.rois * c * w.size * w.size
+    x = jnp.ones((out_elements,), jnp.float32)
+    double = jax.jit(lambda x: x * 2)
+    calls = {
+        f"x * 2 on {out_elements * 4 / 1e6:.0f} MB (XLA allocates the output)":
+            lambda: double(x),
+        "roi_align, the workload's rois": lambda: pool(f, jnp.asarray(rois)),
+        "roi_align, 1000 copies of one box (reads in cache)":
+            lambda: pool(f, jnp.asarray(np.repeat(rois[:1], len(rois), 0))),
+    }
+    for fn in calls.values():
+        jax.block_until_ready(fn())
+    times = {k: [] for k in calls}
+    system = {k: 0.0 for k in calls}
+    for _ in range(args.repeats):
+        for k, fn in calls.items():
+            s0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[k].append(time.perf_counter() - t0)
+            system[k] += resource.getrusage(resource.RUSAGE_SELF).ru_stime - s0
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}; "
+          f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    for k in calls:
+        print(f"{np.median(times[k]) * 1e3:8.1f} ms  (system time {system[k] / args.repeats * 1e3:5.1f} ms"
+              f" a call)  {k}")
+
+
+if __name__ == "__main__":
+    main()
