@@ -102,6 +102,31 @@ inline Vector<float>::type load_vector(const Half* q) {
 #endif
 }
 
+// Sample s's value (sample_value's, lane by lane) at the 32 / sizeof(A)
+// adjacent channels starting at `img` (channel c of pixel 0).
+template <typename A, typename E, typename G>
+inline typename Vector<A>::type sample_vector(const Sample<G>& s, const E* img, int64_t ps) {
+  using Vec = typename Vector<A>::type;
+  switch (s.kind) {
+    case SampleKind::kEmpty:
+      return Vec{} + A(0);
+    case SampleKind::kCell:
+      return load_vector(img + s.at[0] * ps);
+    case SampleKind::kLerp: {
+      const A xl = A(s.w[0]), yl = A(s.w[1]);
+      const Vec f0 = load_vector(img + s.at[0] * ps), f1 = load_vector(img + s.at[1] * ps);
+      const Vec f2 = load_vector(img + s.at[2] * ps), f3 = load_vector(img + s.at[3] * ps);
+      const Vec top = f0 + (f1 - f0) * xl;
+      const Vec bottom = f2 + (f3 - f2) * xl;
+      return top + (bottom - top) * yl;
+    }
+    case SampleKind::kBilinear:
+      break;
+  }
+  return A(s.w[0]) * load_vector(img + s.at[0] * ps) + A(s.w[1]) * load_vector(img + s.at[1] * ps) +
+         A(s.w[2]) * load_vector(img + s.at[2] * ps) + A(s.w[3]) * load_vector(img + s.at[3] * ps);
+}
+
 // add_sample over samples p[0, count) for kBlock<A> adjacent channels, the
 // block's sums held in registers across the samples: per channel the same
 // operations, in the same order, as add_sample's.
@@ -113,39 +138,8 @@ inline void add_samples_block(A* __restrict acc, const E* img, const Sample<G>* 
   Vec a[kVecs];
   for (int v = 0; v < kVecs; ++v) a[v] = load_vector(acc + v * kLanes);
   for (int64_t i = 0; i < count; ++i) {
-    const Sample<G>& s = p[i];
-    const E* q0 = img + s.at[0] * ps;
-    switch (s.kind) {
-      case SampleKind::kEmpty:
-        break;
-      case SampleKind::kCell:
-        for (int v = 0; v < kVecs; ++v) a[v] += load_vector(q0 + v * kLanes);
-        break;
-      case SampleKind::kLerp: {
-        const E* q1 = img + s.at[1] * ps;
-        const E* q2 = img + s.at[2] * ps;
-        const E* q3 = img + s.at[3] * ps;
-        const A xl = A(s.w[0]), yl = A(s.w[1]);
-        for (int v = 0; v < kVecs; ++v) {
-          const Vec f0 = load_vector(q0 + v * kLanes), f1 = load_vector(q1 + v * kLanes);
-          const Vec f2 = load_vector(q2 + v * kLanes), f3 = load_vector(q3 + v * kLanes);
-          const Vec top = f0 + (f1 - f0) * xl;
-          const Vec bottom = f2 + (f3 - f2) * xl;
-          a[v] += top + (bottom - top) * yl;
-        }
-        break;
-      }
-      case SampleKind::kBilinear: {
-        const E* q1 = img + s.at[1] * ps;
-        const E* q2 = img + s.at[2] * ps;
-        const E* q3 = img + s.at[3] * ps;
-        const A w0 = A(s.w[0]), w1 = A(s.w[1]), w2 = A(s.w[2]), w3 = A(s.w[3]);
-        for (int v = 0; v < kVecs; ++v)
-          a[v] += w0 * load_vector(q0 + v * kLanes) + w1 * load_vector(q1 + v * kLanes) +
-                  w2 * load_vector(q2 + v * kLanes) + w3 * load_vector(q3 + v * kLanes);
-        break;
-      }
-    }
+    if (p[i].kind == SampleKind::kEmpty) continue;  // add_sample adds nothing
+    for (int v = 0; v < kVecs; ++v) a[v] += sample_vector<A>(p[i], img + v * kLanes, ps);
   }
   for (int v = 0; v < kVecs; ++v) std::memcpy(acc + v * kLanes, &a[v], sizeof a[v]);
 }
@@ -205,41 +199,7 @@ inline void max_samples_block(A* __restrict best, int32_t* __restrict arg, const
       b[v] = better ? x : b[v];
       a[v] = better ? index : a[v];
     };
-    if (s.kind == SampleKind::kEmpty) {  // sample_value's 0
-      for (int v = 0; v < kVecs; ++v) update(v, Vec{} + A(0));
-      continue;
-    }
-    const E* q0 = img + s.at[0] * ps;
-    if (s.kind == SampleKind::kCell) {
-      for (int v = 0; v < kVecs; ++v) update(v, load_vector(q0 + v * kLanes));
-      continue;
-    }
-    const E* q1 = img + s.at[1] * ps;
-    const E* q2 = img + s.at[2] * ps;
-    const E* q3 = img + s.at[3] * ps;
-    switch (s.kind) {
-      case SampleKind::kEmpty:
-      case SampleKind::kCell:
-        break;
-      case SampleKind::kLerp: {
-        const A xl = A(s.w[0]), yl = A(s.w[1]);
-        for (int v = 0; v < kVecs; ++v) {
-          const Vec f0 = load_vector(q0 + v * kLanes), f1 = load_vector(q1 + v * kLanes);
-          const Vec f2 = load_vector(q2 + v * kLanes), f3 = load_vector(q3 + v * kLanes);
-          const Vec top = f0 + (f1 - f0) * xl;
-          const Vec bottom = f2 + (f3 - f2) * xl;
-          update(v, top + (bottom - top) * yl);
-        }
-        break;
-      }
-      case SampleKind::kBilinear: {
-        const A w0 = A(s.w[0]), w1 = A(s.w[1]), w2 = A(s.w[2]), w3 = A(s.w[3]);
-        for (int v = 0; v < kVecs; ++v)
-          update(v, w0 * load_vector(q0 + v * kLanes) + w1 * load_vector(q1 + v * kLanes) +
-                        w2 * load_vector(q2 + v * kLanes) + w3 * load_vector(q3 + v * kLanes));
-        break;
-      }
-    }
+    for (int v = 0; v < kVecs; ++v) update(v, sample_vector<A>(s, img + v * kLanes, ps));
   }
   for (int v = 0; v < kVecs; ++v) {
     std::memcpy(best + v * kLanes, &b[v], sizeof b[v]);
