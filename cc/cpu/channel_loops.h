@@ -172,6 +172,30 @@ inline void max_sample(A* __restrict best, int32_t* __restrict arg, const E* img
                   w2 * load<A>(q2[c * step]) + w3 * load<A>(q3[c * step]));
 }
 
+// out[c] = (the sum of samples p[0, count) at channel c) / divisor, rounded to
+// T, for kBlock<A> adjacent channels of `img` and of `out`: add_samples_block
+// from zero, then forward_avg's division, without the round trip through memory.
+template <typename T, typename A, typename E, typename G>
+inline void average_block(T* out, const E* img, const Sample<G>* p, int64_t count, int64_t ps,
+                          A divisor) {
+  using Vec = typename Vector<A>::type;
+  constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
+  Vec a[kVecs];
+  for (int v = 0; v < kVecs; ++v) a[v] = Vec{} + A(0);
+  for (int64_t i = 0; i < count; ++i) {
+    if (p[i].kind == SampleKind::kEmpty) continue;
+    for (int v = 0; v < kVecs; ++v) a[v] += sample_vector<A>(p[i], img + v * kLanes, ps);
+  }
+  for (int v = 0; v < kVecs; ++v) {
+    const Vec q = a[v] / divisor;
+    if constexpr (std::is_same_v<T, A>) {
+      std::memcpy(out + v * kLanes, &q, sizeof q);
+    } else {
+      for (int j = 0; j < kLanes; ++j) out[v * kLanes + j] = store<T>(q[j]);
+    }
+  }
+}
+
 // max_sample over samples p[0, count) (indices first, first + 1, ...) for
 // kBlock<A> adjacent channels, the block's best values and winners held in
 // registers: per channel the same comparisons, in the same order.

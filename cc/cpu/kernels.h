@@ -186,11 +186,22 @@ struct Kernels {
         const int64_t bin = ph * s.PW + pw;
         const BinPlan b = w.plan.bin(ph, pw);
         const E* img = f.at(l, w.plan.image(), c0, bin);
+        T* o = out + s.output_offset(k, c0, bin);
+        const int64_t os =
+            n > 1 ? s.output_offset(k, c0 + 1, bin) - s.output_offset(k, c0, bin) : 1;
+        int64_t done = 0;  // channels written already
+        // One chunk of samples, adjacent outputs: whole blocks never hold sums in memory.
+        if (Unit && os == 1 && b.count() > 0 && b.count() <= kChunk) {
+          w.plan.samples(b, 0, b.count(), w.samples, nullptr);
+          for (; done + kBlock<A> <= n; done += kBlock<A>)
+            average_block(o + done, img + done, w.samples, b.count(), f.pixel, A(b.divisor));
+          if (done == n) continue;
+        }
         std::fill_n(acc, n, A(0));
         for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
           const int64_t i1 = std::min(b.count(), i0 + kChunk);
           w.plan.samples(b, i0, i1, w.samples, nullptr);
-          int64_t c = 0;
+          int64_t c = done;
           if constexpr (Unit)
             for (; c + kBlock<A> <= n; c += kBlock<A>)
               add_samples_block(acc + c, img + c, w.samples, i1 - i0, f.pixel);
@@ -200,9 +211,7 @@ struct Kernels {
         }
         const A divisor = A(b.divisor);
         const bool empty = b.count() == 0;
-        T* o = out + s.output_offset(k, c0, bin);
-        const int64_t os = s.output_offset(k, c0 + 1, bin) - s.output_offset(k, c0, bin);
-        for (int64_t c = 0; c < n; ++c) o[c * os] = store<T>(empty ? fill : acc[c] / divisor);
+        for (int64_t c = done; c < n; ++c) o[c * os] = store<T>(empty ? fill : acc[c] / divisor);
       }
   }
 
