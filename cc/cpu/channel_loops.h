@@ -102,30 +102,48 @@ inline Vector<float>::type load_vector(const Half* q) {
 #endif
 }
 
-// Sample s's value (sample_value's, lane by lane) at the 32 / sizeof(A)
-// adjacent channels starting at `img` (channel c of pixel 0).
-template <typename A, typename E, typename G>
-inline typename Vector<A>::type sample_vector(const Sample<G>& s, const E* img, int64_t ps) {
+// fn(v, value) for v in [0, kVecs): sample s's value (sample_value's, lane by
+// lane) at vector v of the kVecs * 32 / sizeof(A) adjacent channels starting
+// at `img` (channel c of pixel 0). One switch per sample, outside the vectors.
+template <int kVecs, typename A, typename E, typename G, typename Fn>
+__attribute__((always_inline)) inline void each_vector(const Sample<G>& s, const E* img,
+                                                       int64_t ps, Fn&& fn) {
   using Vec = typename Vector<A>::type;
+  constexpr int kLanes = 32 / sizeof(A);
   switch (s.kind) {
     case SampleKind::kEmpty:
-      return Vec{} + A(0);
-    case SampleKind::kCell:
-      return load_vector(img + s.at[0] * ps);
-    case SampleKind::kLerp: {
-      const A xl = A(s.w[0]), yl = A(s.w[1]);
-      const Vec f0 = load_vector(img + s.at[0] * ps), f1 = load_vector(img + s.at[1] * ps);
-      const Vec f2 = load_vector(img + s.at[2] * ps), f3 = load_vector(img + s.at[3] * ps);
-      const Vec top = f0 + (f1 - f0) * xl;
-      const Vec bottom = f2 + (f3 - f2) * xl;
-      return top + (bottom - top) * yl;
+      for (int v = 0; v < kVecs; ++v) fn(v, Vec{} + A(0));
+      return;
+    case SampleKind::kCell: {
+      const E* q0 = img + s.at[0] * ps;
+      for (int v = 0; v < kVecs; ++v) fn(v, load_vector(q0 + v * kLanes));
+      return;
     }
-    case SampleKind::kBilinear:
-      break;
+    case SampleKind::kLerp: {
+      const E *q0 = img + s.at[0] * ps, *q1 = img + s.at[1] * ps;
+      const E *q2 = img + s.at[2] * ps, *q3 = img + s.at[3] * ps;
+      const A xl = A(s.w[0]), yl = A(s.w[1]);
+      for (int v = 0; v < kVecs; ++v) {
+        const Vec f0 = load_vector(q0 + v * kLanes), f1 = load_vector(q1 + v * kLanes);
+        const Vec f2 = load_vector(q2 + v * kLanes), f3 = load_vector(q3 + v * kLanes);
+        const Vec top = f0 + (f1 - f0) * xl;
+        const Vec bottom = f2 + (f3 - f2) * xl;
+        fn(v, top + (bottom - top) * yl);
+      }
+      return;
+    }
+    case SampleKind::kBilinear: {
+      const E *q0 = img + s.at[0] * ps, *q1 = img + s.at[1] * ps;
+      const E *q2 = img + s.at[2] * ps, *q3 = img + s.at[3] * ps;
+      const A w0 = A(s.w[0]), w1 = A(s.w[1]), w2 = A(s.w[2]), w3 = A(s.w[3]);
+      for (int v = 0; v < kVecs; ++v)
+        fn(v, w0 * load_vector(q0 + v * kLanes) + w1 * load_vector(q1 + v * kLanes) +
+                  w2 * load_vector(q2 + v * kLanes) + w3 * load_vector(q3 + v * kLanes));
+      return;
+    }
   }
-  return A(s.w[0]) * load_vector(img + s.at[0] * ps) + A(s.w[1]) * load_vector(img + s.at[1] * ps) +
-         A(s.w[2]) * load_vector(img + s.at[2] * ps) + A(s.w[3]) * load_vector(img + s.at[3] * ps);
 }
+
 
 // add_sample over samples p[0, count) for kBlock<A> adjacent channels, the
 // block's sums held in registers across the samples: per channel the same
@@ -139,7 +157,7 @@ inline void add_samples_block(A* __restrict acc, const E* img, const Sample<G>* 
   for (int v = 0; v < kVecs; ++v) a[v] = load_vector(acc + v * kLanes);
   for (int64_t i = 0; i < count; ++i) {
     if (p[i].kind == SampleKind::kEmpty) continue;  // add_sample adds nothing
-    for (int v = 0; v < kVecs; ++v) a[v] += sample_vector<A>(p[i], img + v * kLanes, ps);
+    each_vector<kVecs, A>(p[i], img, ps, [&](int v, const Vec& x) { a[v] += x; });
   }
   for (int v = 0; v < kVecs; ++v) std::memcpy(acc + v * kLanes, &a[v], sizeof a[v]);
 }
@@ -184,7 +202,7 @@ inline void average_block(T* out, const E* img, const Sample<G>* p, int64_t coun
   for (int v = 0; v < kVecs; ++v) a[v] = Vec{} + A(0);
   for (int64_t i = 0; i < count; ++i) {
     if (p[i].kind == SampleKind::kEmpty) continue;
-    for (int v = 0; v < kVecs; ++v) a[v] += sample_vector<A>(p[i], img + v * kLanes, ps);
+    each_vector<kVecs, A>(p[i], img, ps, [&](int v, const Vec& x) { a[v] += x; });
   }
   for (int v = 0; v < kVecs; ++v) {
     const Vec q = a[v] / divisor;
@@ -218,12 +236,12 @@ inline void max_samples_block(A* __restrict best, int32_t* __restrict arg, const
   for (int64_t i = 0; i < count; ++i) {
     const Sample<G>& s = p[i];
     const Int index = Int(first + i);
-    auto update = [&](int v, Vec x) {
+    auto update = [&](int v, const Vec& x) {
       const Ints better = ((a[v] < 0) & (x == x)) | (x > b[v]);
       b[v] = better ? x : b[v];
       a[v] = better ? index : a[v];
     };
-    for (int v = 0; v < kVecs; ++v) update(v, sample_vector<A>(s, img + v * kLanes, ps));
+    each_vector<kVecs, A>(s, img, ps, update);
   }
   for (int v = 0; v < kVecs; ++v) {
     std::memcpy(best + v * kLanes, &b[v], sizeof b[v]);
