@@ -33,18 +33,20 @@ inline nanobind::dict operator_table() {
 }  // namespace jax_roialign
 
 // The module body of platform `suffix` (cpu, cuda): handler symbols are
-// jax_roialign_<kernel>_<suffix>.
+// jax_roialign_<kernel>_<suffix>. JRA_BINDINGS_BODY defines the functions on
+// module `m`, for a module that adds its own (the emulated test module).
 #define JRA_KERNEL_CAPSULE_CPU(kernel) \
   d[#kernel] = ::jax_roialign::handler_capsule(jax_roialign_##kernel##_cpu);
 #define JRA_KERNEL_CAPSULE_CUDA(kernel) \
   d[#kernel] = ::jax_roialign::handler_capsule(jax_roialign_##kernel##_cuda);
 
-#define JRA_BINDINGS(module, CAPSULE)                                          \
-  NB_MODULE(module, m) {                                                       \
-    m.def("kernels", []() {                                                    \
-      nanobind::dict d;                                                        \
-      JRA_KERNELS(CAPSULE)                                                     \
-      return d;                                                                \
-    });                                                                        \
-    m.def("operators", []() { return ::jax_roialign::operator_table(); });     \
-  }
+#define JRA_BINDINGS_BODY(m, CAPSULE)                                        \
+  m.def("kernels", []() {                                                    \
+    nanobind::dict d;                                                        \
+    JRA_KERNELS(CAPSULE)                                                     \
+    return d;                                                                \
+  });                                                                        \
+  m.def("operators", []() { return ::jax_roialign::operator_table(); });
+
+#define JRA_BINDINGS(module, CAPSULE) \
+  NB_MODULE(module, m) { JRA_BINDINGS_BODY(m, CAPSULE) }

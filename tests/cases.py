@@ -78,11 +78,13 @@ class Case:
             kw["aligned"] = aligned
         return kw
 
-    def __call__(self, impl, f, rois, size, scale=1.0, sr=-1, aligned=False, layout="NCHW"):
-        """`impl` ("kernel", "reference" or a callable) on this case's configuration;
-        `rois` are the tests' axis-aligned pixel boxes, in any of the three forms."""
+    def __call__(self, impl, f, rois, size, scale=1.0, sr=-1, aligned=False, layout="NCHW",
+                 **extra):
+        """`impl` ("kernel", "reference" or a callable) on this case's configuration (and
+        `extra` keyword arguments, e.g. deterministic); `rois` are the tests' axis-aligned
+        pixel boxes, in any of the three forms."""
         impl = {"kernel": self.fn, "reference": self.ref}.get(impl, impl)
-        kw = self.kwargs(sr, aligned, layout)
+        kw = dict(self.kwargs(sr, aligned, layout), **extra)
         if self.levels:
             return impl([f], rois, size, (scale,), **kw)
         if self.form == "crop":

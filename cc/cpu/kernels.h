@@ -80,7 +80,7 @@ struct Kernels {
                       w2 * load<A>(q2[c * cs]) + w3 * load<A>(q3[c * cs]);
         }
         const A divisor = A(b.divisor);
-        const bool empty = b.begin == b.end;
+        const bool empty = !b.enumerated;
         for (int64_t c = 0; c < n; ++c)
           out[s.output_offset(k, cb + c, bin)] = store<T>(empty ? fill : acc[c] / divisor);
       }

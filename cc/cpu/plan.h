@@ -16,6 +16,7 @@ struct PlanBin {
   double divisor;        // avg: the sum is divided by this (1 for max)
   int64_t cols;          // enumerated samples per row (max ties: row = index / cols)
   int64_t outside_from;  // max: first row an implicit-0 sample precedes (sample_grid.h)
+  bool enumerated;       // the sampler enumerated a sample (else the forward fills the bin)
 
   // Max mode: whether the bin's implicit 0 precedes its sample `index`.
   bool outside_precedes(int64_t index) const {
@@ -56,6 +57,7 @@ class RoiPlan {
       b.divisor = sampler.divisor;
       b.cols = sampler.gx.count > 0 ? sampler.gx.count : 1;
       b.outside_from = sampler.outside_from;
+      b.enumerated = sampler.count() > 0;
       // Avg mode drops empty samples (they add nothing); max mode keeps them, as a
       // winner is an index among the bin's enumerated samples.
       const bool keep_empty = s.mode == PoolMode::kMax;

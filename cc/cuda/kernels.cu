@@ -57,11 +57,12 @@
 // backward_boxes: one block per roi over all its bins and channels; every
 // thread sums its items' terms in double in a fixed order, then a fixed tree
 // reduces the block: deterministic.
-#include <cuda_runtime.h>
+#include <cuda_runtime.h>  // the toolkit's; the tests' emulator's in cc/cuda/emulator/
 
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "../bin_sampler.h"
 #include "launch.h"
@@ -97,6 +98,18 @@ JRA_HD void divmod(int64_t a, int64_t b, int64_t* q, int64_t* r) {
 }
 
 JRA_HD int64_t pixel_stride(const RoiCall& s) { return s.layout == Layout::kNHWC ? s.C : 1; }
+
+// The block's dynamic shared memory, 16-byte aligned. The host emulator of
+// the tests (cc/cuda/emulator/) has no `extern __shared__`: it gives each
+// block its own buffer.
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+#if defined(JRA_CUDA_EMULATOR)
+  return jra_emu::dynamic_shared();
+#else
+  extern __shared__ __align__(16) unsigned char smem[];
+  return smem;
+#endif
+}
 
 // ------------------------------------------------------------- sample tables
 
@@ -447,7 +460,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) items_kernel(const Args<
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
   using Maker = typename KindMaker<T, K>::type;
-  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* const smem = dynamic_smem();
   const RoiCall& s = a.s;
   const Unit<G, typename Maker::Entry> u = unit_at<G, typename Maker::Entry>(smem, a.cap);
   const int64_t bins = s.bins();
@@ -501,7 +514,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) boxes_grad_kernel(const 
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
   using Maker = VjpMaker<G>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* const smem = dynamic_smem();
   __shared__ double red[kMaxBoxCoords][kThreads];
   const RoiCall& s = a.s;
   const Unit<G, VjpEntry<G>> u = unit_at<G, VjpEntry<G>>(smem, a.cap);
@@ -599,7 +612,7 @@ __global__ void tiled_backward_features_kernel(const Args<T> a, const TileShape 
   using G = typename Types<T>::Geometry;
   using A = typename Types<T>::Accum;
   using Maker = TileMaker<G>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* const smem = dynamic_smem();
   __shared__ int32_t warp_counts[32];
   const RoiCall& s = a.s;
   const int64_t tile_px = ts.tile_h * ts.tile_w;
@@ -717,6 +730,20 @@ unsigned grid_size(int64_t blocks) {
   return unsigned(imax<int64_t>(1, imin<int64_t>(blocks, int64_t(1) << 30)));
 }
 
+// kernel<<<grid, block, bytes, stream>>>(args...), through the runtime call
+// that the tests' host emulator also provides; returns cudaGetLastError().
+template <typename... P, typename... A>
+cudaError_t launch(void (*kernel)(P...), unsigned grid, unsigned block, size_t bytes,
+                   cudaStream_t stream, A&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(block);
+  config.dynamicSmemBytes = bytes;
+  config.stream = stream;
+  cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...);
+  return cudaGetLastError();
+}
+
 template <typename T>
 Args<T> base_args(const RoiCall& s, const typename Types<T>::Geometry* rois) {
   Args<T> a{};
@@ -745,9 +772,8 @@ cudaError_t launch_items(Args<T> a, cudaStream_t stream) {
     a.splits = imax<int64_t>(1, imin((target + units - 1) / units, items / 256));
     a.splits = imin(a.splits, s.Cout);
   }
-  items_kernel<T, K><<<grid_size(units * a.splits), kThreads, unit_bytes<G, Entry>(a.cap),
-                       stream>>>(a);
-  return cudaGetLastError();
+  return launch(items_kernel<T, K>, grid_size(units * a.splits), kThreads,
+                unit_bytes<G, Entry>(a.cap), stream, a);
 }
 
 template <typename T>
@@ -777,9 +803,8 @@ cudaError_t tiled_backward_features(Args<T> a, cudaStream_t stream) {
   a.cap = imax<int64_t>(
       1, int64_t((kSmemBytes - kStaticSmemMargin - fixed) / sizeof(TileEntry<G>)));
   const size_t bytes = head + unit_bytes<G, TileEntry<G>>(a.cap);
-  tiled_backward_features_kernel<T><<<grid_size(ts.first_block[s.L]), unsigned(ts.group), bytes,
-                                      stream>>>(a, ts);
-  return cudaGetLastError();
+  return launch(tiled_backward_features_kernel<T>, grid_size(ts.first_block[s.L]),
+                unsigned(ts.group), bytes, stream, a, ts);
 }
 
 template <typename T>
@@ -856,8 +881,8 @@ cudaError_t Launch<T>::backward_boxes(const RoiCall& s, Levels<const T> features
   a.ct = cotangent;
   a.grad_rois = grad_rois;
   a.cap = int64_t(kItemsTableBytes / sizeof(VjpEntry<G>));
-  boxes_grad_kernel<T><<<grid_size(s.K), kThreads, unit_bytes<G, VjpEntry<G>>(a.cap), stream>>>(a);
-  return cudaGetLastError();
+  return launch(boxes_grad_kernel<T>, grid_size(s.K), kThreads,
+                unit_bytes<G, VjpEntry<G>>(a.cap), stream, a);
 }
 
 template struct Launch<float>;

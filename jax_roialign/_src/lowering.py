@@ -40,10 +40,17 @@ How a call is lowered depends on where it sits:
   boxes, ``num_batch_dims=1`` for XLA's batch partitioner (every target is registered
   batch-partitionable): a shard_map over some mesh axes leaves the rest to the
   partitioner, which splits the leading n of every operand and result.
+
+Test-only: ``_cuda_emulated`` (built with the CMake option JAX_ROIALIGN_CUDA_EMULATION,
+never in the default wheel) is the CUDA kernels and handlers compiled as host C++ against
+the CUDA emulator of cc/cuda/emulator/. Its kernels are registered for the CPU platform as
+"jax_roialign_emulated_<kernel>", and the CPU lowering targets them inside
+`cuda_emulation()` (tests/test_gpu.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 
@@ -62,28 +69,44 @@ from .shapes import SIGNATURES
 
 TARGET_PREFIX = "jax_roialign_"
 
+EMULATED_PREFIX = "jax_roialign_emulated_"
+
 # MLIR platform name -> (compiled module, jax.ffi platform name).
 _MODULES = {"cpu": ("_cpu", "cpu"), "cuda": ("_cuda", "CUDA")}
+
+
+def _import(name):
+    try:
+        return importlib.import_module(f"jax_roialign.{name}")
+    except ImportError:
+        return None
 
 
 def _load():
     kernels, operators = {}, {}
     for platform, (name, ffi_platform) in _MODULES.items():
-        try:
-            module = importlib.import_module(f"jax_roialign.{name}")
-        except ImportError:
+        module = _import(name)
+        if module is None:
             continue
         for kernel, capsule in module.kernels().items():
             jax.ffi.register_ffi_target(TARGET_PREFIX + kernel, capsule, platform=ffi_platform)
         kernels[platform] = sorted(module.kernels())
         operators = {op: tuple(entry) for op, entry in module.operators().items()}
-    return kernels, operators
+    emulated = _import("_cuda_emulated")
+    if emulated is not None:
+        for kernel, capsule in emulated.kernels().items():
+            jax.ffi.register_ffi_target(EMULATED_PREFIX + kernel, capsule, platform="cpu")
+    return kernels, operators, sorted(emulated.kernels()) if emulated is not None else []
 
 
 #: {platform: [kernel names]} for every platform with compiled kernels here.
 #: {operator: (code, position_sensitive, box_derivative, box coordinates)} from the
 #: compiled modules.
-KERNELS, OPERATOR_TABLE = _load()
+#: [kernel names] of the emulated CUDA module, when it is built (tests only).
+KERNELS, OPERATOR_TABLE, EMULATED_KERNELS = _load()
+
+# The target prefix each platform's lowering uses now; cuda_emulation() changes the CPU's.
+_PREFIX = {platform: TARGET_PREFIX for platform in _MODULES}
 
 MODES = {"avg": 0, "max": 1}
 LAYOUTS = {"NCHW": 0, "NHWC": 1}
@@ -183,12 +206,12 @@ def sharding_rule(kernel: str, params: dict, shapes) -> tuple[str, dict]:
 
 # --------------------------------------------------------------------------- custom calls
 
-def _direct_lowering(kernel):
-    """The custom call of `kernel`, with its sharding rule and, for (N, R, 4) boxes, the
-    batch partitioner's attribute."""
-    target = TARGET_PREFIX + kernel
+def _direct_lowering(kernel, platform):
+    """The custom call of `kernel` on `platform`, with its sharding rule and, for (N, R, 4)
+    boxes, the batch partitioner's attribute."""
 
     def lowering(ctx, *args, **params):
+        target = _PREFIX[platform] + kernel
         shapes = [a.shape for a in ctx.avals_in]
         rule, special = sharding_rule(kernel, params, shapes)
         extra = {"sdy.sharding_rule": sdy_sharding_rule_to_mlir(
@@ -352,19 +375,38 @@ def register(primitive, kernel: str) -> None:
     # custom_partitioning needs the device assignment and mesh at lowering time; jax
     # provides them only to computations holding a primitive of this set.
     dispatch.prim_requires_devices_during_lowering.add(primitive)
-    direct = _direct_lowering(kernel)
     wrapped = _partitioner(primitive, kernel)
     wrapped_lowering = mlir.lower_fun(
         lambda *args, **params: wrapped(_Call(kernel, params), *args), multiple_results=True)
 
-    def lowering(ctx, *args, **params):
-        if _wrapped(ctx):
-            return wrapped_lowering(ctx, *args, **params)
-        return direct(ctx, *args, **params)
-
     for platform, kernels in KERNELS.items():
-        if kernel in kernels:
-            mlir.register_lowering(primitive, lowering, platform=platform)
+        if kernel not in kernels:
+            continue
+        direct = _direct_lowering(kernel, platform)
+
+        def lowering(ctx, *args, _direct=direct, **params):
+            if _wrapped(ctx):
+                return wrapped_lowering(ctx, *args, **params)
+            return _direct(ctx, *args, **params)
+
+        mlir.register_lowering(primitive, lowering, platform=platform)
+
+
+@contextlib.contextmanager
+def cuda_emulation():
+    """Test-only: inside, the primitives lower on the CPU to the emulated CUDA kernels
+    instead of the CPU kernels. jax's caches are cleared on entry and on exit, so that no
+    computation compiled for one set of kernels runs where the other is meant."""
+    if not EMULATED_KERNELS:
+        raise RuntimeError("jax_roialign._cuda_emulated is not built "
+                           "(CMake option JAX_ROIALIGN_CUDA_EMULATION)")
+    jax.clear_caches()
+    _PREFIX["cpu"] = EMULATED_PREFIX
+    try:
+        yield
+    finally:
+        _PREFIX["cpu"] = TARGET_PREFIX
+        jax.clear_caches()
 
 
 def has_kernels(platform: str) -> bool:
