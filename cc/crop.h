@@ -18,7 +18,7 @@ namespace jax_roialign {
 
 template <typename G>
 struct CropAxis {
-  bool valid;      // corners finite; else the roi is bad data
+  bool valid;      // corners and their scaled forms finite; else the roi is bad data
   G start;         // y1 * (H - 1)
   G step;          // (y2 - y1) * (H - 1) / (CH - 1); unused when CH == 1
   G centre;        // 0.5 * (y1 + y2) * (H - 1), the one sample when CH == 1
@@ -68,7 +68,11 @@ JRA_HD CropAxis<G> crop_axis(G lo, G hi, int64_t cells, int64_t extent) {
   a.ratio = cells > 1 ? span / G(cells - 1) : G(0);
   a.cells = cells;
   a.extent = extent;
-  a.valid = is_finite(lo) && is_finite(hi) && is_finite(a.step) && is_finite(a.centre);
+  // Bad data (docs/semantics.md): a non-finite corner, or a scaled corner,
+  // size or centre that overflows, whatever the crop size (a one-cell crop
+  // reads only the centre, but its box is as bad).
+  a.valid = is_finite(lo) && is_finite(hi) && is_finite(a.start) && is_finite(hi * span) &&
+            is_finite((hi - lo) * span) && is_finite(a.step) && is_finite(a.centre);
   return a;
 }
 

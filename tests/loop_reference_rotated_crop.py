@@ -103,6 +103,11 @@ def crop_and_resize_numpy(features, rois, crop_height, crop_width, extrapolation
         if not _valid_batch(roi[0], n) or not all(math.isfinite(v) for v in roi[1:]):
             continue
         y1, x1, y2, x2 = (T(v) for v in roi[1:5])
+        with np.errstate(over="ignore", invalid="ignore"):  # bad data: scaled overflow
+            scaled = [v for lo, hi, e in ((y1, y2, h), (x1, x2, w)) for v in (
+                lo * T(e - 1), hi * T(e - 1), (hi - lo) * T(e - 1), T(0.5) * (lo + hi) * T(e - 1))]
+        if not all(math.isfinite(v) for v in scaled):
+            continue
         hs = (y2 - y1) * T(h - 1) / T(CH - 1) if CH > 1 else T(0)
         ws = (x2 - x1) * T(w - 1) / T(CW - 1) if CW > 1 else T(0)
         fb = f[int(roi[0])]

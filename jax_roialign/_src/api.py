@@ -332,7 +332,8 @@ def crop_and_resize(image, boxes, box_indices, crop_size, *, method="bilinear",
     (R_n, 4)) with ``box_indices=None``: the output is then (N, R, CH, CW, C).
     crop_size: int or (CH, CW). method: "bilinear" (TensorFlow's lerps) or "nearest".
     extrapolation_value: the value of samples outside the image.
-    Differs from TensorFlow: a box index outside [0, N) or a non-finite box gives zeros
+    Differs from TensorFlow: a box index outside [0, N) or a non-finite box (or one whose
+    corners, size or centre overflow once scaled by H - 1, W - 1) gives zeros
     and no gradient (TensorFlow raises); the output has the image's dtype (TensorFlow:
     float32), and float64 images compute in float64; "nearest" has no box gradient (the
     true derivative, 0; TensorFlow returns the bilinear one).

@@ -3,11 +3,14 @@ validation; cc/crop.h is the kernels' version): TensorFlow's CropAndResize.
 
 Rows are ``[batch_index, y1, x1, y2, x2]``, normalised. One sample per output cell at
 ``y1 * (H - 1) + i * ((y2 - y1) * (H - 1)) / (CH - 1)`` (``0.5 * (y1 + y2) * (H - 1)`` when
-CH == 1); outside ``[0, H - 1]`` it is ``extrapolation_value``. Bilinear: TensorFlow's
+CH == 1); outside ``[0, H - 1]`` it is ``extrapolation_value``. A box with a non-finite
+corner, or whose scaled corners, size or centre overflow, is bad data: zeros. Bilinear: TensorFlow's
 lerps between floor and ceil; nearest: the cell at round(position), half away from zero.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax.numpy as jnp
 from jax import lax
@@ -29,6 +32,15 @@ def _axis(lo, hi, cells, extent, gdt):
     return jnp.where(inside, pos, jnp.zeros((), gdt)), inside
 
 
+def _finite(lo, hi, extent, gdt):
+    """cc/crop.h ``crop_axis``'s validity: the corners, the scaled corners, size and
+    centre are finite (else the box is bad data: zeros, whatever the crop size)."""
+    span = jnp.asarray(extent - 1, gdt)
+    terms = (lo, hi, no_fma(lo * span), no_fma(hi * span), no_fma((hi - lo) * span),
+             no_fma(no_fma(0.5 * (lo + hi)) * span))
+    return functools.reduce(jnp.logical_and, [jnp.isfinite(t) for t in terms])
+
+
 def crop_and_resize_core(features, rois, crop_height, crop_width, extrapolation_value, nearest,
                          layout):
     """``(K, CH, CW, C)`` (NHWC) or ``(K, C, CH, CW)`` (NCHW)."""
@@ -39,8 +51,8 @@ def crop_and_resize_core(features, rois, crop_height, crop_width, extrapolation_
     gdt = geometry_dtype(features)
     alive, bidx = batch_column(rois, n)
     coords = rois[:, 1:5].astype(gdt)
-    finite = jnp.all(jnp.isfinite(coords), axis=1)
-    alive = alive & finite
+    alive = alive & _finite(coords[:, 0], coords[:, 2], hgt, gdt) & _finite(
+        coords[:, 1], coords[:, 3], wid, gdt)
     coords = jnp.where(alive[:, None], coords, jnp.zeros((), gdt))
     b = image_index(bidx, alive, n)
     y, iny = _axis(coords[:, 0], coords[:, 2], CH, hgt, gdt)  # (K, CH)

@@ -57,9 +57,19 @@ def loop_carry(carry, *inputs):
     return jax.tree.map(lambda c: varying(c, axes), carry)
 
 
+@jax.custom_jvp
 def no_fma(p):
-    """Returns ``p`` unchanged, hiding the product that made it from FMA contraction."""
+    """Returns ``p`` unchanged, hiding the product that made it from FMA contraction.
+
+    Its derivative is the identity, NaN ``p`` included: differentiating the ``where``
+    itself would give 0 there, and the feature gradient would lose every tap that reads
+    a NaN (the kernels' transpose keeps it: the operators are linear in the features)."""
     return jnp.where(p == p, p, jnp.asarray(jnp.nan, p.dtype))
+
+
+@no_fma.defjvp
+def _no_fma_jvp(primals, tangents):
+    return no_fma(primals[0]), tangents[0]
 
 
 def exact_div(x, d):
