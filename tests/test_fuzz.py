@@ -41,8 +41,8 @@ from jax_roialign._src.operators import BY_NAME
 #: the reference (a few shapes per case, each compiled once; the reference compiles in
 #: seconds, the kernels in a fraction of one). JAX_ROIALIGN_FUZZ_EXAMPLES lowers the
 #: first for .ci/run's sanitizer step, where every compilation is slower.
-FUZZ_EXAMPLES = int(os.environ.get("JAX_ROIALIGN_FUZZ_EXAMPLES", "30"))
-AGREE_EXAMPLES = 25
+FUZZ_EXAMPLES = int(os.environ.get("JAX_ROIALIGN_FUZZ_EXAMPLES", "15"))
+AGREE_EXAMPLES = 12
 AGREE_SHAPES = 2
 
 # No explain phase: it re-runs a failure many times (each a compilation) to say little.
