@@ -14,13 +14,14 @@
 #include <random>
 #include <vector>
 
-#include "cpu/kernels.h"
+#include "cpu/instruction_sets.h"
 #include "cuda/launch.h"
 
 namespace {
 
 using namespace jax_roialign;
-using Cpu = cpu::Kernels<float>;
+// The baseline build, reading the buffers as laid out (no channel-last copy).
+using Cpu = cpu::baseline::Kernels<float>;
 using Cuda = cuda::Launch<float>;
 
 int failures = 0;
@@ -91,11 +92,20 @@ void check(Op op, PoolMode mode, Layout layout, int64_t levels = 1) {
     gl.data[l] = grad2[l].data();
   }
 
-  Cpu::forward(s, fp, rois.data(), lv, out.data(), win.data(), nullptr, false, 0, s.K, 0, s.Cout);
+  const auto features = cpu::baseline::direct_view(s, fp);
+  const auto grad_view = cpu::baseline::direct_view(s, gp);
+  const bool unit = features.channel_step(0) == 1;
+  std::vector<int64_t> order(size_t(s.K));
+  for (int64_t k = 0; k < s.K; ++k) order[size_t(k)] = k;
+  Cpu::forward(s, features, rois.data(), lv, out.data(), win.data(), nullptr, false, order.data(),
+               0, s.K, 0, s.Cout);
   expect(Cuda::forward(s, fl, rois.data(), lv, out2.data(), win2.data(), nullptr) == 0 &&
              out == out2 && (mode == PoolMode::kAvg || win == win2),
          "forward", s);
-  Cpu::backward_features(s, ct.data(), rois.data(), lv, win.data(), gp, 0, s.Cout);
+  if (unit)
+    Cpu::backward_features<true>(s, ct.data(), rois.data(), lv, win.data(), grad_view, 0, s.Cout);
+  else
+    Cpu::backward_features<false>(s, ct.data(), rois.data(), lv, win.data(), grad_view, 0, s.Cout);
   for (bool deterministic : {true, false}) {
     bool ok = Cuda::backward_features(s, ct.data(), rois.data(), lv, win.data(), gl,
                                       deterministic, nullptr) == 0;
@@ -104,7 +114,7 @@ void check(Op op, PoolMode mode, Layout layout, int64_t levels = 1) {
     expect(ok, deterministic ? "deterministic backward" : "atomic backward", s);
   }
   if (!has_box_derivative(op)) return;
-  Cpu::backward_boxes(s, fp, rois.data(), lv, ct.data(), win.data(), boxes.data(), 0, s.K);
+  Cpu::backward_boxes(s, features, rois.data(), lv, ct.data(), win.data(), boxes.data(), 0, s.K);
   expect(Cuda::backward_boxes(s, fl, rois.data(), lv, ct.data(), win.data(), boxes2.data(),
                               nullptr) == 0 &&
              same(boxes2, boxes, 1e-5f),
