@@ -15,8 +15,10 @@ shard sums its own channels and one all-reduce adds the partial sums, a differen
 of the same float64 additions than the kernel's (`_close`).
 
 XLA_FLAGS must force 8 host devices before jax initialises its backend, and the rest of
-the suite runs on one: so this module runs in ONE subprocess (`_worker_outcomes`), and each
-test here reports the outcome of its twin there.
+the suite runs on one: so this module runs in ONE subprocess (`_run_worker`), and each
+test here reports the outcome of its twin there. Every process that relays tests of this
+module runs that subprocess: under pytest-xdist keep the module in one process (the README's
+command distributes whole files, `--dist loadfile`).
 """
 
 import functools
