@@ -326,6 +326,22 @@ struct CheckedCall {
   LevelBuffers features;
 };
 
+// The checked buffers, typed as the kernels take them (G: the geometry type of
+// the features' dtype, Types<T>::Geometry).
+template <typename G>
+const G* geometry(const ffi::AnyBuffer& rois) {
+  return rois.reinterpret_data<G>();
+}
+
+inline const int32_t* level_indices(const ffi::AnyBuffer& levels) {
+  return levels.reinterpret_data<int32_t>();
+}
+
+// The winners buffer in max mode; null (unused) in avg mode.
+inline const int32_t* winners(const RoiCall& s, const ffi::AnyBuffer& winner) {
+  return s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
+}
+
 // forward, forward_selected: the output (and winners, read or written).
 inline ffi::Error check_forward(const ffi::AnyBuffer& rois, const ffi::AnyBuffer& levels,
                                 const ffi::RemainingArgs& features, const ffi::AnyBuffer& winner,

@@ -70,19 +70,6 @@ std::array<T*, kMaxLevels> level_pointers(const LevelBuffers& b) {
   return p;
 }
 
-template <typename G>
-const G* geometry(const ffi::AnyBuffer& rois) {
-  return rois.reinterpret_data<G>();
-}
-
-const int32_t* level_indices(const ffi::AnyBuffer& levels) {
-  return levels.reinterpret_data<int32_t>();
-}
-
-const int32_t* winners(const RoiCall& s, const ffi::AnyBuffer& winner) {
-  return s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
-}
-
 // The order in which the forward visits the rois: by image, level and the row
 // of the roi's middle bin, so that rois that read the same rows follow each
 // other and find them in cache. Each roi writes only its own outputs, so the

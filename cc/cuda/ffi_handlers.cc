@@ -43,19 +43,6 @@ Levels<T> level_pointers(const LevelBuffers& b) {
   return p;
 }
 
-template <typename G>
-const G* geometry(const ffi::AnyBuffer& rois) {
-  return rois.reinterpret_data<G>();
-}
-
-const int32_t* level_indices(const ffi::AnyBuffer& levels) {
-  return levels.reinterpret_data<int32_t>();
-}
-
-const int32_t* winners(const RoiCall& s, const ffi::AnyBuffer& winner) {
-  return s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
-}
-
 ffi::Error Forward(cudaStream_t stream, ffi::AnyBuffer rois, ffi::AnyBuffer levels,
                    ffi::RemainingArgs features, ffi::Result<ffi::AnyBuffer> out,
                    ffi::Result<ffi::AnyBuffer> winner, RoiAttrs attrs) {
