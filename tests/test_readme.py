@@ -38,6 +38,15 @@ def test_the_readme_has_its_examples():
     assert any("jax_roialign.flax" in b and "model.init" in b and "optax" in b for b in BLOCKS)
 
 
+def test_the_readme_names_every_module():
+    from jax_roialign._src.operators import OPERATORS
+
+    section = README.read_text().split("## Flax, Haiku and Equinox")[1].split("\n## ")[0]
+    for op in OPERATORS:
+        if op.module:
+            assert f"`{op.module}`" in section, op.module
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=lambda i: f"block{i}")
 def test_readme_example_runs_and_prints_what_it_says(index, tmp_path):
     code = BLOCKS[index]

@@ -54,9 +54,9 @@ to 0) or ``floor(y) >= H-1`` (clamped to ``H-1``) or outside ``[-1, H]`` contrib
 the gradient through the arg-max sample only (first maximum, iy-major, ix-minor).  The
 gradient w.r.t. 16-bit features is accumulated in float32 and cast once.
 
-Choices where docs/semantics.md is silent: in max mode a NaN sample value never wins (comparison
-``val > best`` as in mmcv), so a bin whose samples are all NaN gives 0 (a -inf sample can
-win); a negative adaptive grid (``ceil`` of a reversed box) is an empty grid.  Row
+In max mode a NaN sample value never wins (docs/semantics.md, "Bad data"), so a bin whose
+samples are all NaN gives 0 (a -inf sample can win). Choices where docs/semantics.md is
+silent: a negative adaptive grid (``ceil`` of a reversed box) is an empty grid.  Row
 indices are uint32, so ``N*H*W < 2**32``.
 """
 
