@@ -75,6 +75,17 @@ def test_demo_end_to_end_writes_a_valid_png(tmp_path):
         assert "pip install jax_roialign[demo]" in out
 
 
+def test_demo_pyramid_head_pools_from_both_levels():
+    """The pyramid head differs from RoIAlign only if its mapper sends a real share of the
+    boxes to each level, as the picture says (under PYRAMID_SPLIT pixels: the finer)."""
+    _, boxes, _ = _demo.synthetic_batch(np.random.default_rng(12345), _demo.EVAL_BATCH)
+    config = {k: v for k, v in _demo.PYRAMID.items() if k.startswith("canonical")}
+    levels = np.asarray(jra.level_of(boxes, [1 / s for s in _demo.PYRAMID_STRIDES], **config))
+    side = np.sqrt((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]))
+    np.testing.assert_array_equal(levels, (side >= _demo.PYRAMID_SPLIT).astype(np.int32))
+    assert 0.25 < levels.mean() < 0.75
+
+
 def test_demo_writes_into_demo_output_by_default(tmp_path):
     args = _demo_args()
     assert args.out == str(pathlib.Path("demo_output") / "roialign_demo.png")

@@ -10,12 +10,14 @@
    column averages RoIPool's own bins (computed here with numpy from its bin edges):
    its error is the rounding alone.
 
-2. Does it matter for learning? (needs Flax and optax). Three small detection heads,
+2. Does it matter for learning? (needs Flax and optax). Four small detection heads,
    identical but for their pooling layer (RoIPool; RoIAlign with mode="max", which
-   differs from RoIPool only by not rounding; RoIAlign), start from the same weights
-   and learn on the same batches to name the shape in each box, through a stride-8
-   backbone. The loss and the held-out accuracy of each, step by step, are the
-   picture's lower panel. One run, one seed (`--seed` for another).
+   differs from RoIPool only by not rounding; RoIAlign; RoIAlign over a two-level
+   feature pyramid through multi_scale_roi_align, the smaller boxes pooled from the
+   stride-4 map), start from the same weights and learn on the same batches to name
+   the shape in each box, through one backbone (strides 4 and 8). The loss and the
+   held-out accuracy of each, step by step, are the picture's lower panel. One run,
+   one seed (`--seed` for another).
 
 The PNG goes to demo_output/roialign_demo.png by default (git-ignored). Pillow, when
 installed, writes it with its text; without it a small PNG writer here does, without
@@ -200,10 +202,11 @@ def columns():
 
 # ----------------------------------------------------------------------------- drawing
 
-GREEN, RED, ORANGE = (70, 235, 110), (255, 80, 80), (255, 170, 60)
+GREEN, RED, ORANGE, BLUE = (70, 235, 110), (255, 80, 80), (255, 170, 60), (90, 170, 255)
 WHITE, LIGHT, GRID, PANEL = (240, 240, 245), (205, 208, 218), (150, 150, 160), (24, 26, 34)
 # Each training head's colour, as its lines in the charts.
-HEAD_COLORS = {"roi_pool": RED, "roi_align_max": ORANGE, "roi_align": GREEN}
+HEAD_COLORS = {"roi_pool": RED, "roi_align_max": ORANGE, "roi_align": GREEN,
+               "roi_align_pyramid": BLUE}
 
 
 class Canvas:
@@ -376,7 +379,7 @@ def draw_chart(canvas, top, left, height, width, title, series, y_range, y_forma
 
 
 def draw_training(canvas, top, left, training):
-    """The lower panel: the three heads' loss and held-out accuracy per step, and what
+    """The lower panel: the heads' loss and held-out accuracy per step, and what
     they show; or why there is no training."""
     canvas.text(top, left, "2.  Does it matter for learning?", size=22)
     if training is None:
@@ -385,14 +388,19 @@ def draw_training(canvas, top, left, training):
         return top + 70
     heads, steps = training["heads"], training["steps"]
     canvas.text(top + 34, left,
-                f"Three detection heads, identical but for the pooling layer, learn to name "
-                f"the shape in each box ({len(CLASSES)} shapes of radius {R_MIN:g}-{R_MAX:g} "
-                f"pixels, boxes off by up to {JITTER:g} pixels) through a stride-{TRAIN_STRIDE} "
-                f"backbone;", LIGHT)
+                f"{len(HEADS)} detection heads, identical but for the pooling layer, learn to "
+                f"name the shape in each box ({len(CLASSES)} shapes of radius {R_MIN:g}-"
+                f"{R_MAX:g} pixels, boxes off by up to {JITTER:g} pixels) through one backbone; "
+                f"same initial weights, same batches.", LIGHT)
     canvas.text(top + 58, left,
-                "same initial weights, same batches. RoIAlign (max) differs from RoIPool only "
-                "by not rounding; RoIAlign from RoIAlign (max) only by averaging.", LIGHT)
-    ctop, cheight, cwidth = top + 130, 260, 500
+                "RoIAlign (max) differs from RoIPool only by not rounding; RoIAlign from "
+                "RoIAlign (max) only by averaging; the three pool from the backbone's "
+                f"stride-{TRAIN_STRIDE} map.", LIGHT)
+    canvas.text(top + 82, left,
+                "RoIAlign, pyramid differs from RoIAlign only by pooling the boxes under "
+                f"{PYRAMID_SPLIT:g} pixels (sqrt of the area) from the stride-"
+                f"{PYRAMID_STRIDES[0]} map (multi_scale_roi_align).", LIGHT)
+    ctop, cheight, cwidth = top + 154, 260, 500
     smooth = training["smooth"]
     draw_chart(canvas, ctop, left + 60, cheight, cwidth,
                f"training loss (mean of the last {smooth} steps)",
@@ -558,36 +566,54 @@ def synthetic_batch(rng, num_images):
     return images.astype(np.float32), boxes.astype(np.float32), labels.astype(np.int32)
 
 
-# The heads compared: (key, operator, its configuration beyond output size and scale,
-# title). RoIAlign max isolates the rounding: it shares RoIPool's maximum.
+# The pyramid head's levels: the backbone's stride-4 and stride-8 maps. Boxes whose
+# sqrt(area) is under PYRAMID_SPLIT pixels pool from the finer one: torchvision's
+# LevelMapper with its canonical box (224 pixels at level 4, ImageNet's) scaled to
+# these images (PYRAMID_SPLIT pixels at level 3, the stride-8 map).
+PYRAMID_STRIDES, PYRAMID_SPLIT = (4, 8), 10.0
+PYRAMID = dict(sampling_ratio=2, aligned=True, canonical_scale=PYRAMID_SPLIT,
+               canonical_level=3)
+
+# The heads compared: (key, operator, its configuration beyond output size and scales,
+# title). RoIAlign max isolates the rounding: it shares RoIPool's maximum; the pyramid
+# head differs from RoIAlign only by its levels.
 HEADS = (("roi_pool", "roi_pool", {}, "RoIPool"),
          ("roi_align_max", "roi_align", dict(sampling_ratio=2, aligned=True, mode="max"),
           "RoIAlign (max)"),
-         ("roi_align", "roi_align", dict(sampling_ratio=2, aligned=True), "RoIAlign"))
+         ("roi_align", "roi_align", dict(sampling_ratio=2, aligned=True), "RoIAlign"),
+         ("roi_align_pyramid", "multi_scale_roi_align", PYRAMID, "RoIAlign, pyramid"))
 
 
 def make_model(op_name, config, layout, dtype):
     """A Flax head pooling with the jax_roialign.flax module of `op_name`: linen, so that
-    it runs on every Flax that jax_roialign.flax supports."""
+    it runs on every Flax that jax_roialign.flax supports. Every head has the same
+    backbone; a multi-level operator pools from its stride-4 and stride-8 maps, the others
+    from the stride-8 map."""
     import flax.linen as nn
 
     from jax_roialign import flax as jf
 
-    pool = getattr(jf, BY_NAME[op_name].module)(OUT, 1 / TRAIN_STRIDE, layout=layout, **config)
+    op = BY_NAME[op_name]
+    scales = (tuple(1 / s for s in PYRAMID_STRIDES) if op.multi_level else 1 / TRAIN_STRIDE)
+    pool = getattr(jf, op.module)(OUT, scales, layout=layout, **config)
 
     class Backbone(nn.Module):
         @nn.compact
-        def __call__(self, x):                       # (N, 64, 64, 3) -> (N, 8, 8, 32)
-            for features, stride in ((16, 1), (32, 2), (32, 2), (32, 2)):
-                x = nn.relu(nn.Conv(features, (3, 3), strides=stride, dtype=dtype)(x))
-            return x
+        def __call__(self, x):                       # (N, 64, 64, 3) -> {stride: map}
+            maps, stride = {}, 1
+            for features, step in ((16, 1), (32, 2), (32, 2), (32, 2)):
+                x = nn.relu(nn.Conv(features, (3, 3), strides=step, dtype=dtype)(x))
+                stride *= step
+                maps[stride] = x                     # (N, 64 / stride, 64 / stride, 32)
+            return maps
 
     class Detector(nn.Module):
         @nn.compact
         def __call__(self, images, boxes):
-            x = Backbone(name="backbone")(images)
+            maps = Backbone(name="backbone")(images)
             if layout == "NCHW":                     # Flax convolutions are NHWC
-                x = x.transpose(0, 3, 1, 2)
+                maps = {s: x.transpose(0, 3, 1, 2) for s, x in maps.items()}
+            x = [maps[s] for s in PYRAMID_STRIDES] if op.multi_level else maps[TRAIN_STRIDE]
             pooled = pool(x, boxes)
             h = pooled.reshape(*pooled.shape[:2], -1)  # (N, R, 7*7*32)
             h = nn.relu(nn.Dense(64, dtype=dtype)(h))
@@ -627,7 +653,9 @@ def takeaways(heads, steps):
     from them: the later head against the earlier one in `HEADS`."""
     lines = []
     for (a, b, what) in (("roi_pool", "roi_align_max", "Not rounding"),
-                         ("roi_align_max", "roi_align", "Averaging instead of the max")):
+                         ("roi_align_max", "roi_align", "Averaging instead of the max"),
+                         ("roi_align", "roi_align_pyramid",
+                          f"The stride-{PYRAMID_STRIDES[0]} level for the smaller boxes")):
         ha, hb = heads[a], heads[b]
         if ha["reached"] is not None and hb["reached"] is not None:
             d = ha["reached"] - hb["reached"]
@@ -664,7 +692,9 @@ def train(steps, layout, dtype, log, seed=0, quiet=False):
     state = {key: list(_head(models[key], tx, dtype, held_out[:2], seed)) for key in models}
     n_params = sum(p.size for p in jax.tree.leaves(state["roi_align"][0]))
     log(f"training {len(HEADS)} jit-compiled Flax heads, identical but for the pooling "
-        f"({', '.join(t for *_, t in HEADS)}): convs (stride {TRAIN_STRIDE}) -> pooling 7x7 "
+        f"({', '.join(t for *_, t in HEADS)}): convs (strides {PYRAMID_STRIDES[0]} and "
+        f"{TRAIN_STRIDE}; the pyramid pools boxes under {PYRAMID_SPLIT:g} pixels from stride "
+        f"{PYRAMID_STRIDES[0]}, the others all from stride {TRAIN_STRIDE}) -> pooling 7x7 "
         f"({layout}, {jnp.dtype(dtype).name}) -> MLP, {n_params:,} parameters each; a step: "
         f"{TRAIN_BATCH} fresh images {IMAGE}x{IMAGE} with {PER_IMAGE} boxes each, the same "
         f"for every head; name one of {len(CLASSES)} shapes per box (chance "
@@ -711,10 +741,11 @@ def train(steps, layout, dtype, log, seed=0, quiet=False):
     log(f"trained {len(HEADS)} heads x {steps} steps in {total:.1f} s ({ms:.1f} ms per head "
         f"and step, compilation and held-out evaluations included)")
     log(f"held-out accuracy at the last step (step {steps}), chance {1 / len(CLASSES):.1%}:")
+    width = max(len(h["title"]) for h in heads.values())
     for h in heads.values():
         reached = (f"first at {REACH:.0%} at step {h['reached']}" if h["reached"] is not None
                    else f"never at {REACH:.0%}")
-        log(f"  {h['title']:<15} {h['final']:6.1%}   ({reached}; best {h['best']:.1%}, at "
+        log(f"  {h['title']:<{width}} {h['final']:6.1%}   ({reached}; best {h['best']:.1%}, at "
             f"step {h['best_step']})")
     for line in takeaways(heads, steps):
         log(f"  {line}")

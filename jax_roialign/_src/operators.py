@@ -46,6 +46,11 @@ class Operator:
     def kernel(self) -> str:
         return self.kernel_op or self.name
 
+    @property
+    def multi_level(self) -> bool:
+        """Whether the function takes a pyramid: a sequence of maps and of scales."""
+        return "levels" in self.call_arguments
+
 
 def _size(p):
     return p["output_size"]
