@@ -15,11 +15,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "../roi_common.h"
 
-#if JRA_CPU_F16C
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -190,12 +191,77 @@ inline void max_sample(A* __restrict best, int32_t* __restrict arg, const E* img
                   w2 * load<A>(q2[c * step]) + w3 * load<A>(q3[c * step]));
 }
 
+// Whether dividing by d is multiplying by 1 / d exactly (d a power of two):
+// both round the same exact quotient once. A bit test, not frexp: it runs once
+// per bin.
+template <typename A>
+inline bool exact_reciprocal(A d) {
+  static_assert(std::numeric_limits<A>::is_iec559);
+  using Bits = std::conditional_t<sizeof(A) == 4, uint32_t, uint64_t>;
+  constexpr int kMantissa = std::numeric_limits<A>::digits - 1;
+  constexpr Bits kExponentMax = (Bits(1) << (8 * sizeof(A) - 1 - kMantissa)) - 1;
+  const Bits b = __builtin_bit_cast(Bits, d);
+  const Bits exponent = b >> kMantissa;  // d > 0: no sign bit
+  // A normal power of two: no mantissa bits, an exponent neither 0 nor all ones.
+  return d > A(0) && (b & ((Bits(1) << kMantissa) - 1)) == 0 && exponent != 0 &&
+         exponent != kExponentMax;
+}
+
+// Outputs at least this large are written with streaming (non-temporal)
+// stores: they cannot stay in the last-level cache for their reader anyway,
+// and a streaming store skips reading each line before writing it. Writers
+// that stream end with stream_fence().
+constexpr int64_t kStreamBytes = int64_t{32} << 20;
+
+// Stores the 32-byte vector v at q: streaming when asked, on x86-64, and q is
+// 32-byte aligned; plainly otherwise.
+template <typename A, typename Vec>
+inline void store_vector(A* q, const Vec& v, bool stream) {
+  static_assert(sizeof v == 32);
+#if defined(__x86_64__)
+  if (stream && (reinterpret_cast<uintptr_t>(q) & 31) == 0) {
+    if constexpr (std::is_same_v<A, float>) {
+#if JRA_CPU_F16C  // the avx2 build
+      _mm256_stream_ps(q, __builtin_bit_cast(__m256, v));
+#else
+      __m128 h[2];
+      std::memcpy(h, &v, sizeof v);
+      _mm_stream_ps(q, h[0]);
+      _mm_stream_ps(q + 4, h[1]);
+#endif
+    } else {
+#if JRA_CPU_F16C
+      _mm256_stream_pd(q, __builtin_bit_cast(__m256d, v));
+#else
+      __m128d h[2];
+      std::memcpy(h, &v, sizeof v);
+      _mm_stream_pd(q, h[0]);
+      _mm_stream_pd(q + 2, h[1]);
+#endif
+    }
+    return;
+  }
+#else
+  (void)stream;
+#endif
+  std::memcpy(q, &v, sizeof v);
+}
+
+// Orders a task's streaming stores before whatever signals its completion.
+inline void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
 // out[c] = (the sum of samples p[0, count) at channel c) / divisor, rounded to
 // T, for kBlock<A> adjacent channels of `img` and of `out`: add_samples_block
-// from zero, then forward_avg's division, without the round trip through memory.
+// from zero, then forward_avg's division (a product by `inv` when `exact`, as
+// in scatter_corner), without the round trip through memory; streamed
+// (store_vector) when `stream`.
 template <typename T, typename A, typename E, typename G>
 inline void average_block(T* out, const E* img, const Sample<G>* p, int64_t count, int64_t ps,
-                          A divisor) {
+                          A divisor, bool exact, A inv, bool stream) {
   using Vec = typename Vector<A>::type;
   constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
   Vec a[kVecs];
@@ -205,9 +271,9 @@ inline void average_block(T* out, const E* img, const Sample<G>* p, int64_t coun
     each_vector<kVecs, A>(p[i], img, ps, [&](int v, const Vec& x) { a[v] += x; });
   }
   for (int v = 0; v < kVecs; ++v) {
-    const Vec q = a[v] / divisor;
+    const Vec q = exact ? a[v] * inv : a[v] / divisor;
     if constexpr (std::is_same_v<T, A>) {
-      std::memcpy(out + v * kLanes, &q, sizeof q);
+      store_vector(out + v * kLanes, q, stream);
     } else {
       for (int j = 0; j < kLanes; ++j) out[v * kLanes + j] = store<T>(q[j]);
     }
@@ -248,14 +314,6 @@ inline void max_samples_block(A* __restrict best, int32_t* __restrict arg, const
     const Int32s a32 = __builtin_convertvector(a[v], Int32s);
     std::memcpy(arg + v * kLanes, &a32, sizeof a32);
   }
-}
-
-// Whether dividing by d is multiplying by 1 / d exactly (d a power of two):
-// both round the same exact quotient once.
-template <typename A>
-inline bool exact_reciprocal(A d) {
-  int e = 0;
-  return d > A(0) && std::frexp(d, &e) == A(0.5);
 }
 
 // dst[c] += g[c] * w / divisor (torchvision's order), c in [0, n); `inv`, when

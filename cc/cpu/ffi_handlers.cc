@@ -14,6 +14,7 @@
 #include "handlers.h"
 #include "instruction_sets.h"
 #include "parallel.h"
+#include "scratch.h"
 
 namespace jax_roialign::cpu {
 namespace {
@@ -136,6 +137,7 @@ ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuffer le
   CheckedCall c;
   if (auto e = check_forward(rois, levels, features, *winner, *out, attrs, &c); e.failure())
     return ready_future(e);
+  advise_huge_pages(out->untyped_data(), out->size_bytes());
   return dispatch_cpu(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     int32_t* w = c.s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
@@ -149,6 +151,7 @@ ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyB
   CheckedCall c;
   if (auto e = check_forward(rois, levels, features, winner, *out, attrs, &c); e.failure())
     return ready_future(e);
+  advise_huge_pages(out->untyped_data(), out->size_bytes());
   return dispatch_cpu(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     return run_forward<T>(pool, c, rois, levels, out->reinterpret_data<T>(), nullptr,
@@ -190,6 +193,8 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     const int32_t* w = winners(c.s, winner);
     const RoiCall s = c.s;
     const auto grad = level_pointers<T>(c.features);
+    for (int64_t l = 0; l < s.L; ++l)
+      advise_huge_pages(grad[l], size_t(s.N * s.level[l].H * s.level[l].W * s.C) * sizeof(T));
     // Each task owns a block of output channels, hence of the input channels
     // they read, on every level: no two tasks touch the same element, and
     // each element sums its terms in roi order. The outputs arrive
@@ -230,6 +235,7 @@ ffi::Future ForwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuff
                            "out_dot", attrs, &c);
       e.failure())
     return ready_future(e);
+  advise_huge_pages(out_dot->untyped_data(), out_dot->size_bytes());
   return dispatch_cpu(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;

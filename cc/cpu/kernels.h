@@ -179,6 +179,7 @@ struct Kernels {
   static void forward_avg(const RoiCall& s, const View<E>& f, Workspace& w, T* out, int64_t k,
                           int64_t c0, int64_t c1, A fill) {
     const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l);
+    const bool stream = s.K * s.bins() * s.Cout * int64_t(sizeof(T)) >= kStreamBytes;
     w.acc.resize(n);
     A* acc = w.acc.data();
     for (int64_t ph = 0; ph < s.PH; ++ph)
@@ -189,12 +190,15 @@ struct Kernels {
         T* o = out + s.output_offset(k, c0, bin);
         const int64_t os =
             n > 1 ? s.output_offset(k, c0 + 1, bin) - s.output_offset(k, c0, bin) : 1;
+        const A divisor = A(b.divisor);
         int64_t done = 0;  // channels written already
         // One chunk of samples, adjacent outputs: whole blocks never hold sums in memory.
         if (Unit && os == 1 && b.count() > 0 && b.count() <= kChunk) {
           w.plan.samples(b, 0, b.count(), w.samples, nullptr);
+          const bool exact = exact_reciprocal(divisor);
           for (; done + kBlock<A> <= n; done += kBlock<A>)
-            average_block(o + done, img + done, w.samples, b.count(), f.pixel, A(b.divisor));
+            average_block(o + done, img + done, w.samples, b.count(), f.pixel, divisor, exact,
+                          A(1) / divisor, stream);
           if (done == n) continue;
         }
         std::fill_n(acc, n, A(0));
@@ -209,7 +213,6 @@ struct Kernels {
             for (int64_t i = 0; i < i1 - i0; ++i)
               add_sample<Unit>(acc + c, img + c * cs, w.samples[i], f.pixel, cs, n - c);
         }
-        const A divisor = A(b.divisor);
         const bool empty = b.count() == 0;
         for (int64_t c = done; c < n; ++c) o[c * os] = store<T>(empty ? fill : acc[c] / divisor);
       }
@@ -310,6 +313,7 @@ struct Kernels {
         else forward_avg<false>(s, f, w, out, k, c0, c1, fill);
       }
     }
+    stream_fence();  // forward_avg may have streamed
   }
 
   // Output channels [c0, c1) of every level's gradient (accumulator typed,

@@ -7,6 +7,7 @@
 #define JAX_ROIALIGN_CC_CPU_SCRATCH_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -16,6 +17,23 @@
 #endif
 
 namespace jax_roialign::cpu {
+
+// Advises the whole 2 MiB pages inside [p, p + bytes) for transparent huge
+// pages (Linux, THP in "madvise" mode): a fresh buffer then faults in 2 MiB at
+// a time instead of 4 KiB. Advice only: the contents are unchanged and a
+// failure is harmless. Buffers under 4 MiB are left alone.
+inline void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 struct FreeScratch {
   void operator()(void* p) const { std::free(p); }
@@ -34,9 +52,7 @@ Scratch<A> allocate_scratch(size_t n) {
   bytes = (bytes + align - 1) / align * align;
   void* p = std::aligned_alloc(align, bytes);
   if (p == nullptr) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (align == kHuge) madvise(p, bytes, MADV_HUGEPAGE);  // advice: failure is harmless
-#endif
+  advise_huge_pages(p, bytes);
   return Scratch<A>(static_cast<A*>(p));
 }
 

@@ -1,0 +1,88 @@
+"""Forward outputs of at least 32 MiB take the CPU kernels' large-output path: their
+buffers are advised for huge pages and their register blocks are written with streaming
+stores (cc/cpu/channel_loops.h, kStreamBytes). No test elsewhere reaches that size, so
+this one pools rows once in a call over the threshold and again in calls under it, and
+requires the same bits, in both instruction sets' builds (the baseline build streams
+with SSE2 stores, the AVX2 build with AVX stores)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_roialign as jra
+import jax_roialign._cpu as cpu_module
+
+STREAM_BYTES = 32 << 20  # cc/cpu/channel_loops.h, kStreamBytes
+
+
+def roi_align_rows(dtype):
+    """NHWC roi_align whose (K, 7, 7, 256) output is just over the threshold."""
+    rng = np.random.default_rng(0)
+    item = np.dtype(dtype).itemsize
+    k = STREAM_BYTES // (7 * 7 * 256 * item) + 3
+    f = jnp.asarray(rng.normal(size=(2, 24, 30, 256)), dtype)
+    lo = rng.uniform(-4, 80, size=(k, 2))
+    size = rng.uniform(1, 60, size=(k, 2))
+    rois = np.concatenate([rng.integers(0, 2, size=(k, 1)), lo, lo + size], 1)
+    rois = jnp.asarray(rois, jnp.float64 if dtype == "float64" else jnp.float32)
+
+    def pool(r):
+        return jra.roi_align(f, r, (7, 7), 0.25, 2, True, layout="NHWC")
+    return pool, rois, k * 49 * 256 * item
+
+
+def crop_rows():
+    """crop_and_resize whose (K, 14, 14, 256) float32 output is just over the threshold."""
+    rng = np.random.default_rng(1)
+    k = STREAM_BYTES // (14 * 14 * 256 * 4) + 3
+    image = jnp.asarray(rng.normal(size=(2, 24, 30, 256)), jnp.float32)
+    lo = rng.uniform(-0.1, 0.9, size=(k, 2))
+    boxes = jnp.asarray(np.concatenate([lo, lo + rng.uniform(0.01, 0.5, size=(k, 2))], 1),
+                        jnp.float32)
+    index = jnp.asarray(rng.integers(0, 2, size=k), jnp.int32)
+
+    def pool(rows):
+        return jra.crop_and_resize(image, boxes[rows], index[rows], (14, 14))
+    return pool, np.arange(k), k * 196 * 256 * 4
+
+
+CASES = {"roi_align float32": lambda: roi_align_rows("float32"),
+         "roi_align float64": lambda: roi_align_rows("float64"),
+         "crop_and_resize float32": crop_rows}
+
+
+def check(name):
+    pool, rows, out_bytes = CASES[name]()
+    assert out_bytes >= STREAM_BYTES
+    whole = np.asarray(pool(rows))
+    half = len(rows) // 2  # each half's output is under the threshold
+    parts = np.concatenate([np.asarray(pool(rows[:half])), np.asarray(pool(rows[half:]))])
+    assert whole.shape == parts.shape
+    np.testing.assert_array_equal(whole, parts, err_msg=name)
+    assert np.isfinite(whole).all() and np.abs(whole).max() > 0, name
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_large_output_has_the_bits_of_small_ones(name):
+    check(name)
+
+
+@pytest.mark.skipif(cpu_module.instruction_set() == "baseline",
+                    reason="the test above already ran the baseline build")
+def test_large_output_has_the_bits_of_small_ones_in_the_baseline_build():
+    code = ("import jax; jax.config.update('jax_enable_x64', True)\n"
+            "import jax_roialign._cpu as m\n"
+            "assert m.instruction_set() == 'baseline', m.instruction_set()\n"
+            "import test_large_outputs as t\n"
+            "for name in t.CASES: t.check(name)\n")
+    env = dict(os.environ, JAX_ROIALIGN_CPU_ISA="baseline",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
+                                           os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
