@@ -316,21 +316,22 @@ struct Kernels {
     stream_fence();  // forward_avg may have streamed
   }
 
-  // Output channels [c0, c1) of every level's gradient (accumulator typed,
-  // zeroed by the caller; the input channels those output channels read), all
-  // rois in order: each element sums its terms in (roi, bin, sample, corner)
-  // order, so the result is bit-identical run to run and for any thread count.
+  // Output channels [c0, c1) of images [n0, n1) of every level's gradient
+  // (accumulator typed, zeroed by the caller; the input channels those output
+  // channels read), the images' rois in order: each element sums its terms in
+  // (roi, bin, sample, corner) order, so the result is bit-identical run to
+  // run and for any thread count.
   template <bool Unit>
   static void backward_features(const RoiCall& s, const T* ct, const G* rois,
                                 const int32_t* levels, const int32_t* winner, const View<A>& grad,
-                                int64_t c0, int64_t c1) {
+                                int64_t c0, int64_t c1, int64_t n0, int64_t n1) {
     Workspace w;
     const int64_t n = c1 - c0;
     w.acc.resize(n);
     A* g = w.acc.data();
     for (int64_t k = 0; k < s.K; ++k) {
       w.plan.build(s, rois, levels, k, false);
-      if (!w.plan.valid()) continue;
+      if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
       const int64_t l = w.plan.level(), cs = grad.channel_step(l);
       for (int64_t ph = 0; ph < s.PH; ++ph)
         for (int64_t pw = 0; pw < s.PW; ++pw) {
