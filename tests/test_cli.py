@@ -17,6 +17,7 @@ import pytest
 
 import jax_roialign as jra
 from jax_roialign._cli import demo as _demo
+from jax_roialign._cli import peers as _peers
 from jax_roialign._cli import timing as _timing
 from jax_roialign._cli import workloads as _workloads
 
@@ -334,3 +335,16 @@ def test_bench_rejects_unknown_names():
 def test_subcommand_help(command):
     out = run(command, "--help").stdout
     assert "usage: python -m jax_roialign " + command in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
+                    reason="TensorFlow is importable here: the worker would start")
+def test_tensorflow_worker_that_cannot_start_says_why():
+    """The bench's TensorFlow runs in a worker process; one that cannot import TensorFlow
+    is an error naming the cause (a row's error in the table), not a hang, and nothing
+    is left running."""
+    image = np.zeros((1, 4, 4, 2), np.float32)
+    boxes, index = np.array([[0, 0, 1, 1]], np.float32), np.zeros(1, np.int32)
+    with pytest.raises(RuntimeError, match="did not start: .*tensorflow"):
+        _peers.tf_crop_timers(image, boxes, index, (2, 2), np.zeros((1, 2, 2, 2), np.float32))
+    assert _peers.tensorflow_version() is None

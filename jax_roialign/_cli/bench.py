@@ -11,7 +11,8 @@ registry, `jax_roialign/_src/operators.py`):
   loop of our roi_align (each level's boxes pooled, scattered back: what the peers do),
   the pure-JAX reference and torchvision's MultiScaleRoIAlign.
 - rotated_crop: roi_align_rotated against roi_align on the same boxes, per bilinear
-  sample; crop_and_resize against TensorFlow's tf.image.crop_and_resize.
+  sample; crop_and_resize against TensorFlow's tf.image.crop_and_resize, which runs in a
+  worker process (peers.TensorFlowWorker; still interleaved call by call with ours).
 
 Each measurement is forward, or forward+backward (the gradient w.r.t. the features, with
 the forward output also returned so that neither half can be optimised away), under
@@ -57,7 +58,7 @@ from jax_roialign import reference
 from .._src.api import FUNCTIONS
 from .._src.installation import missing_kernels, path_taken
 from .._src.operators import BY_NAME, OPERATORS
-from .peers import (TENSORFLOW, TORCHVISION, import_tensorflow, import_torchvision,
+from .peers import (TENSORFLOW, TORCHVISION, import_torchvision, tensorflow_version,
                     tf_crop_timers, torch_multiscale_timers, torch_timers, version)
 from .progress import Progress
 from .timing import cores, interleaved, jax_timers, memory_rates, vjp_timers
@@ -123,7 +124,7 @@ class Context(NamedTuple):
     peers: list
     ops: list               # the registry entries of the ops suite
     torchvision: tuple | None  # (torch, torchvision) where importable and wanted
-    tensorflow: object | None  # the module, where importable, wanted and comparable
+    tensorflow: str | None  # its version, where importable, wanted and comparable
 
 
 def operator_arguments(fn, w: Workload) -> dict:
@@ -403,7 +404,7 @@ def rotated_crop_block(name, w, layout, dtype, ctx) -> Block:
             # TensorFlow's output (and so its output gradient) is float32 for any image.
             return tf_crop_timers(image, d["boxes"], d["index"], (CROP_SIZE, CROP_SIZE),
                                   d["crop_cot"].transpose(0, 2, 3, 1))
-        crops.append(Impl(crop.function, f"{TENSORFLOW} {version(ctx.tensorflow)}", make_tf,
+        crops.append(Impl(crop.function, f"{TENSORFLOW} {ctx.tensorflow}", make_tf,
                           jax_output("NHWC"), crop_cost, c))
 
     groups = [Group(f"{rotated.function} vs {align.function}", turn,
@@ -412,7 +413,8 @@ def rotated_crop_block(name, w, layout, dtype, ctx) -> Block:
               Group(crop.function, crops,
                     f"{CROP_SIZE}x{CROP_SIZE} bilinear crops of the same boxes (normalised)"
                     + (f"; {TENSORFLOW}: tf.image.crop_and_resize, NHWC, {cores()} intra-op "
-                       f"threads" if ctx.tensorflow is not None else ""),
+                       f"threads, in a process of its own" if ctx.tensorflow is not None
+                       else ""),
                     per_sample=True)]
 
     def describe():
@@ -677,11 +679,12 @@ def run(args) -> int:
             # tensorflow-cpu against a GPU backend would compare devices, not code.
             log(f"tensorflow: not timed on the {m['backend']} backend (compared on the CPU)")
         else:
-            tf = import_tensorflow()
+            tf = tensorflow_version()
             log("tensorflow is not importable here: not timed" if tf is None else
-                f"tensorflow {version(tf)} ({cores()} intra-op threads; NHWC)")
+                f"tensorflow {tf} ({cores()} intra-op threads; NHWC; in a worker process, "
+                f"as its thread pools in this one would slow XLA's)")
             if tf is not None:
-                m["tensorflow"] = version(tf)
+                m["tensorflow"] = tf
     log(f"x: the row's time / the group's first row's (> 1: the first row is faster). "
         f"floor: {FLOOR_DEFINITION}. *: fewer than {args.repeats} calls, as the --budget of "
         f"{args.budget:g} s ran out; ~: the first call alone, compilation included")

@@ -1,15 +1,26 @@
 """The peers the bench times jax_roialign against, when importable in the same
-interpreter (never dependencies: each is imported here, lazily): torchvision's operators
-and its MultiScaleRoIAlign, TensorFlow's crop_and_resize.
+interpreter (never dependencies): torchvision's operators and its MultiScaleRoIAlign,
+imported here, lazily; TensorFlow's crop_and_resize, run in a process of its own
+(tf_worker.py), as TensorFlow's thread pools in this one slow XLA's kernels 2-4x.
 
 Each `*_timers` returns (forward, forward_backward) closures that run one call to the
 end (CUDA synchronised; TensorFlow's CPU ops run synchronously) and return its output
-(forward) or nothing, so that the bench can check the peers' outputs against ours.
+(forward; the first call's, for a worker) or nothing, so that the bench can check the
+peers' outputs against ours.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import weakref
+
 import jax
+import numpy as np
 
 from .timing import cores
 
@@ -26,22 +37,23 @@ def import_torchvision():
     return torch, torchvision
 
 
-_TENSORFLOW = []
-
-
-def import_tensorflow():
-    """tensorflow, or None where it is not importable. Its intra-op pool gets as many
-    threads as XLA's (the cores this process may run on), set before TensorFlow starts
-    its runtime (it cannot change afterwards), so that both use the same cores."""
-    if not _TENSORFLOW:
+def tensorflow_version():
+    """TensorFlow's version where this interpreter can import it (without importing it:
+    the bench runs it in a worker), else None."""
+    if "tensorflow" in sys.modules and sys.modules["tensorflow"] is None:
+        return None  # hidden, as an environment without it
+    try:
+        if importlib.util.find_spec("tensorflow") is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    dists = importlib.metadata.packages_distributions().get("tensorflow") or []
+    for dist in dists:
         try:
-            import tensorflow as tf
-        except ImportError:
-            tf = None
-        if tf is not None:
-            tf.config.threading.set_intra_op_parallelism_threads(cores())
-        _TENSORFLOW.append(tf)
-    return _TENSORFLOW[0]
+            return importlib.metadata.version(dist).split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "(version unknown)"
 
 
 def version(module):
@@ -114,24 +126,71 @@ def torch_multiscale_timers(levels, rois, image_size, output_size, sampling_rati
     return _torch_closures(call, list(levels), cotangent)
 
 
+class TensorFlowWorker:
+    """tf_worker.py in a subprocess of this interpreter, its intra-op pool as large as
+    XLA's, on the arrays given; `call(command)` runs one command to the end. The process
+    ends with this object (or the interpreter)."""
+
+    def __init__(self, image, boxes, box_indices, crop_size, cotangent):
+        self._dir = tempfile.TemporaryDirectory(prefix="jax_roialign_tf_")
+        np.savez(os.path.join(self._dir.name, "inputs.npz"), image=image, boxes=boxes,
+                 box_indices=box_indices, crop_size=np.asarray(crop_size),
+                 cotangent=cotangent)
+        self._log = open(os.path.join(self._dir.name, "stderr.txt"), "w+")
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tf_worker.py")
+        self._process = subprocess.Popen(
+            [sys.executable, script, self._dir.name, str(cores())], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
+        self._finalizer = weakref.finalize(self, TensorFlowWorker._stop, self._process,
+                                           self._log, self._dir)
+        first = self._process.stdout.readline().split()
+        if first[:1] != ["ready"]:
+            raise RuntimeError(f"the TensorFlow worker did not start: {self._stderr_tail()}")
+        self.version = " ".join(first[1:])
+
+    def _stderr_tail(self):
+        self._log.flush()
+        self._log.seek(0)
+        lines = [line.strip() for line in self._log.read().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {self._process.poll()}"
+
+    def call(self, command):
+        self._process.stdin.write(command + "\n")
+        reply = self._process.stdout.readline().strip()
+        if reply != "ok":
+            raise RuntimeError(reply.removeprefix("error ") if reply else
+                               f"the TensorFlow worker stopped: {self._stderr_tail()}")
+
+    def saved_forward(self):
+        return np.load(os.path.join(self._dir.name, "forward.npy"))
+
+    @staticmethod
+    def _stop(process, log, directory):
+        try:
+            process.stdin.close()
+            process.wait(timeout=30)
+        except Exception:
+            process.kill()
+            process.wait()
+        log.close()
+        directory.cleanup()
+
+
 def tf_crop_timers(image, boxes, box_indices, crop_size, cotangent):
     """tf.image.crop_and_resize(image, boxes, box_indices, crop_size) as a tf.function
-    (a graph, as jit), on NHWC numpy arrays: forward, and forward+backward through a
-    GradientTape (the gradient w.r.t. the image, as ours)."""
-    tf = import_tensorflow()
-    image = tf.constant(image)
-    cotangent = tf.constant(cotangent)
-    boxes, box_indices = tf.constant(boxes), tf.constant(box_indices)
+    (a graph, as jit), on NHWC numpy arrays, in a TensorFlowWorker: forward, and
+    forward+backward through a GradientTape (the gradient w.r.t. the image, as ours).
+    Each call's time includes a line written to and read from a pipe (tens of
+    microseconds)."""
+    worker = TensorFlowWorker(image, boxes, box_indices, crop_size, cotangent)
+    saved = []
 
-    @tf.function
-    def forward(x):
-        return tf.image.crop_and_resize(x, boxes, box_indices, crop_size)
+    def forward():
+        if saved:
+            worker.call("forward")
+            return None
+        worker.call("forward save")  # the first call, untimed: its output is compared
+        saved.append(True)
+        return worker.saved_forward()
 
-    @tf.function
-    def forward_backward(x, c):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = tf.image.crop_and_resize(x, boxes, box_indices, crop_size)
-        return out, tape.gradient(out, x, output_gradients=c)
-
-    return (lambda: forward(image), lambda: forward_backward(image, cotangent))
+    return forward, lambda: worker.call("forward_backward")
