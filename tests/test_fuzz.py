@@ -440,7 +440,9 @@ test_fuzz.thread_results(sys.argv[1])
 
 def thread_results(path):
     """Every case's forward, feature and box gradients, float32 and float16, split by
-    rows (33 rois) and by channels (1 roi, 8 channels), and the size of XLA's pool."""
+    rows (33 rois), by images (the same rois alternating between the two images: the
+    feature gradient's tasks then own whole images, cc/cpu/ffi_handlers.cc image_split)
+    and by channels (1 roi, 8 channels), and the size of XLA's pool."""
     jax.config.update("jax_enable_x64", True)
     rng = np.random.default_rng(21)
     results = {}
@@ -449,7 +451,8 @@ def thread_results(path):
             f = jnp.asarray(features(case, rng, (3, 3), "NHWC", n=2, c_out=8, h=11, w=13))
             f = f.astype(dtype)
             rows = jnp.asarray(edge_rois(2, 11, 13, 1.0, rng, count=24))
-            for split, r in (("rows", rows), ("channels", rows[:1])):
+            balanced = rows.at[:, 0].set(jnp.arange(rows.shape[0]) % 2)
+            for split, r in (("rows", rows), ("images", balanced), ("channels", rows[:1])):
                 fn = lambda x, b: case("kernel", x, b, (3, 3), 1.0, 2, True, "NHWC")
                 out, vjp = jax.vjp(jax.jit(fn), f, r)
                 gf, gr = vjp(jnp.asarray(rng.normal(size=out.shape)).astype(out.dtype))
