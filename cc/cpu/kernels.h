@@ -196,9 +196,10 @@ struct Kernels {
         if (Unit && os == 1 && b.count() > 0 && b.count() <= kChunk) {
           w.plan.samples(b, 0, b.count(), w.samples, nullptr);
           const bool exact = exact_reciprocal(divisor);
+          const A inv = A(1) / divisor;
           for (; done + kBlock<A> <= n; done += kBlock<A>)
-            average_block(o + done, img + done, w.samples, b.count(), f.pixel, divisor, exact,
-                          A(1) / divisor, stream);
+            average_block(o + done, img + done, w.samples, b.count(), f.pixel, divisor, exact, inv,
+                          stream);
           if (done == n) continue;
         }
         std::fill_n(acc, n, A(0));
