@@ -59,6 +59,31 @@ def test_float32_equals_float32_loop(case, layout):
                 np.testing.assert_array_equal(got, want)
 
 
+# (7, 7) outputs of 60 channels fit the CPU kernels' per-roi tile (cc/cpu/kernels.h,
+# kTileBytes: 256 KiB), (48, 48) ones do not; position-sensitive operators would need
+# 60 x 2304 input channels for the latter, so they take the small size only.
+LAYOUT_SIZES = [(c, size) for c in CASES for size in ((7, 7), (48, 48))
+                if size == (7, 7) or c.channels(1, size) == 1]
+
+
+@pytest.mark.parametrize("case,size", LAYOUT_SIZES,
+                         ids=[f"{c.id}-{s[0]}" for c, s in LAYOUT_SIZES])
+@pytest.mark.parametrize("map_shape", [(20, 24), (32, 32)])
+def test_layouts_agree_bit_for_bit(case, size, map_shape):
+    """float32 NCHW and NHWC outputs are the same bits. The CPU kernels write NCHW outputs
+    of a roi through a channel-last tile where it fits and straight to the output where it
+    does not, NHWC outputs always straight; they copy NCHW features channel-last a whole
+    pixel at a time, or 8 planes at a time where the planes are a power of two apart
+    (32 x 32 maps) and would evict each other from the cache."""
+    rng = np.random.default_rng(12)
+    h, w = map_shape
+    f = features(case, rng, size, "NCHW", n=2, c_out=60, h=h, w=w, dtype=np.float32)
+    rois = edge_rois(2, h, w, 0.5, rng).astype(np.float32)
+    nchw = np.asarray(case("kernel", f, rois, size, 0.5, 2, True, "NCHW"))
+    nhwc = np.asarray(case("kernel", to_layout(f, "NHWC"), rois, size, 0.5, 2, True, "NHWC"))
+    np.testing.assert_array_equal(nchw, np.moveaxis(nhwc, -1, 1))
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 @pytest.mark.parametrize("layout", LAYOUTS)

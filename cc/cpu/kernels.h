@@ -145,6 +145,8 @@ struct Kernels {
 
   // Samples are produced this many at a time (roi_plan.h).
   static constexpr int64_t kChunk = 64;
+  // The largest forward_avg tile: half a core's L2 cache.
+  static constexpr int64_t kTileBytes = int64_t{256} << 10;
 
   // What a task reuses from roi to roi.
   struct Workspace {
@@ -153,6 +155,7 @@ struct Kernels {
     SampleSlopes<G> slopes[kChunk];
     std::vector<A> acc;
     std::vector<int32_t> arg;
+    std::vector<T> tile;  // forward_avg's outputs of one roi, channel-last
   };
 
   static void zero_rows(const RoiCall& s, T* out, int32_t* winner, int64_t k, int64_t c0,
@@ -175,21 +178,27 @@ struct Kernels {
 
   // Avg mode, one roi: channels [c0, c1) innermost, each bin's sums in `acc`.
   // `fill`: the value of a bin without samples (the forward's; 0 for its linear part).
+  // Outputs whose channels are not adjacent (NCHW) go through the roi's
+  // channel-last `tile`, written out at the end channel by channel (each
+  // channel's bins are adjacent), not one strided store per channel and bin.
   template <bool Unit, typename E>
   static void forward_avg(const RoiCall& s, const View<E>& f, Workspace& w, T* out, int64_t k,
                           int64_t c0, int64_t c1, A fill) {
-    const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l);
-    const bool stream = s.K * s.bins() * s.Cout * int64_t(sizeof(T)) >= kStreamBytes;
+    const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l), bins = s.bins();
+    const int64_t out_os =
+        n > 1 ? s.output_offset(k, c0 + 1, 0) - s.output_offset(k, c0, 0) : 1;
+    const bool tiled = out_os != 1 && bins * n * int64_t(sizeof(T)) <= kTileBytes;
+    const bool stream = !tiled && s.K * bins * s.Cout * int64_t(sizeof(T)) >= kStreamBytes;
+    const int64_t os = tiled ? 1 : out_os;
     w.acc.resize(n);
+    if (tiled) w.tile.resize(bins * n);
     A* acc = w.acc.data();
     for (int64_t ph = 0; ph < s.PH; ++ph)
       for (int64_t pw = 0; pw < s.PW; ++pw) {
         const int64_t bin = ph * s.PW + pw;
         const BinPlan b = w.plan.bin(ph, pw);
         const E* img = f.at(l, w.plan.image(), c0, bin);
-        T* o = out + s.output_offset(k, c0, bin);
-        const int64_t os =
-            n > 1 ? s.output_offset(k, c0 + 1, bin) - s.output_offset(k, c0, bin) : 1;
+        T* o = tiled ? w.tile.data() + bin * n : out + s.output_offset(k, c0, bin);
         const A divisor = A(b.divisor);
         int64_t done = 0;  // channels written already
         // One chunk of samples, adjacent outputs: whole blocks never hold sums in memory.
@@ -217,6 +226,13 @@ struct Kernels {
         const bool empty = b.count() == 0;
         for (int64_t c = done; c < n; ++c) o[c * os] = store<T>(empty ? fill : acc[c] / divisor);
       }
+    if (!tiled) return;
+    const int64_t bs = bins > 1 ? s.output_offset(k, c0, 1) - s.output_offset(k, c0, 0) : 1;
+    for (int64_t c = 0; c < n; ++c) {
+      T* o = out + s.output_offset(k, c0 + c, 0);
+      const T* t = w.tile.data() + c;
+      for (int64_t bin = 0; bin < bins; ++bin) o[bin * bs] = t[bin * n];
+    }
   }
 
   // Max mode, one roi: per channel, the first largest sample value, then the
@@ -327,12 +343,22 @@ struct Kernels {
                                 const int32_t* levels, const int32_t* winner, const View<A>& grad,
                                 int64_t c0, int64_t c1, int64_t n0, int64_t n1) {
     Workspace w;
-    const int64_t n = c1 - c0;
-    w.acc.resize(n);
-    A* g = w.acc.data();
+    const int64_t n = c1 - c0, bins = s.bins();
+    // Cotangents whose channels are not adjacent (NCHW) are read once per roi
+    // into a channel-last tile, each channel's bins in a row.
+    const int64_t ct_os = n > 1 ? s.output_offset(0, c0 + 1, 0) - s.output_offset(0, c0, 0) : 1;
+    const bool tiled = s.mode != PoolMode::kMax && ct_os != 1 &&
+                       bins * n * int64_t(sizeof(A)) <= kTileBytes;
+    const int64_t bs = bins > 1 ? s.output_offset(0, c0, 1) - s.output_offset(0, c0, 0) : 1;
+    w.acc.resize(tiled ? bins * n : n);
     for (int64_t k = 0; k < s.K; ++k) {
       w.plan.build(s, rois, levels, k, false);
       if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
+      if (tiled)
+        for (int64_t c = 0; c < n; ++c) {
+          const T* t = ct + s.output_offset(k, c0 + c, 0);
+          for (int64_t bin = 0; bin < bins; ++bin) w.acc[bin * n + c] = load<A>(t[bin * bs]);
+        }
       const int64_t l = w.plan.level(), cs = grad.channel_step(l);
       for (int64_t ph = 0; ph < s.PH; ++ph)
         for (int64_t pw = 0; pw < s.PW; ++pw) {
@@ -351,7 +377,9 @@ struct Kernels {
             }
             continue;
           }
-          for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, c0 + c, bin)]);
+          A* g = w.acc.data() + (tiled ? bin * n : 0);
+          if (!tiled)
+            for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, c0 + c, bin)]);
           const A divisor = A(b.divisor);
           const bool exact = exact_reciprocal(divisor);
           const A inv = A(1) / divisor;
