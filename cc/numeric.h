@@ -64,7 +64,8 @@ JRA_HD Half to_half(float f) {
   const uint32_t u = float_bits(f);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return Half{uint16_t(sign | 0x7e00u)};
+  // NaN: quiet, the payload's top bits kept (as x86's F16C conversion does).
+  if (a > 0x7f800000u) return Half{uint16_t(sign | 0x7e00u | ((a & 0x7fffffu) >> 13))};
   if (a >= 0x477ff000u) return Half{uint16_t(sign | 0x7c00u)};  // >= 65520 rounds to inf
   if (a < 0x38800000u) {  // below the smallest normal half, 2^-14
     // Scale to units of 2^-24 and round to nearest even in float arithmetic,
