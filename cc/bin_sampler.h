@@ -203,18 +203,16 @@ struct RoiSampler {
     return t;
   }
 
-  // Separable operators: the sample of taps ty, tx; its weight slopes if asked
-  // (d->dpos is the caller's, from tap()).
-  JRA_HD Sample<G> combine(const AxisTap<G>& ty, const AxisTap<G>& tx, SampleSlopes<G>* d) const {
+  // Separable operators: how a sample combines its two taps (roi_common.h's
+  // SampleKind: kCell, kLerp or kBilinear).
+  JRA_HD SampleKind combination() const {
     switch (op) {
       case Op::kRoiPool:
       case Op::kPsRoiPool:
-      case Op::kCropAndResizeNearest:  // piecewise constant: no slopes
-        if (d) zero_weight_slopes(d);
-        return cell_sample<G>(ty.low, tx.low, W);
+      case Op::kCropAndResizeNearest:
+        return SampleKind::kCell;
       case Op::kCropAndResize:
-        if (d) weight_slopes(ty, tx, d->dy, d->dx);
-        return lerp_sample(ty, tx, W);
+        return SampleKind::kLerp;
       case Op::kRoiAlign:
       case Op::kPsRoiAlign:
       case Op::kLegacy:
@@ -223,8 +221,33 @@ struct RoiSampler {
       case Op::kRoiAlignRotated:
         break;
     }
+    return SampleKind::kBilinear;
+  }
+
+  // The sample of taps ty, tx combined as K (combination()'s).
+  template <SampleKind K>
+  JRA_HD static Sample<G> combined(const AxisTap<G>& ty, const AxisTap<G>& tx, int64_t W) {
+    if constexpr (K == SampleKind::kCell) return cell_sample<G>(ty.low, tx.low, W);
+    else if constexpr (K == SampleKind::kLerp) return lerp_sample(ty, tx, W);
+    else return make_sample(ty, tx, W);
+  }
+
+  // Separable operators: the sample of taps ty, tx; its weight slopes if asked
+  // (d->dpos is the caller's, from tap()).
+  JRA_HD Sample<G> combine(const AxisTap<G>& ty, const AxisTap<G>& tx, SampleSlopes<G>* d) const {
+    switch (combination()) {
+      case SampleKind::kCell:  // piecewise constant: no slopes
+        if (d) zero_weight_slopes(d);
+        return combined<SampleKind::kCell>(ty, tx, W);
+      case SampleKind::kLerp:
+        if (d) weight_slopes(ty, tx, d->dy, d->dx);
+        return combined<SampleKind::kLerp>(ty, tx, W);
+      case SampleKind::kBilinear:
+      case SampleKind::kEmpty:
+        break;
+    }
     if (d) weight_slopes(ty, tx, d->dy, d->dx);
-    return make_sample(ty, tx, W);
+    return combined<SampleKind::kBilinear>(ty, tx, W);
   }
 
   // Sample i (row-major over the enumerated entries of windows gy, gx) of bin
@@ -237,15 +260,30 @@ struct RoiSampler {
       const AxisTap<G> tx = tap(1, pw, gx, b, d ? d->dpos[1] : nullptr);
       return combine(ty, tx, d);
     }
-    const int64_t iy = gy.index(a), ix = gx.index(b);
+    const RotatedGeometry<G>& r = geo.rotated;
+    Sample<G> s;
+    rotated_sample(ph, pw, gy, gx, a, b, r.row(ph, gy.index(a)), r.column(pw, gx.index(b)), d, &s);
+    return s;
+  }
+
+  // roi_align_rotated: the sample of enumerated entries (a, b) of bin (ph, pw)'s
+  // windows gy, gx, whose grid row and column are yy and xx
+  // (RotatedGeometry::row, column), into *out; its slopes if asked.
+  using Line = typename RotatedGeometry<G>::Line;
+  JRA_HD_INLINE void rotated_sample(int64_t ph, int64_t pw, const GridAxis& gy,
+                                    const GridAxis& gx, int64_t a, int64_t b, const Line& yy,
+                                    const Line& xx, SampleSlopes<G>* d, Sample<G>* out) const {
     const RotatedGeometry<G>& r = geo.rotated;
     if (d) *d = SampleSlopes<G>{};
-    const G yy = r.yy(ph, iy), xx = r.xx(pw, ix);
     const G y = r.y_of(yy, xx), x = r.x_of(yy, xx);
-    if (!r.in_window(y, x)) return empty_sample<G>();
+    if (!r.in_window(y, x)) {
+      *out = empty_sample<G>();
+      return;
+    }
     AxisTap<G> ty = axis_tap(y, H);
     AxisTap<G> tx = axis_tap(x, W);
     if (d) {  // (cx, cy, w, h, angle)
+      const int64_t iy = gy.index(a), ix = gx.index(b);
       G* dy_pos = d->dpos[0];
       G* dx_pos = d->dpos[1];
       const G fy = (G(ph) + (G(iy) + G(0.5)) / G(r.grid_h)) / G(r.PH) - G(0.5);
@@ -255,16 +293,16 @@ struct RoiSampler {
       dy_pos[1] = r.scale;
       dy_pos[2] = -r.sin_t * dxx_dw;
       dy_pos[3] = r.cos_t * dyy_dh;
-      dy_pos[4] = (-yy * r.sin_t - xx * r.cos_t) * r.dtheta;
+      dy_pos[4] = (-yy.s - xx.c) * r.dtheta;  // d y / d theta: -yy sin t - xx cos t
       dx_pos[0] = r.scale;
       dx_pos[2] = r.cos_t * dxx_dw;
       dx_pos[3] = r.sin_t * dyy_dh;
-      dx_pos[4] = (yy * r.cos_t - xx * r.sin_t) * r.dtheta;
+      dx_pos[4] = (yy.c - xx.s) * r.dtheta;  // d x / d theta: yy cos t - xx sin t
     }
     if (avg && gy.chunked()) scale_tap(&ty, G(gy.multiplicity(a)));
     if (avg && gx.chunked()) scale_tap(&tx, G(gx.multiplicity(b)));
     if (d) weight_slopes(ty, tx, d->dy, d->dx);
-    return make_sample(ty, tx, W);
+    *out = make_sample(ty, tx, W);
   }
 
   // A tap standing for m samples at one position.

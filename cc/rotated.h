@@ -37,11 +37,23 @@ struct RotatedGeometry {
   JRA_HD G along(G start, G bin, int64_t grid, int64_t p, int64_t i) const {
     return start + G(p) * bin + (G(i) + G(0.5)) * bin / G(grid);
   }
-  JRA_HD G yy(int64_t ph, int64_t iy) const { return along(start_h, bin_h, grid_h, ph, iy); }
-  JRA_HD G xx(int64_t pw, int64_t ix) const { return along(start_w, bin_w, grid_w, pw, ix); }
-  // The map position of box-frame (yy, xx).
-  JRA_HD G y_of(G yy_, G xx_) const { return yy_ * cos_t - xx_ * sin_t + ch; }
-  JRA_HD G x_of(G yy_, G xx_) const { return yy_ * sin_t + xx_ * cos_t + cw; }
+  // A box-frame coordinate v (yy for a row, xx for a column) with its
+  // rotation's products v cos t and v sin t: a position only adds products,
+  // so a platform may form them once per grid line (the CPU plan does).
+  struct Line {
+    G v, c, s;
+  };
+  JRA_HD Line line(G v) const { return Line{v, v * cos_t, v * sin_t}; }
+  JRA_HD Line row(int64_t ph, int64_t iy) const {
+    return line(along(start_h, bin_h, grid_h, ph, iy));
+  }
+  JRA_HD Line column(int64_t pw, int64_t ix) const {
+    return line(along(start_w, bin_w, grid_w, pw, ix));
+  }
+  // The map position of box-frame (yy, xx): yy cos t - xx sin t + ch and
+  // yy sin t + xx cos t + cw, in that order.
+  JRA_HD G y_of(const Line& yy, const Line& xx) const { return yy.c - xx.s + ch; }
+  JRA_HD G x_of(const Line& yy, const Line& xx) const { return yy.s + xx.c + cw; }
   JRA_HD bool in_window(G y, G x) const {
     return y >= G(-1) && y <= G(H) && x >= G(-1) && x <= G(W);
   }

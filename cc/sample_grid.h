@@ -57,12 +57,20 @@ struct GridAxis {
 // The contiguous range of sample indices in [0, grid) inside a window, for
 // positions monotone in the index: `entered(i)` says sample i has crossed the
 // window's entry edge, `left(i)` that it has crossed the exit edge (both
-// monotone in i), `inside(i)` the exact test (which also rejects NaN).
-// O(log grid).
+// monotone in i), `inside(i)` the exact test (which also rejects NaN): the
+// hull of the samples inside. O(log grid).
 template <typename Entered, typename Left, typename Inside>
 JRA_HD GridAxis in_window_range(int64_t grid, Entered entered, Left left, Inside inside) {
   GridAxis a;
   if (grid <= 0) return a;
+  if (grid <= 4) {  // a few samples: testing each costs less than bisecting
+    int64_t l = 0, h = grid;
+    while (l < h && !inside(l)) ++l;
+    while (h > l && !inside(h - 1)) --h;
+    a.lo = l;
+    a.n = a.count = h - l;
+    return a;
+  }
   int64_t b = 0, e = grid;  // first i with entered(i)
   while (b < e) {
     const int64_t m = b + (e - b) / 2;

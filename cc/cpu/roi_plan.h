@@ -4,7 +4,9 @@
 // each bin column's x taps, so that a sample costs a combination of two
 // precomputed taps. Memory is per axis (bins x entries), not per sample, so
 // a large sampling grid costs no more than its taps; samples are produced in
-// chunks on demand. roi_align_rotated, not separable, samples per bin.
+// chunks on demand. roi_align_rotated, not separable, keeps each grid row's
+// and column's box-frame coordinate with its rotation products instead
+// (RotatedGeometry::Line), so a sample only adds them.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +21,8 @@ namespace jax_roialign::cpu {
 struct BinPlan {
   int64_t ph, pw;
   GridAxis gy, gx;
-  int64_t outside_from;  // max: first row an implicit-0 sample precedes (sample_grid.h)
+  int64_t outside_from;  // max: first row an implicit-0 sample precedes (sample_grid.h);
+                         // avg: kNever (no implicit 0 is ever compared)
   double divisor;        // avg: the sum is divided by this (1 for max)
 
   int64_t count() const { return gy.count * gx.count; }
@@ -41,8 +44,8 @@ class RoiPlan {
     roi_ = roi_sampler(s, rois, levels, k);
     slopes_ = slopes;
     if (!valid()) return;
-    axis(0, s.PH, wy_, oy_, ty_, dy_);
-    axis(1, s.PW, wx_, ox_, tx_, dx_);
+    axis(0, s.PH, wy_, oy_, ty_, dy_, ly_);
+    axis(1, s.PW, wx_, ox_, tx_, dx_, lx_);
   }
 
   BinPlan bin(int64_t ph, int64_t pw) const {
@@ -51,7 +54,7 @@ class RoiPlan {
     b.pw = pw;
     b.gy = wy_[ph];
     b.gx = wx_[pw];
-    b.outside_from = roi_.outside_from(b.gy, b.gx);
+    b.outside_from = roi_.avg ? kNever : roi_.outside_from(b.gy, b.gx);
     b.divisor = roi_.divisor(b.gy, b.gx);
     return b;
   }
@@ -62,14 +65,24 @@ class RoiPlan {
   void samples(const BinPlan& b, int64_t i0, int64_t i1, Sample<G>* out,
                SampleSlopes<G>* d) const {
     if (i1 <= i0) return;
+    int64_t a = i0 / b.gx.count, e = i0 - a * b.gx.count;
     if (!roi_.separable()) {
-      for (int64_t i = i0; i < i1; ++i)
-        out[i - i0] = roi_.sample(b.ph, b.pw, b.gy, b.gx, i, d ? &d[i - i0] : nullptr);
-      return;
+      if (d) return rotated_samples<true>(b, a, e, i1 - i0, out, d);
+      return rotated_samples<false>(b, a, e, i1 - i0, out, nullptr);
     }
     const AxisTap<G>* ty = ty_.data() + oy_[b.ph];
     const AxisTap<G>* tx = tx_.data() + ox_[b.pw];
-    int64_t a = i0 / b.gx.count, e = i0 - a * b.gx.count;
+    if (!d) {  // the combination chosen once, not per sample
+      switch (roi_.combination()) {
+        case SampleKind::kCell:
+          return combine_all<SampleKind::kCell>(ty, tx, b.gx.count, a, e, i1 - i0, out);
+        case SampleKind::kLerp:
+          return combine_all<SampleKind::kLerp>(ty, tx, b.gx.count, a, e, i1 - i0, out);
+        case SampleKind::kBilinear:
+        case SampleKind::kEmpty:
+          return combine_all<SampleKind::kBilinear>(ty, tx, b.gx.count, a, e, i1 - i0, out);
+      }
+    }
     for (int64_t i = i0; i < i1; ++i) {
       SampleSlopes<G>* di = d ? &d[i - i0] : nullptr;
       if (di) {
@@ -89,18 +102,55 @@ class RoiPlan {
   }
 
  private:
+  using Line = typename RotatedGeometry<G>::Line;
+
+  // out[0, n) = roi_align_rotated's samples of bin b from entries (a, e)
+  // onwards, row-major; their slopes into d[0, n) when kSlopes.
+  template <bool kSlopes>
+  void rotated_samples(const BinPlan& b, int64_t a, int64_t e, int64_t n, Sample<G>* out,
+                       SampleSlopes<G>* d) const {
+    const Line* ly = ly_.data() + oy_[b.ph];
+    const Line* lx = lx_.data() + ox_[b.pw];
+    for (int64_t i = 0; i < n; ++i) {
+      roi_.rotated_sample(b.ph, b.pw, b.gy, b.gx, a, e, ly[a], lx[e], kSlopes ? &d[i] : nullptr,
+                          &out[i]);
+      if (++e == b.gx.count) {
+        e = 0;
+        ++a;
+      }
+    }
+  }
+
+  // out[0, n) = the samples of taps ty[a] x tx[e] onwards, row-major over
+  // rows of `cols` entries, combined as K.
+  template <SampleKind K>
+  void combine_all(const AxisTap<G>* ty, const AxisTap<G>* tx, int64_t cols, int64_t a,
+                   int64_t e, int64_t n, Sample<G>* out) const {
+    const int64_t W = roi_.W;
+    for (int64_t i = 0; i < n; ++a, e = 0)
+      for (; e < cols && i < n; ++e, ++i)
+        out[i] = RoiSampler<G>::template combined<K>(ty[a], tx[e], W);
+  }
+
   // Windows, tap offsets and taps (and position derivatives) of every bin
-  // along one axis.
+  // along one axis; roi_align_rotated's lines instead of taps.
   void axis(int a, int64_t bins, std::vector<GridAxis>& w, std::vector<int64_t>& off,
-            std::vector<AxisTap<G>>& taps, std::vector<G>& dpos) {
+            std::vector<AxisTap<G>>& taps, std::vector<G>& dpos, std::vector<Line>& lines) {
     w.resize(bins);
     off.resize(bins);
     taps.clear();
     dpos.clear();
+    lines.clear();
     for (int64_t p = 0; p < bins; ++p) {
       w[p] = roi_.window(a, p);
+      if (!roi_.separable()) {
+        const RotatedGeometry<G>& r = roi_.geo.rotated;
+        off[p] = int64_t(lines.size());
+        for (int64_t j = 0; j < w[p].count; ++j)
+          lines.push_back(a == 0 ? r.row(p, w[p].index(j)) : r.column(p, w[p].index(j)));
+        continue;
+      }
       off[p] = int64_t(taps.size());
-      if (!roi_.separable()) continue;
       for (int64_t j = 0; j < w[p].count; ++j) {
         G d[kMaxBoxCoords];
         taps.push_back(roi_.tap(a, p, w[p], j, slopes_ ? d : nullptr));
@@ -115,6 +165,7 @@ class RoiPlan {
   std::vector<int64_t> oy_, ox_;
   std::vector<AxisTap<G>> ty_, tx_;
   std::vector<G> dy_, dx_;  // kMaxBoxCoords per tap
+  std::vector<Line> ly_, lx_;  // roi_align_rotated
 };
 
 }  // namespace jax_roialign::cpu
