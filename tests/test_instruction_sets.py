@@ -1,22 +1,17 @@
 """The CPU kernels are compiled once per instruction set (cc/cpu/instruction_sets.h) and
-one is chosen at load time: the AVX2 build must compute the same bits as the baseline
-build, on every operator, both layouts and the storage types, forward and both
-gradients, on shapes that reach every code path: whole register blocks of channels and a
-remainder, channel-adjacent and packed (channel-last copy) features, bins with more
-samples than a chunk."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+one is chosen at load time: every build this CPU can run below the chosen one (baseline;
+AVX2 under AVX-512) must compute the chosen one's bits, on every operator, both layouts
+and the storage types, forward and both gradients, on shapes that reach every code path:
+whole register blocks of channels and a remainder, channel-adjacent and packed
+(channel-last copy) features, bins with more samples than a chunk."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jax_roialign._cpu as cpu_module
 from cases import CASES, LAYOUTS, edge_rois, features
+from cpu_builds import BELOW, CHOSEN, run_capped
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -26,13 +21,14 @@ def outputs():
     results = {}
     rng = np.random.default_rng(7)
     for case in CASES:
-        # 37 output channels: one register block of 32 and a remainder; many rois on a small
-        # map, so that the packed copy pays in NCHW; sampling_ratio 9 gives 81 samples a bin
-        # (more than a 64-sample chunk).
+        # 69 output channels: whole register blocks (32 float32 channels in the baseline
+        # and AVX2 builds, 64 in the AVX-512 build; half as many float64) and a remainder;
+        # many rois on a small map, so that the packed copy pays in NCHW; sampling_ratio 9
+        # gives 81 samples a bin (more than a 64-sample chunk).
         size = (2, 3)
         for layout in LAYOUTS:
             for dtype in DTYPES:
-                f = jnp.asarray(features(case, rng, size, layout, n=2, c_out=37, h=6, w=7),
+                f = jnp.asarray(features(case, rng, size, layout, n=2, c_out=69, h=6, w=7),
                                 dtype)
                 rows = edge_rois(2, 6, 7, 0.5, rng, count=40)
                 rows = jnp.asarray(rows, jnp.float64 if dtype == "float64" else jnp.float32)
@@ -52,23 +48,17 @@ def outputs():
     return results
 
 
-@pytest.mark.skipif(cpu_module.instruction_set() == "baseline",
-                    reason="this CPU runs the baseline build: nothing to compare it with")
-def test_avx2_build_computes_the_baseline_bits(tmp_path):
-    path = tmp_path / "baseline.npz"
-    code = ("import jax; jax.config.update('jax_enable_x64', True)\n"
-            "import numpy as np, jax_roialign._cpu as m\n"
-            "assert m.instruction_set() == 'baseline', m.instruction_set()\n"
-            "import test_instruction_sets as t\n"
-            f"np.savez({str(path)!r}, **t.outputs())\n")
-    env = dict(os.environ, JAX_ROIALIGN_CPU_ISA="baseline",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
-                                           os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    baseline = np.load(path)
-    ours = outputs()
-    assert sorted(baseline.files) == sorted(ours)
-    for key, value in ours.items():
-        np.testing.assert_array_equal(value, baseline[key], err_msg=key)
+@pytest.fixture(scope="module")
+def chosen_outputs():
+    return outputs()
+
+
+@pytest.mark.parametrize("isa", BELOW)
+def test_builds_compute_the_same_bits(isa, chosen_outputs, tmp_path):
+    path = tmp_path / f"{isa}.npz"
+    run_capped(isa, "import numpy as np, test_instruction_sets as t\n"
+                    f"np.savez({str(path)!r}, **t.outputs())\n", timeout=900)
+    capped = np.load(path)
+    assert sorted(capped.files) == sorted(chosen_outputs)
+    for key, value in chosen_outputs.items():
+        np.testing.assert_array_equal(value, capped[key], err_msg=f"{CHOSEN} vs {isa}: {key}")

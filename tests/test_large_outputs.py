@@ -2,20 +2,16 @@
 buffers are advised for huge pages and their register blocks are written with streaming
 stores (cc/cpu/channel_loops.h, kStreamBytes). No test elsewhere reaches that size, so
 this one pools rows once in a call over the threshold and again in calls under it, and
-requires the same bits, in both instruction sets' builds (the baseline build streams
-with SSE2 stores, the AVX2 build with AVX stores)."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+requires the same bits, in every instruction set's build this CPU runs (the baseline
+build streams with SSE2 stores, the AVX2 build with AVX stores, the AVX-512 build with
+AVX-512 stores)."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jax_roialign as jra
-import jax_roialign._cpu as cpu_module
+from cpu_builds import BELOW, run_capped
 
 STREAM_BYTES = 32 << 20  # cc/cpu/channel_loops.h, kStreamBytes
 
@@ -72,17 +68,7 @@ def test_large_output_has_the_bits_of_small_ones(name):
     check(name)
 
 
-@pytest.mark.skipif(cpu_module.instruction_set() == "baseline",
-                    reason="the test above already ran the baseline build")
-def test_large_output_has_the_bits_of_small_ones_in_the_baseline_build():
-    code = ("import jax; jax.config.update('jax_enable_x64', True)\n"
-            "import jax_roialign._cpu as m\n"
-            "assert m.instruction_set() == 'baseline', m.instruction_set()\n"
-            "import test_large_outputs as t\n"
-            "for name in t.CASES: t.check(name)\n")
-    env = dict(os.environ, JAX_ROIALIGN_CPU_ISA="baseline",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
-                                           os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+@pytest.mark.parametrize("isa", BELOW)
+def test_large_output_has_the_bits_of_small_ones_in_the_other_builds(isa):
+    run_capped(isa, "import test_large_outputs as t\nfor name in t.CASES: t.check(name)\n",
+               timeout=600)

@@ -17,10 +17,11 @@ from cases import (CASES, IDS, LAYOUTS, ORDINARY, edge_rois, features, smooth_ro
 def test_16bit_rounds_the_float32_result_once(case, dtype, layout):
     """16-bit features are computed in float32 and rounded once: the output and the feature
     gradient are the float32 kernel's on the same (exactly widened) values, rounded to
-    nearest even, bit for bit. 37 channels: a register block of 32, whose conversions are
-    vectorised (F16C for float16 in the AVX2 build), and a remainder converted one by one."""
+    nearest even, bit for bit. 69 channels: whole register blocks (32 channels, 64 in the
+    AVX-512 build), whose conversions are vectorised (F16C for float16 in the AVX2 and
+    AVX-512 builds), and a remainder converted one by one."""
     rng = np.random.default_rng(13)
-    f = jnp.asarray(features(case, rng, (2, 3), layout, c_out=37, h=8, w=8), dtype)
+    f = jnp.asarray(features(case, rng, (2, 3), layout, c_out=69, h=8, w=8), dtype)
     rois = jnp.asarray(edge_rois(2, 8, 8, 1.0, rng)[ORDINARY], jnp.float32)
 
     def run(x):
@@ -86,9 +87,10 @@ def test_float32_equals_float32_loop(case, layout):
                 np.testing.assert_array_equal(got, want)
 
 
-# (7, 7) outputs of 60 channels fit the CPU kernels' per-roi tile (cc/cpu/kernels.h,
-# kTileBytes: 256 KiB), (48, 48) ones do not; position-sensitive operators would need
-# 60 x 2304 input channels for the latter, so they take the small size only.
+# (7, 7) outputs of 69 channels (whole register blocks and a remainder) fit the CPU
+# kernels' per-roi tile (cc/cpu/kernels.h, kTileBytes: 256 KiB), (48, 48) ones do not;
+# position-sensitive operators would need 69 x 2304 input channels for the latter, so
+# they take the small size only.
 LAYOUT_SIZES = [(c, size) for c in CASES for size in ((7, 7), (48, 48))
                 if size == (7, 7) or c.channels(1, size) == 1]
 
@@ -104,7 +106,7 @@ def test_layouts_agree_bit_for_bit(case, size, map_shape):
     (32 x 32 maps) and would evict each other from the cache."""
     rng = np.random.default_rng(12)
     h, w = map_shape
-    f = features(case, rng, size, "NCHW", n=2, c_out=60, h=h, w=w, dtype=np.float32)
+    f = features(case, rng, size, "NCHW", n=2, c_out=69, h=h, w=w, dtype=np.float32)
     rois = edge_rois(2, h, w, 0.5, rng).astype(np.float32)
     nchw = np.asarray(case("kernel", f, rois, size, 0.5, 2, True, "NCHW"))
     nhwc = np.asarray(case("kernel", to_layout(f, "NHWC"), rois, size, 0.5, 2, True, "NHWC"))

@@ -66,19 +66,26 @@ inline void add_sample(A* __restrict acc, const E* img, const Sample<G>& p, int6
               w2 * load<A>(q2[c * step]) + w3 * load<A>(q3[c * step]);
 }
 
-// Channels per register block of add_samples_block: four vectors of A (a
-// vector being 32 bytes: one AVX2 register, two SSE2 registers).
+// The bytes of one vector: an AVX-512 register in the avx512 build; else 32
+// (one AVX2 register, two SSE2 or NEON registers).
+constexpr int kVectorBytes = JRA_CPU_VECTOR_BYTES;
+
+// Channels per register block of add_samples_block: four vectors of A.
 template <typename A>
-constexpr int64_t kBlock = 4 * 32 / sizeof(A);
+constexpr int64_t kBlock = 4 * kVectorBytes / sizeof(A);
 
 template <typename A>
-struct Vector;  // 32 bytes of A
+struct Vector;  // kVectorBytes of A
 template <>
-struct Vector<float> { typedef float type __attribute__((vector_size(32))); };
+struct Vector<float> { typedef float type __attribute__((vector_size(kVectorBytes))); };
 template <>
-struct Vector<double> { typedef double type __attribute__((vector_size(32))); };
+struct Vector<double> { typedef double type __attribute__((vector_size(kVectorBytes))); };
 
-// The 32 / sizeof(A) elements at q, as a vector of A (exact conversions).
+// Elements of A in a vector.
+template <typename A>
+constexpr int kLanesOf = kVectorBytes / sizeof(A);
+
+// The kLanesOf<A> elements at q, as a vector of A (exact conversions).
 template <typename A>
 inline typename Vector<A>::type load_vector(const A* q) {
   typename Vector<A>::type v;
@@ -86,20 +93,26 @@ inline typename Vector<A>::type load_vector(const A* q) {
   return v;
 }
 inline Vector<float>::type load_vector(const BFloat16* q) {
-  typedef uint16_t Bits16 __attribute__((vector_size(16)));
-  typedef uint32_t Bits32 __attribute__((vector_size(32)));
+  typedef uint16_t Bits16 __attribute__((vector_size(kVectorBytes / 2)));
+  typedef uint32_t Bits32 __attribute__((vector_size(kVectorBytes)));
   Bits16 b;
   std::memcpy(&b, q, sizeof b);
   const Bits32 u = __builtin_convertvector(b, Bits32) << 16;
   return __builtin_bit_cast(Vector<float>::type, u);
 }
 inline Vector<float>::type load_vector(const Half* q) {
-#if JRA_CPU_F16C
+#if JRA_CPU_F16C && JRA_CPU_VECTOR_BYTES == 64
+  // Two F16C halves (GCC 12's _mm512_cvtph_ps warns of an uninitialised variable).
+  __m256 h[2];
+  h[0] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+  h[1] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 8)));
+  return __builtin_bit_cast(Vector<float>::type, h);
+#elif JRA_CPU_F16C
   return __builtin_bit_cast(Vector<float>::type,
                             _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
 #else
-  float f[8];
-  for (int i = 0; i < 8; ++i) f[i] = to_float(q[i]);
+  float f[kLanesOf<float>];
+  for (int i = 0; i < kLanesOf<float>; ++i) f[i] = to_float(q[i]);
   return load_vector(f);
 #endif
 }
@@ -151,13 +164,13 @@ inline void store_run(T* __restrict out, const A* __restrict src, int64_t n) {
 }
 
 // fn(v, value) for v in [0, kVecs): sample s's value (sample_value's, lane by
-// lane) at vector v of the kVecs * 32 / sizeof(A) adjacent channels starting
+// lane) at vector v of the kVecs * kLanesOf<A> adjacent channels starting
 // at `img` (channel c of pixel 0). One switch per sample, outside the vectors.
 template <int kVecs, typename A, typename E, typename G, typename Fn>
 __attribute__((always_inline)) inline void each_vector(const Sample<G>& s, const E* img,
                                                        int64_t ps, Fn&& fn) {
   using Vec = typename Vector<A>::type;
-  constexpr int kLanes = 32 / sizeof(A);
+  constexpr int kLanes = kLanesOf<A>;
   switch (s.kind) {
     case SampleKind::kEmpty:
       for (int v = 0; v < kVecs; ++v) fn(v, Vec{} + A(0));
@@ -200,7 +213,7 @@ template <typename A, typename E, typename G>
 inline void add_samples_block(A* __restrict acc, const E* img, const Sample<G>* p, int64_t count,
                               int64_t ps) {
   using Vec = typename Vector<A>::type;
-  constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
+  constexpr int kLanes = kLanesOf<A>, kVecs = kBlock<A> / kLanes;
   Vec a[kVecs];
   for (int v = 0; v < kVecs; ++v) a[v] = load_vector(acc + v * kLanes);
   for (int64_t i = 0; i < count; ++i) {
@@ -260,16 +273,18 @@ inline bool exact_reciprocal(A d) {
 // that stream end with stream_fence().
 constexpr int64_t kStreamBytes = int64_t{32} << 20;
 
-// Stores the 32-byte vector v at q: streaming when asked, on x86-64, and q is
-// 32-byte aligned; plainly otherwise.
+// Stores the vector v at q: streaming when asked, on x86-64, and q is aligned
+// to the vector; plainly otherwise.
 template <typename A, typename Vec>
 inline void store_vector(A* q, const Vec& v, bool stream) {
-  static_assert(sizeof v == 32);
+  static_assert(sizeof v == kVectorBytes);
 #if defined(__x86_64__)
-  if (stream && (reinterpret_cast<uintptr_t>(q) & 31) == 0) {
-    // The 32 bytes as they are, whatever A is: a streaming store moves bits.
+  if (stream && (reinterpret_cast<uintptr_t>(q) & (kVectorBytes - 1)) == 0) {
+    // The bytes as they are, whatever A is: a streaming store moves bits.
     float* f = reinterpret_cast<float*>(q);
-#if JRA_CPU_F16C  // the avx2 build
+#if JRA_CPU_VECTOR_BYTES == 64  // the avx512 build
+    _mm512_stream_ps(f, __builtin_bit_cast(__m512, v));
+#elif JRA_CPU_F16C  // the avx2 build
     _mm256_stream_ps(f, __builtin_bit_cast(__m256, v));
 #else
     __m128 h[2];
@@ -301,7 +316,7 @@ template <typename T, typename A, typename E, typename G>
 inline void average_block(T* out, const E* img, const Sample<G>* p, int64_t count, int64_t ps,
                           A divisor, bool exact, A inv, bool stream) {
   using Vec = typename Vector<A>::type;
-  constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
+  constexpr int kLanes = kLanesOf<A>, kVecs = kBlock<A> / kLanes;
   Vec a[kVecs];
   for (int v = 0; v < kVecs; ++v) a[v] = Vec{} + A(0);
   for (int64_t i = 0; i < count; ++i) {
@@ -328,8 +343,8 @@ inline void max_samples_block(A* __restrict best, int32_t* __restrict arg, const
                               const Sample<G>* p, int32_t first, int64_t count, int64_t ps) {
   using Vec = typename Vector<A>::type;
   using Int = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;  // a lane's mask and index
-  typedef Int Ints __attribute__((vector_size(32)));
-  constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
+  typedef Int Ints __attribute__((vector_size(kVectorBytes)));
+  constexpr int kLanes = kLanesOf<A>, kVecs = kBlock<A> / kLanes;
   typedef int32_t Int32s __attribute__((vector_size(kLanes * 4)));
   Vec b[kVecs];
   Ints a[kVecs];
@@ -407,7 +422,7 @@ template <typename A, typename G>
 inline void scatter_samples_block(A* img, const A* g, const Sample<G>* p, int64_t count,
                                   A divisor, bool exact, A inv, int64_t ps) {
   using Vec = typename Vector<A>::type;
-  constexpr int kLanes = 32 / sizeof(A), kVecs = kBlock<A> / kLanes;
+  constexpr int kLanes = kLanesOf<A>, kVecs = kBlock<A> / kLanes;
   Vec gv[kVecs];
   for (int v = 0; v < kVecs; ++v) std::memcpy(&gv[v], g + v * kLanes, sizeof gv[v]);
   auto add = [](A* q, const Vec& term) {

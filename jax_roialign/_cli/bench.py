@@ -57,6 +57,7 @@ from jax_roialign import reference
 
 from .._src.api import FUNCTIONS
 from .._src.installation import missing_kernels, path_taken
+from .._src.lowering import cpu_instruction_set
 from .._src.operators import BY_NAME, OPERATORS
 from .peers import (TENSORFLOW, TORCHVISION, import_torchvision, tensorflow_version,
                     tf_crop_timers, torch_multiscale_timers, torch_timers, version)
@@ -565,7 +566,8 @@ def cpu_name():
 
 def machine(rates):
     return dict(jax_roialign=jra.__version__, jax=jax.__version__, backend=jax.default_backend(),
-                kernels=jra.kernel_platforms(), cpu=cpu_name(),
+                kernels=jra.kernel_platforms(), cpu_instruction_set=cpu_instruction_set(),
+                cpu=cpu_name(),
                 cores=cores(), python=platform.python_version(),
                 memory=rates._asdict(), load_at_start=load())
 
@@ -653,8 +655,10 @@ def run(args) -> int:
     # Measured first, on the quiet process (no compiled functions, no peers' threads yet).
     rates = memory_rates(64 if args.tiny else 256)
     m = machine(rates)
+    kernels = ", ".join(f"{k} ({m['cpu_instruction_set']})" if k == "cpu" else k
+                        for k in m["kernels"])
     log(f"jax_roialign {m['jax_roialign']}, jax {m['jax']}, backend {m['backend']}, kernels for: "
-        f"{', '.join(m['kernels']) or 'none'}; {m['cpu']}, {m['cores']} cores; "
+        f"{kernels or 'none'}; {m['cpu']}, {m['cores']} cores; "
         f"median of {args.repeats} calls after a warm-up, ms; implementations interleaved")
     log(f"the {OURS} rows run {path_taken(m['backend'])}")
     problem = missing_kernels(m["backend"])

@@ -82,6 +82,13 @@ def _import(name):
         return None
 
 
+def cpu_instruction_set():
+    """The instruction set the CPU kernels run with (cc/cpu/instruction_sets.h), or None
+    where they are not built."""
+    module = _import("_cpu")
+    return module.instruction_set() if module is not None else None
+
+
 def _load():
     kernels, operators = {}, {}
     for platform, (name, ffi_platform) in _MODULES.items():
