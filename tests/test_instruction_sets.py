@@ -21,10 +21,10 @@ def outputs():
     results = {}
     rng = np.random.default_rng(7)
     for case in CASES:
-        # 69 output channels: whole register blocks (32 float32 channels in the baseline
-        # and AVX2 builds, 64 in the AVX-512 build; half as many float64) and a remainder;
-        # many rois on a small map, so that the packed copy pays in NCHW; sampling_ratio 9
-        # gives 81 samples a bin (more than a 64-sample chunk).
+        # 69 output channels: whole register blocks (128 bytes: 32 float32 channels,
+        # four vectors in the baseline and AVX2 builds, two in the AVX-512 build) and a
+        # remainder; many rois on a small map, so that the packed copy pays in NCHW;
+        # sampling_ratio 9 gives 81 samples a bin (more than a 64-sample chunk).
         size = (2, 3)
         for layout in LAYOUTS:
             for dtype in DTYPES:

@@ -17,9 +17,9 @@ from cases import (CASES, IDS, LAYOUTS, ORDINARY, edge_rois, features, smooth_ro
 def test_16bit_rounds_the_float32_result_once(case, dtype, layout):
     """16-bit features are computed in float32 and rounded once: the output and the feature
     gradient are the float32 kernel's on the same (exactly widened) values, rounded to
-    nearest even, bit for bit. 69 channels: whole register blocks (32 channels, 64 in the
-    AVX-512 build), whose conversions are vectorised (F16C for float16 in the AVX2 and
-    AVX-512 builds), and a remainder converted one by one."""
+    nearest even, bit for bit. 69 channels: whole register blocks of 32, whose conversions
+    are vectorised (F16C for float16 in the AVX2 and AVX-512 builds), and a remainder
+    converted one by one."""
     rng = np.random.default_rng(13)
     f = jnp.asarray(features(case, rng, (2, 3), layout, c_out=69, h=8, w=8), dtype)
     rois = jnp.asarray(edge_rois(2, 8, 8, 1.0, rng)[ORDINARY], jnp.float32)

@@ -70,9 +70,11 @@ inline void add_sample(A* __restrict acc, const E* img, const Sample<G>& p, int6
 // (one AVX2 register, two SSE2 or NEON registers).
 constexpr int kVectorBytes = JRA_CPU_VECTOR_BYTES;
 
-// Channels per register block of add_samples_block: four vectors of A.
+// Channels per register block of add_samples_block: 128 bytes of A in every
+// build (four 32-byte vectors, two 64-byte ones), so that every build runs
+// the same channel counts (multiples of 32 float32 channels) in whole blocks.
 template <typename A>
-constexpr int64_t kBlock = 4 * kVectorBytes / sizeof(A);
+constexpr int64_t kBlock = 128 / sizeof(A);
 
 template <typename A>
 struct Vector;  // kVectorBytes of A
