@@ -37,13 +37,13 @@ struct RotatedGeometry {
   JRA_HD G along(G start, G bin, int64_t grid, int64_t p, int64_t i) const {
     return start + G(p) * bin + (G(i) + G(0.5)) * bin / G(grid);
   }
-  // A box-frame coordinate v (yy for a row, xx for a column) with its
-  // rotation's products v cos t and v sin t: a position only adds products,
-  // so a platform may form them once per grid line (the CPU plan does).
+  // A box-frame coordinate v (yy for a row, xx for a column) as the products
+  // v cos t and v sin t: a position only adds products, so a platform may form
+  // them once per grid line (the CPU plan does).
   struct Line {
-    G v, c, s;
+    G c, s;
   };
-  JRA_HD Line line(G v) const { return Line{v, v * cos_t, v * sin_t}; }
+  JRA_HD Line line(G v) const { return Line{v * cos_t, v * sin_t}; }
   JRA_HD Line row(int64_t ph, int64_t iy) const {
     return line(along(start_h, bin_h, grid_h, ph, iy));
   }
