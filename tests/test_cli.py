@@ -287,6 +287,20 @@ def test_interleaved_alternates_and_isolates_failures():
     assert c.ms is None and "c broke" in str(c.error)
 
 
+def test_interleaved_settles_each_timed_call():
+    calls = []
+
+    def fn(name):
+        def call():
+            calls.append(name)
+        return call
+
+    a, b = _timing.interleaved([fn("a"), fn("b")], repeats=2, settle=2)
+    # After the first calls, each timed call follows `settle` untimed calls of its own.
+    assert calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    assert (a.calls, b.calls) == (2, 2)
+
+
 def test_interleaved_budget_and_progress():
     class Count:
         done = 0

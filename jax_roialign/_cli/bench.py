@@ -20,6 +20,11 @@ the forward output also returned so that neither half can be optimised away), un
 INTERLEAVED (`timing.interleaved`): on a shared machine the load drifts, and only ratios
 measured side by side hold. Each time is the median of `--repeats` calls after one
 warm-up call (which includes compilation), fewer when they exceed `--budget` seconds.
+Each timed call follows `--settle` untimed calls of the same implementation (default
+1): every implementation is timed in its steady state, as a training loop calls it,
+not in the state the others' calls leave it in (on a VM that returns freed memory to
+its host, a call after an idle second, such as a slow peer's call, can take several
+times longer: benchmarks/cpu_memory_effects.py).
 Each group's first row is the one its ratios ("x") are taken against; outputs are
 checked against the first row computing the same operator ("max |diff|" of the forward).
 
@@ -462,7 +467,8 @@ def measure_group(block, group, args, rates, progress):
                        f"{key.replace('_backward', '+backward')}")
         live = [i for i, t in enumerate(timers) if t[m] is not None]
         progress.advance(calls * (len(timers) - len(live)))
-        timed = interleaved([timers[i][m] for i in live], args.repeats, args.budget, progress)
+        timed = interleaved([timers[i][m] for i in live], args.repeats, args.budget, progress,
+                            args.settle)
         outputs = {}
         for i, t in zip(live, timed):
             row = rows[i]
@@ -607,6 +613,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default: all; torchvision and tensorflow where importable)")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed calls per measurement (default 5)")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed calls of an implementation right before each of its timed "
+                        "calls (default 1; 0: every call follows the other implementations')")
     p.add_argument("--budget", type=float, default=10.0,
                    help="seconds per implementation and measurement after which fewer than "
                         "--repeats calls are timed (marked *; ~ when the first call, which "
@@ -659,7 +668,9 @@ def run(args) -> int:
                         for k in m["kernels"])
     log(f"jax_roialign {m['jax_roialign']}, jax {m['jax']}, backend {m['backend']}, kernels for: "
         f"{kernels or 'none'}; {m['cpu']}, {m['cores']} cores; "
-        f"median of {args.repeats} calls after a warm-up, ms; implementations interleaved")
+        f"median of {args.repeats} calls after a warm-up, ms; implementations interleaved, "
+        f"each timed call after {args.settle} untimed one{'s' if args.settle != 1 else ''} "
+        f"of its own")
     log(f"the {OURS} rows run {path_taken(m['backend'])}")
     problem = missing_kernels(m["backend"])
     if problem:
@@ -731,7 +742,8 @@ def run(args) -> int:
         log("\nload average (1, 5, 15 min) at end: "
             + ", ".join(f"{v:.2f}" for v in m["load_at_end"]))
     if args.json:
-        print(json.dumps(dict(machine=m, repeats=args.repeats, budget_s=args.budget,
+        print(json.dumps(dict(machine=m, repeats=args.repeats, settle=args.settle,
+                              budget_s=args.budget,
                               suites=suites, layouts=layouts, dtypes=dtypes,
                               gbps_definition=GBPS_DEFINITION,
                               floor_definition=FLOOR_DEFINITION,
