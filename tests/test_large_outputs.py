@@ -16,8 +16,10 @@ from cpu_builds import BELOW, run_capped
 STREAM_BYTES = 32 << 20  # cc/cpu/channel_loops.h, kStreamBytes
 
 
-def roi_align_rows(dtype):
-    """NHWC roi_align whose (K, 7, 7, 256) output is just over the threshold."""
+def roi_align_rows(dtype, layout="NHWC"):
+    """roi_align whose (K, 7, 7, 256) output is just over the threshold. In NCHW each
+    roi's channel-last tile is transposed, then streamed out as one run; the NHWC output
+    (written straight) must have its bits."""
     rng = np.random.default_rng(0)
     item = np.dtype(dtype).itemsize
     k = STREAM_BYTES // (7 * 7 * 256 * item) + 3
@@ -29,7 +31,11 @@ def roi_align_rows(dtype):
 
     def pool(r):
         return jra.roi_align(f, r, (7, 7), 0.25, 2, True, layout="NHWC")
-    return pool, rois, k * 49 * 256 * item
+
+    def pool_nchw(r):
+        out = jra.roi_align(jnp.moveaxis(f, -1, 1), r, (7, 7), 0.25, 2, True, layout="NCHW")
+        return jnp.moveaxis(out, 1, -1)
+    return (pool if layout == "NHWC" else pool_nchw), rois, k * 49 * 256 * item
 
 
 def crop_rows():
@@ -49,6 +55,7 @@ def crop_rows():
 
 CASES = {"roi_align float32": lambda: roi_align_rows("float32"),
          "roi_align float64": lambda: roi_align_rows("float64"),
+         "roi_align float32 NCHW": lambda: roi_align_rows("float32", "NCHW"),
          "crop_and_resize float32": crop_rows}
 
 
@@ -61,6 +68,9 @@ def check(name):
     assert whole.shape == parts.shape
     np.testing.assert_array_equal(whole, parts, err_msg=name)
     assert np.isfinite(whole).all() and np.abs(whole).max() > 0, name
+    if name.endswith("NCHW"):
+        nhwc = np.asarray(CASES[name.removesuffix(" NCHW")]()[0](rows))
+        np.testing.assert_array_equal(whole, nhwc, err_msg=name)
 
 
 @pytest.mark.parametrize("name", list(CASES))

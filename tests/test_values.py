@@ -88,10 +88,11 @@ def test_float32_equals_float32_loop(case, layout):
 
 
 # (7, 7) outputs of 69 channels (whole register blocks and a remainder) fit the CPU
-# kernels' per-roi tile (cc/cpu/kernels.h, kTileBytes: 256 KiB), (48, 48) ones do not;
-# position-sensitive operators would need 69 x 2304 input channels for the latter, so
-# they take the small size only.
-LAYOUT_SIZES = [(c, size) for c in CASES for size in ((7, 7), (48, 48))
+# kernels' per-roi tile (cc/cpu/kernels.h, kTileBytes: 256 KiB); (32, 32) ones fit it 64
+# channels at a time (tile_channels), then 5; (48, 48) ones not even one register block
+# of 32 channels. Position-sensitive operators would need 69 x 1024 input channels for
+# the larger sizes, so they take the small size only.
+LAYOUT_SIZES = [(c, size) for c in CASES for size in ((7, 7), (32, 32), (48, 48))
                 if size == (7, 7) or c.channels(1, size) == 1]
 
 
@@ -99,18 +100,29 @@ LAYOUT_SIZES = [(c, size) for c in CASES for size in ((7, 7), (48, 48))
                          ids=[f"{c.id}-{s[0]}" for c, s in LAYOUT_SIZES])
 @pytest.mark.parametrize("map_shape", [(20, 24), (32, 32)])
 def test_layouts_agree_bit_for_bit(case, size, map_shape):
-    """float32 NCHW and NHWC outputs are the same bits. The CPU kernels write NCHW outputs
-    of a roi through a channel-last tile where it fits and straight to the output where it
-    does not, NHWC outputs always straight; they copy NCHW features channel-last a whole
-    pixel at a time, or 8 planes at a time where the planes are a power of two apart
-    (32 x 32 maps) and would evict each other from the cache."""
+    """float32 NCHW and NHWC outputs and feature gradients are the same bits. The CPU
+    kernels write NCHW outputs of a roi through a channel-last tile (transposed out) where
+    it fits, in channel ranges that fit where the whole does not, and straight to the
+    output where not even one register block fits; NHWC outputs always straight. The
+    feature gradient reads NCHW cotangents through the same tiles. NCHW features are copied
+    channel-last a whole pixel at a time, or 8 planes at a time where the planes are a
+    power of two apart (32 x 32 maps) and would evict each other from the cache."""
     rng = np.random.default_rng(12)
     h, w = map_shape
     f = features(case, rng, size, "NCHW", n=2, c_out=69, h=h, w=w, dtype=np.float32)
     rois = edge_rois(2, h, w, 0.5, rng).astype(np.float32)
-    nchw = np.asarray(case("kernel", f, rois, size, 0.5, 2, True, "NCHW"))
-    nhwc = np.asarray(case("kernel", to_layout(f, "NHWC"), rois, size, 0.5, 2, True, "NHWC"))
-    np.testing.assert_array_equal(nchw, np.moveaxis(nhwc, -1, 1))
+
+    def run(x, layout, ct=None):
+        out, vjp = jax.vjp(lambda y: case("kernel", y, rois, size, 0.5, 2, True, layout), x)
+        if ct is None:  # NCHW's, the same values in NHWC
+            ct = np.random.default_rng(3).normal(size=out.shape).astype(np.float32)
+        given = ct if layout == "NCHW" else np.moveaxis(ct, 1, -1)
+        return np.asarray(out), np.asarray(vjp(jnp.asarray(given))[0]), ct
+
+    out_nchw, grad_nchw, ct = run(jnp.asarray(f), "NCHW")
+    out_nhwc, grad_nhwc, _ = run(jnp.asarray(to_layout(f, "NHWC")), "NHWC", ct)
+    np.testing.assert_array_equal(out_nchw, np.moveaxis(out_nhwc, -1, 1))
+    np.testing.assert_array_equal(grad_nchw, np.moveaxis(grad_nhwc, -1, 1))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

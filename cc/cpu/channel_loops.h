@@ -302,6 +302,23 @@ inline void store_vector(A* q, const Vec& v, bool stream) {
   std::memcpy(q, &v, sizeof v);
 }
 
+// out[0, n) = src[0, n), streamed (store_vector) from the first vector-aligned
+// element of out on.
+template <typename T>
+inline void stream_run(T* __restrict out, const T* __restrict src, int64_t n) {
+  constexpr int64_t kStep = kVectorBytes / int64_t(sizeof(T));
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(out + i) & (kVectorBytes - 1)) != 0; ++i)
+    out[i] = src[i];
+  typedef char Bytes __attribute__((vector_size(kVectorBytes)));
+  for (; i + kStep <= n; i += kStep) {
+    Bytes v;
+    std::memcpy(&v, src + i, sizeof v);
+    store_vector(out + i, v, true);
+  }
+  for (; i < n; ++i) out[i] = src[i];
+}
+
 // Orders a task's streaming stores before whatever signals its completion.
 inline void stream_fence() {
 #if defined(__x86_64__)
@@ -467,6 +484,72 @@ inline void scatter_samples_block(A* img, const A* g, const Sample<G>* p, int64_
   }
 }
 
+// dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols. Elements of 4
+// bytes move as bits through register tiles (8 x 8 with AVX, then 4 x 4 with
+// SSE2), columns outer: each tile column's rows are written in turn.
+template <typename E>
+inline void transpose(E* __restrict dst, int64_t ds, const E* __restrict src, int64_t ss,
+                      int64_t rows, int64_t cols) {
+  int64_t j0 = 0;
+#if defined(__x86_64__)
+  if constexpr (sizeof(E) == 4) {
+    auto tile4 = [&](int64_t i, int64_t j) {  // rows [i, i + 4) x columns [j, j + 4)
+      const float* s = reinterpret_cast<const float*>(src + i * ss + j);
+      float* d = reinterpret_cast<float*>(dst + j * ds + i);
+      __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + ss), r2 = _mm_loadu_ps(s + 2 * ss),
+             r3 = _mm_loadu_ps(s + 3 * ss);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      _mm_storeu_ps(d, r0);
+      _mm_storeu_ps(d + ds, r1);
+      _mm_storeu_ps(d + 2 * ds, r2);
+      _mm_storeu_ps(d + 3 * ds, r3);
+    };
+    for (; j0 + 4 <= cols; j0 += 4) {
+      int64_t i0 = 0;
+#if JRA_CPU_F16C  // the avx2 and avx512 builds: AVX
+      if (j0 + 8 <= cols) {
+        for (; i0 + 8 <= rows; i0 += 8) {
+          const float* s = reinterpret_cast<const float*>(src + i0 * ss + j0);
+          float* d = reinterpret_cast<float*>(dst + j0 * ds + i0);
+          __m256 r[8], t[8];
+          for (int q = 0; q < 8; ++q) r[q] = _mm256_loadu_ps(s + q * ss);
+          for (int q = 0; q < 8; q += 2) {
+            t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+            t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+          }
+          for (int h = 0; h < 8; h += 4) {
+            r[h] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            r[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+            r[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+            r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+          }
+          // r[q] (q < 4): columns q (low half) and q + 4 (high), rows 0-3 of
+          // the tile; r[q + 4]: the same of rows 4-7.
+          for (int q = 0; q < 4; ++q) {
+            _mm256_storeu_ps(d + q * ds, _mm256_permute2f128_ps(r[q], r[q + 4], 0x20));
+            _mm256_storeu_ps(d + (q + 4) * ds, _mm256_permute2f128_ps(r[q], r[q + 4], 0x31));
+          }
+        }
+        // The rows left: 4 x 4 tiles, then element by element.
+        for (int64_t h = 0; h < 8; h += 4)
+          for (int64_t i = i0; i + 4 <= rows; i += 4) tile4(i, j0 + h);
+        const int64_t done = i0 + (rows - i0) / 4 * 4;
+        for (int64_t j = j0; j < j0 + 8; ++j)
+          for (int64_t i = done; i < rows; ++i) dst[j * ds + i] = src[i * ss + j];
+        j0 += 4;  // 8 columns done
+        continue;
+      }
+#endif
+      for (; i0 + 4 <= rows; i0 += 4) tile4(i0, j0);
+      for (int64_t j = j0; j < j0 + 4; ++j)
+        for (int64_t i = i0; i < rows; ++i) dst[j * ds + i] = src[i * ss + j];
+    }
+  }
+#endif
+  for (int64_t j = j0; j < cols; ++j)
+    for (int64_t i = 0; i < rows; ++i) dst[j * ds + i] = src[i * ss + j];
+}
+
 // A task's channel-last copy of one image: dst[p * stride + slot[i]] = the
 // image's channel i at pixel p (src[i * cs + p * ps]), for the m channels i and
 // the hw pixels p. Planes (ps == 1) are transposed in tiles, so that a tile's
@@ -494,6 +577,10 @@ inline void to_channel_last(A* dst, int64_t stride, const int64_t* slot, const E
     if (identity) {  // a pixel's run written in order: no slot lookups
       for (int64_t i0 = 0; i0 < m; i0 += group) {
         const int64_t i1 = std::min(m, i0 + group);
+        if constexpr (std::is_same_v<A, E>) {  // bits moved as they are
+          transpose(dst + p0 * stride + i0, stride, src + i0 * cs + p0, cs, i1 - i0, np);
+          continue;
+        }
         for (int64_t p = 0; p < np; ++p) {
           const E* __restrict s = src + p0 + p;
           A* __restrict d = dst + (p0 + p) * stride;
@@ -530,6 +617,11 @@ inline void from_channel_last(T* dst, int64_t cs, int64_t ps, const A* src, int6
   constexpr int64_t kTile = 16;
   for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
     const int64_t np = std::min(kTile, hw - p0);
+    if constexpr (std::is_same_v<T, A>)
+      if (identity) {  // bits moved as they are
+        transpose(dst + p0, cs, src + p0 * stride, stride, np, m);
+        continue;
+      }
     for (int64_t i = 0; i < m; ++i) {
       T* __restrict d = dst + i * cs + p0;
       const A* __restrict s = src + p0 * stride + slot[i];

@@ -156,7 +156,19 @@ struct Kernels {
     std::vector<A> acc;
     std::vector<int32_t> arg;
     std::vector<T> tile;  // forward_avg's outputs of one roi, channel-last
+    std::vector<T> staged;  // the tile transposed, to be streamed out
   };
+
+  // Channels of [c0, c1) one roi's channel-last tile of outputs (or
+  // cotangents) takes at a time: all where outputs are channel-last (NHWC: no
+  // tile), else as many whole register blocks as fit kTileBytes (at least
+  // one). Each output sums the same terms in the same order either way.
+  static int64_t tile_channels(const RoiCall& s, int64_t c0, int64_t c1) {
+    const int64_t n = c1 - c0;
+    if (n < 2 || s.output_offset(0, c0 + 1, 0) - s.output_offset(0, c0, 0) == 1) return n;
+    const int64_t fit = kTileBytes / (s.bins() * int64_t(sizeof(A)));
+    return std::max<int64_t>(kBlock<A>, fit / kBlock<A> * kBlock<A>);
+  }
 
   static void zero_rows(const RoiCall& s, T* out, int32_t* winner, int64_t k, int64_t c0,
                         int64_t c1) {
@@ -179,8 +191,9 @@ struct Kernels {
   // Avg mode, one roi: channels [c0, c1) innermost, each bin's sums in `acc`.
   // `fill`: the value of a bin without samples (the forward's; 0 for its linear part).
   // Outputs whose channels are not adjacent (NCHW) go through the roi's
-  // channel-last `tile`, written out at the end channel by channel (each
-  // channel's bins are adjacent), not one strided store per channel and bin.
+  // channel-last `tile`, transposed out at the end (each channel's bins are
+  // adjacent; outputs of kStreamBytes or more transposed in cache, then
+  // streamed as one run), not one strided store per channel and bin.
   template <bool Unit, typename E>
   static void forward_avg(const RoiCall& s, const View<E>& f, Workspace& w, T* out, int64_t k,
                           int64_t c0, int64_t c1, A fill) {
@@ -228,6 +241,14 @@ struct Kernels {
       }
     if (!tiled) return;
     const int64_t bs = bins > 1 ? s.output_offset(k, c0, 1) - s.output_offset(k, c0, 0) : 1;
+    if (bs == 1 && out_os == bins) {  // the chunk's outputs are one run
+      T* o = out + s.output_offset(k, c0, 0);
+      if (s.K * bins * s.Cout * int64_t(sizeof(T)) < kStreamBytes)
+        return transpose(o, bins, w.tile.data(), n, bins, n);
+      w.staged.resize(bins * n);
+      transpose(w.staged.data(), bins, w.tile.data(), n, bins, n);
+      return stream_run(o, w.staged.data(), bins * n);
+    }
     for (int64_t c = 0; c < n; ++c) {
       T* o = out + s.output_offset(k, c0 + c, 0);
       const T* t = w.tile.data() + c;
@@ -326,8 +347,12 @@ struct Kernels {
         if (unit) forward_max<true>(s, f, w, out, winner, k, c0, c1);
         else forward_max<false>(s, f, w, out, winner, k, c0, c1);
       } else {
-        if (unit) forward_avg<true>(s, f, w, out, k, c0, c1, fill);
-        else forward_avg<false>(s, f, w, out, k, c0, c1, fill);
+        const int64_t step = tile_channels(s, c0, c1);
+        for (int64_t a = c0; a < c1; a += step) {
+          const int64_t b = std::min(c1, a + step);
+          if (unit) forward_avg<true>(s, f, w, out, k, a, b, fill);
+          else forward_avg<false>(s, f, w, out, k, a, b, fill);
+        }
       }
     }
     stream_fence();  // forward_avg may have streamed
@@ -343,61 +368,75 @@ struct Kernels {
                                 const int32_t* levels, const int32_t* winner, const View<A>& grad,
                                 int64_t c0, int64_t c1, int64_t n0, int64_t n1) {
     Workspace w;
+    const int64_t step = s.mode == PoolMode::kMax ? c1 - c0 : tile_channels(s, c0, c1);
+    for (int64_t k = 0; k < s.K; ++k) {
+      w.plan.build(s, rois, levels, k, false);
+      if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
+      for (int64_t a = c0; a < c1; a += step)
+        backward_roi<Unit>(s, ct, winner, grad, w, k, a, std::min(c1, a + step));
+    }
+  }
+
+  // tile[bin * n + c] = ct[c * cs + bin * bs] as A, for n channels and `bins` bins.
+  static void load_tile(A* tile, const T* ct, int64_t cs, int64_t bs, int64_t n, int64_t bins) {
+    if constexpr (std::is_same_v<T, A>)
+      if (bs == 1) return transpose(tile, n, ct, cs, n, bins);
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t bin = 0; bin < bins; ++bin) tile[bin * n + c] = load<A>(ct[c * cs + bin * bs]);
+  }
+
+  // backward_features' terms of roi k (its plan built in w) for output
+  // channels [c0, c1).
+  template <bool Unit>
+  static void backward_roi(const RoiCall& s, const T* ct, const int32_t* winner,
+                           const View<A>& grad, Workspace& w, int64_t k, int64_t c0, int64_t c1) {
     const int64_t n = c1 - c0, bins = s.bins();
-    // Cotangents whose channels are not adjacent (NCHW) are read once per roi
-    // into a channel-last tile, each channel's bins in a row.
+    // Cotangents whose channels are not adjacent (NCHW) are read once into a
+    // channel-last tile, each channel's bins in a row.
     const int64_t ct_os = n > 1 ? s.output_offset(0, c0 + 1, 0) - s.output_offset(0, c0, 0) : 1;
     const bool tiled = s.mode != PoolMode::kMax && ct_os != 1 &&
                        bins * n * int64_t(sizeof(A)) <= kTileBytes;
     const int64_t bs = bins > 1 ? s.output_offset(0, c0, 1) - s.output_offset(0, c0, 0) : 1;
     w.acc.resize(tiled ? bins * n : n);
-    for (int64_t k = 0; k < s.K; ++k) {
-      w.plan.build(s, rois, levels, k, false);
-      if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
-      if (tiled)
-        for (int64_t c = 0; c < n; ++c) {
-          const T* t = ct + s.output_offset(k, c0 + c, 0);
-          for (int64_t bin = 0; bin < bins; ++bin) w.acc[bin * n + c] = load<A>(t[bin * bs]);
-        }
-      const int64_t l = w.plan.level(), cs = grad.channel_step(l);
-      for (int64_t ph = 0; ph < s.PH; ++ph)
-        for (int64_t pw = 0; pw < s.PW; ++pw) {
-          const int64_t bin = ph * s.PW + pw;
-          const BinPlan b = w.plan.bin(ph, pw);
-          A* img = grad.at(l, w.plan.image(), c0, bin);
-          if (s.mode == PoolMode::kMax) {
-            const bool tabled = b.count() <= kChunk;
-            if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
-            for (int64_t c = c0; c < c1; ++c) {
-              const int64_t o = s.output_offset(k, c, bin);
-              if (winner[o] < 0 || winner[o] >= b.count()) continue;
-              A* ch = img + (c - c0) * cs;
-              scatter_sample(nth(w, b, winner[o], tabled), load<A>(ct[o]), A(1),
-                             [&](int64_t at, A v) { ch[at * grad.pixel] += v; });
-            }
-            continue;
+    if (tiled) load_tile(w.acc.data(), ct + s.output_offset(k, c0, 0), ct_os, bs, n, bins);
+    const int64_t l = w.plan.level(), cs = grad.channel_step(l);
+    for (int64_t ph = 0; ph < s.PH; ++ph)
+      for (int64_t pw = 0; pw < s.PW; ++pw) {
+        const int64_t bin = ph * s.PW + pw;
+        const BinPlan b = w.plan.bin(ph, pw);
+        A* img = grad.at(l, w.plan.image(), c0, bin);
+        if (s.mode == PoolMode::kMax) {
+          const bool tabled = b.count() <= kChunk;
+          if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
+          for (int64_t c = c0; c < c1; ++c) {
+            const int64_t o = s.output_offset(k, c, bin);
+            if (winner[o] < 0 || winner[o] >= b.count()) continue;
+            A* ch = img + (c - c0) * cs;
+            scatter_sample(nth(w, b, winner[o], tabled), load<A>(ct[o]), A(1),
+                           [&](int64_t at, A v) { ch[at * grad.pixel] += v; });
           }
-          A* g = w.acc.data() + (tiled ? bin * n : 0);
-          if (!tiled)
-            for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, c0 + c, bin)]);
-          const A divisor = A(b.divisor);
-          const bool exact = exact_reciprocal(divisor);
-          const A inv = A(1) / divisor;
-          for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
-            const int64_t i1 = std::min(b.count(), i0 + kChunk);
-            w.plan.samples(b, i0, i1, w.samples, nullptr);
-            int64_t c = 0;
-            if constexpr (Unit)
-              for (; c + kBlock<A> <= n; c += kBlock<A>)
-                scatter_samples_block(img + c, g + c, w.samples, i1 - i0, divisor, exact, inv,
-                                      grad.pixel);
-            if (c < n)
-              for (int64_t i = 0; i < i1 - i0; ++i)
-                scatter_sample_channels<Unit>(img + c * cs, g + c, w.samples[i], divisor, exact,
-                                              inv, grad.pixel, cs, n - c);
-          }
+          continue;
         }
-    }
+        A* g = w.acc.data() + (tiled ? bin * n : 0);
+        if (!tiled)
+          for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, c0 + c, bin)]);
+        const A divisor = A(b.divisor);
+        const bool exact = exact_reciprocal(divisor);
+        const A inv = A(1) / divisor;
+        for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
+          const int64_t i1 = std::min(b.count(), i0 + kChunk);
+          w.plan.samples(b, i0, i1, w.samples, nullptr);
+          int64_t c = 0;
+          if constexpr (Unit)
+            for (; c + kBlock<A> <= n; c += kBlock<A>)
+              scatter_samples_block(img + c, g + c, w.samples, i1 - i0, divisor, exact, inv,
+                                    grad.pixel);
+          if (c < n)
+            for (int64_t i = 0; i < i1 - i0; ++i)
+              scatter_sample_channels<Unit>(img + c * cs, g + c, w.samples[i], divisor, exact,
+                                            inv, grad.pixel, cs, n - c);
+        }
+      }
   }
 
   // The samples of bin b that count for output o: all (avg), the winner
