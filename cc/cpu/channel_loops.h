@@ -484,35 +484,79 @@ inline void scatter_samples_block(A* img, const A* g, const Sample<G>* p, int64_
   }
 }
 
-// dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols. Elements of 4
-// bytes move as bits through register tiles (8 x 8 with AVX, then 4 x 4 with
-// SSE2), columns outer: each tile column's rows are written in turn.
-template <typename E>
-inline void transpose(E* __restrict dst, int64_t ds, const E* __restrict src, int64_t ss,
+#if JRA_CPU_F16C
+// Eight elements at q as floats, exactly (load_element's values): 4-byte
+// types as their bits, float16 with F16C, bfloat16 shifted into place.
+template <typename S>
+inline __m256 load8(const S* q) {
+  const __m128i* h = reinterpret_cast<const __m128i*>(q);
+  if constexpr (std::is_same_v<S, Half>) return _mm256_cvtph_ps(_mm_loadu_si128(h));
+  if constexpr (std::is_same_v<S, BFloat16>)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h)), 16));
+  if constexpr (sizeof(S) == 4) return _mm256_loadu_ps(reinterpret_cast<const float*>(q));
+}
+#endif
+
+#if JRA_CPU_F16C
+// Stores v's eight floats at q as D: 4-byte types as their bits, 16-bit
+// floats rounded as store_element rounds them (store_run's conversions).
+template <typename D>
+inline void store8(D* q, __m256 v) {
+  __m128i* h = reinterpret_cast<__m128i*>(q);
+  if constexpr (std::is_same_v<D, Half>) {
+    _mm_storeu_si128(h, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  } else if constexpr (std::is_same_v<D, BFloat16>) {
+    store_run(q, reinterpret_cast<const float*>(&v), 8);
+  } else {
+    static_assert(sizeof(D) == 4);
+    _mm256_storeu_ps(reinterpret_cast<float*>(q), v);
+  }
+}
+#endif
+
+template <typename T>
+constexpr bool kFloat16 = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
+
+// dst[j * ds + i] = src[i * ss + j] for i < rows, j < cols, as D
+// (load_element widening, store_element rounding). Through register tiles,
+// columns outer (each tile column's rows written in turn): 8 x 8 with AVX
+// where D and S are the same 4-byte type or one is float and the other a
+// 16-bit float, then 4 x 4 with SSE2 for the same 4-byte type; element by
+// element where neither applies.
+template <typename D, typename S>
+inline void transpose(D* __restrict dst, int64_t ds, const S* __restrict src, int64_t ss,
                       int64_t rows, int64_t cols) {
+  auto one = [&](int64_t i, int64_t j) {
+    if constexpr (std::is_same_v<D, S>) dst[j * ds + i] = src[i * ss + j];
+    else if constexpr (sizeof(D) < sizeof(S)) dst[j * ds + i] = store_element<D>(src[i * ss + j]);
+    else dst[j * ds + i] = load_element<D>(src[i * ss + j]);
+  };
   int64_t j0 = 0;
 #if defined(__x86_64__)
-  if constexpr (sizeof(E) == 4) {
-    auto tile4 = [&](int64_t i, int64_t j) {  // rows [i, i + 4) x columns [j, j + 4)
-      const float* s = reinterpret_cast<const float*>(src + i * ss + j);
-      float* d = reinterpret_cast<float*>(dst + j * ds + i);
-      __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + ss), r2 = _mm_loadu_ps(s + 2 * ss),
-             r3 = _mm_loadu_ps(s + 3 * ss);
-      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-      _mm_storeu_ps(d, r0);
-      _mm_storeu_ps(d + ds, r1);
-      _mm_storeu_ps(d + 2 * ds, r2);
-      _mm_storeu_ps(d + 3 * ds, r3);
-    };
-    for (; j0 + 4 <= cols; j0 += 4) {
+  constexpr bool kBits = sizeof(D) == 4 && std::is_same_v<D, S>;
+  constexpr bool kConvert = (std::is_same_v<D, float> && kFloat16<S>) ||
+                          (std::is_same_v<S, float> && kFloat16<D>);
+  auto tile4 = [&](int64_t i, int64_t j) {  // rows [i, i + 4) x columns [j, j + 4)
+    const float* s = reinterpret_cast<const float*>(src + i * ss + j);
+    float* d = reinterpret_cast<float*>(dst + j * ds + i);
+    __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + ss), r2 = _mm_loadu_ps(s + 2 * ss),
+           r3 = _mm_loadu_ps(s + 3 * ss);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps(d, r0);
+    _mm_storeu_ps(d + ds, r1);
+    _mm_storeu_ps(d + 2 * ds, r2);
+    _mm_storeu_ps(d + 3 * ds, r3);
+  };
+  if constexpr (kBits || kConvert) {
+    for (; j0 + 4 <= cols;) {
       int64_t i0 = 0;
 #if JRA_CPU_F16C  // the avx2 and avx512 builds: AVX
       if (j0 + 8 <= cols) {
         for (; i0 + 8 <= rows; i0 += 8) {
-          const float* s = reinterpret_cast<const float*>(src + i0 * ss + j0);
-          float* d = reinterpret_cast<float*>(dst + j0 * ds + i0);
+          const S* s = src + i0 * ss + j0;
+          D* d = dst + j0 * ds + i0;
           __m256 r[8], t[8];
-          for (int q = 0; q < 8; ++q) r[q] = _mm256_loadu_ps(s + q * ss);
+          for (int q = 0; q < 8; ++q) r[q] = load8(s + q * ss);
           for (int q = 0; q < 8; q += 2) {
             t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
             t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
@@ -526,28 +570,29 @@ inline void transpose(E* __restrict dst, int64_t ds, const E* __restrict src, in
           // r[q] (q < 4): columns q (low half) and q + 4 (high), rows 0-3 of
           // the tile; r[q + 4]: the same of rows 4-7.
           for (int q = 0; q < 4; ++q) {
-            _mm256_storeu_ps(d + q * ds, _mm256_permute2f128_ps(r[q], r[q + 4], 0x20));
-            _mm256_storeu_ps(d + (q + 4) * ds, _mm256_permute2f128_ps(r[q], r[q + 4], 0x31));
+            store8(d + q * ds, _mm256_permute2f128_ps(r[q], r[q + 4], 0x20));
+            store8(d + (q + 4) * ds, _mm256_permute2f128_ps(r[q], r[q + 4], 0x31));
           }
         }
-        // The rows left: 4 x 4 tiles, then element by element.
-        for (int64_t h = 0; h < 8; h += 4)
-          for (int64_t i = i0; i + 4 <= rows; i += 4) tile4(i, j0 + h);
-        const int64_t done = i0 + (rows - i0) / 4 * 4;
+        // The rows left: 4 x 4 tiles of 4-byte types, then element by element.
+        if constexpr (kBits)
+          for (; i0 + 4 <= rows; i0 += 4) tile4(i0, j0), tile4(i0, j0 + 4);
         for (int64_t j = j0; j < j0 + 8; ++j)
-          for (int64_t i = done; i < rows; ++i) dst[j * ds + i] = src[i * ss + j];
-        j0 += 4;  // 8 columns done
+          for (int64_t i = i0; i < rows; ++i) one(i, j);
+        j0 += 8;
         continue;
       }
 #endif
-      for (; i0 + 4 <= rows; i0 += 4) tile4(i0, j0);
+      if constexpr (kBits)
+        for (; i0 + 4 <= rows; i0 += 4) tile4(i0, j0);
       for (int64_t j = j0; j < j0 + 4; ++j)
-        for (int64_t i = i0; i < rows; ++i) dst[j * ds + i] = src[i * ss + j];
+        for (int64_t i = i0; i < rows; ++i) one(i, j);
+      j0 += 4;
     }
   }
 #endif
   for (int64_t j = j0; j < cols; ++j)
-    for (int64_t i = 0; i < rows; ++i) dst[j * ds + i] = src[i * ss + j];
+    for (int64_t i = 0; i < rows; ++i) one(i, j);
 }
 
 // A task's channel-last copy of one image: dst[p * stride + slot[i]] = the
@@ -574,19 +619,10 @@ inline void to_channel_last(A* dst, int64_t stride, const int64_t* slot, const E
   const int64_t group = window / std::gcd(bytes % window + window, window) < m ? 8 : m;
   for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
     const int64_t np = std::min(kTile, hw - p0);
-    if (identity) {  // a pixel's run written in order: no slot lookups
-      for (int64_t i0 = 0; i0 < m; i0 += group) {
-        const int64_t i1 = std::min(m, i0 + group);
-        if constexpr (std::is_same_v<A, E>) {  // bits moved as they are
-          transpose(dst + p0 * stride + i0, stride, src + i0 * cs + p0, cs, i1 - i0, np);
-          continue;
-        }
-        for (int64_t p = 0; p < np; ++p) {
-          const E* __restrict s = src + p0 + p;
-          A* __restrict d = dst + (p0 + p) * stride;
-          for (int64_t i = i0; i < i1; ++i) d[i] = load_element<A>(s[i * cs]);
-        }
-      }
+    if (identity) {  // whole pixel runs: no slot lookups
+      for (int64_t i0 = 0; i0 < m; i0 += group)
+        transpose(dst + p0 * stride + i0, stride, src + i0 * cs + p0, cs,
+                  std::min(group, m - i0), np);
       continue;
     }
     for (int64_t i = 0; i < m; ++i) {
@@ -617,11 +653,10 @@ inline void from_channel_last(T* dst, int64_t cs, int64_t ps, const A* src, int6
   constexpr int64_t kTile = 16;
   for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
     const int64_t np = std::min(kTile, hw - p0);
-    if constexpr (std::is_same_v<T, A>)
-      if (identity) {  // bits moved as they are
-        transpose(dst + p0, cs, src + p0 * stride, stride, np, m);
-        continue;
-      }
+    if (identity) {
+      transpose(dst + p0, cs, src + p0 * stride, stride, np, m);
+      continue;
+    }
     for (int64_t i = 0; i < m; ++i) {
       T* __restrict d = dst + i * cs + p0;
       const A* __restrict s = src + p0 * stride + slot[i];

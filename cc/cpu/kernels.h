@@ -379,8 +379,7 @@ struct Kernels {
 
   // tile[bin * n + c] = ct[c * cs + bin * bs] as A, for n channels and `bins` bins.
   static void load_tile(A* tile, const T* ct, int64_t cs, int64_t bs, int64_t n, int64_t bins) {
-    if constexpr (std::is_same_v<T, A>)
-      if (bs == 1) return transpose(tile, n, ct, cs, n, bins);
+    if (bs == 1) return transpose(tile, n, ct, cs, n, bins);
     for (int64_t c = 0; c < n; ++c)
       for (int64_t bin = 0; bin < bins; ++bin) tile[bin * n + c] = load<A>(ct[c * cs + bin * bs]);
   }
