@@ -165,6 +165,20 @@ inline void store_run(T* __restrict out, const A* __restrict src, int64_t n) {
   for (; i < n; ++i) out[i] = store_element<T>(src[i]);
 }
 
+// out[0, n) = src[0, n) as A, exactly (load_element's values), a vector at a
+// time where src holds 16-bit floats and A is float (load_vector).
+template <typename A, typename E>
+inline void load_run(A* __restrict out, const E* __restrict src, int64_t n) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<A, float> && (std::is_same_v<E, Half> ||
+                                             std::is_same_v<E, BFloat16>))
+    for (; i + kLanesOf<float> <= n; i += kLanesOf<float>) {
+      const Vector<float>::type v = load_vector(src + i);
+      std::memcpy(out + i, &v, sizeof v);
+    }
+  for (; i < n; ++i) out[i] = load_element<A>(src[i]);
+}
+
 // fn(v, value) for v in [0, kVecs): sample s's value (sample_value's, lane by
 // lane) at vector v of the kVecs * kLanesOf<A> adjacent channels starting
 // at `img` (channel c of pixel 0). One switch per sample, outside the vectors.

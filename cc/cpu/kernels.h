@@ -381,7 +381,8 @@ struct Kernels {
   static void load_tile(A* tile, const T* ct, int64_t cs, int64_t bs, int64_t n, int64_t bins) {
     if (bs == 1) return transpose(tile, n, ct, cs, n, bins);
     for (int64_t c = 0; c < n; ++c)
-      for (int64_t bin = 0; bin < bins; ++bin) tile[bin * n + c] = load<A>(ct[c * cs + bin * bs]);
+      for (int64_t bin = 0; bin < bins; ++bin)
+        tile[bin * n + c] = load_element<A>(ct[c * cs + bin * bs]);
   }
 
   // backward_features' terms of roi k (its plan built in w) for output
@@ -417,8 +418,12 @@ struct Kernels {
           continue;
         }
         A* g = w.acc.data() + (tiled ? bin * n : 0);
-        if (!tiled)
-          for (int64_t c = 0; c < n; ++c) g[c] = load<A>(ct[s.output_offset(k, c0 + c, bin)]);
+        if (!tiled) {
+          const T* row = ct + s.output_offset(k, c0, bin);
+          if (ct_os == 1) load_run(g, row, n);
+          else
+            for (int64_t c = 0; c < n; ++c) g[c] = load_element<A>(row[c * ct_os]);
+        }
         const A divisor = A(b.divisor);
         const bool exact = exact_reciprocal(divisor);
         const A inv = A(1) / divisor;
