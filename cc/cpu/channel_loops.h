@@ -27,6 +27,25 @@
 
 namespace jax_roialign::cpu::JRA_CPU_ISA {
 
+// One element as A, and one A rounded to T: load<A> and store<T>, with the
+// avx2 build's F16C instructions for float16 (the same bits: the conversion
+// to float is exact, the one back rounds to nearest even as to_half does).
+template <typename A, typename E>
+inline A load_element(E v) {
+#if JRA_CPU_F16C
+  if constexpr (std::is_same_v<E, Half>) return A(_cvtsh_ss(v.bits));
+#endif
+  return load<A>(v);
+}
+template <typename T, typename A>
+inline T store_element(A a) {
+#if JRA_CPU_F16C
+  if constexpr (std::is_same_v<T, Half> && std::is_same_v<A, float>)
+    return Half{uint16_t(_cvtss_sh(a, _MM_FROUND_TO_NEAREST_INT))};
+#endif
+  return store<T>(a);
+}
+
 // acc[c] += the sample's value at channel c, for c in [0, n); `img` is channel
 // 0 of pixel 0, `ps` the pixel stride, `cs` the channel stride (1 if Unit).
 template <bool Unit, typename A, typename E, typename G>
@@ -38,7 +57,7 @@ inline void add_sample(A* __restrict acc, const E* img, const Sample<G>& p, int6
     case SampleKind::kEmpty:
       return;
     case SampleKind::kCell:
-      for (int64_t c = 0; c < n; ++c) acc[c] += load<A>(q0[c * step]);
+      for (int64_t c = 0; c < n; ++c) acc[c] += load_element<A>(q0[c * step]);
       return;
     case SampleKind::kLerp: {
       const E* __restrict q1 = img + p.at[1] * ps;
@@ -46,8 +65,8 @@ inline void add_sample(A* __restrict acc, const E* img, const Sample<G>& p, int6
       const E* __restrict q3 = img + p.at[3] * ps;
       const A xl = A(p.w[0]), yl = A(p.w[1]);
       for (int64_t c = 0; c < n; ++c) {
-        const A f0 = load<A>(q0[c * step]), f1 = load<A>(q1[c * step]);
-        const A f2 = load<A>(q2[c * step]), f3 = load<A>(q3[c * step]);
+        const A f0 = load_element<A>(q0[c * step]), f1 = load_element<A>(q1[c * step]);
+        const A f2 = load_element<A>(q2[c * step]), f3 = load_element<A>(q3[c * step]);
         const A top = f0 + (f1 - f0) * xl;
         const A bottom = f2 + (f3 - f2) * xl;
         acc[c] += top + (bottom - top) * yl;
@@ -62,8 +81,8 @@ inline void add_sample(A* __restrict acc, const E* img, const Sample<G>& p, int6
   const E* __restrict q3 = img + p.at[3] * ps;
   const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
   for (int64_t c = 0; c < n; ++c)
-    acc[c] += w0 * load<A>(q0[c * step]) + w1 * load<A>(q1[c * step]) +
-              w2 * load<A>(q2[c * step]) + w3 * load<A>(q3[c * step]);
+    acc[c] += w0 * load_element<A>(q0[c * step]) + w1 * load_element<A>(q1[c * step]) +
+              w2 * load_element<A>(q2[c * step]) + w3 * load_element<A>(q3[c * step]);
 }
 
 // The bytes of one vector: an AVX-512 register in the avx512 build; else 32
@@ -117,25 +136,6 @@ inline Vector<float>::type load_vector(const Half* q) {
   for (int i = 0; i < kLanesOf<float>; ++i) f[i] = to_float(q[i]);
   return load_vector(f);
 #endif
-}
-
-// One element as A, and one A rounded to T: load<A> and store<T>, with the
-// avx2 build's F16C instructions for float16 (the same bits: the conversion
-// to float is exact, the one back rounds to nearest even as to_half does).
-template <typename A, typename E>
-inline A load_element(E v) {
-#if JRA_CPU_F16C
-  if constexpr (std::is_same_v<E, Half>) return A(_cvtsh_ss(v.bits));
-#endif
-  return load<A>(v);
-}
-template <typename T, typename A>
-inline T store_element(A a) {
-#if JRA_CPU_F16C
-  if constexpr (std::is_same_v<T, Half> && std::is_same_v<A, float>)
-    return Half{uint16_t(_cvtss_sh(a, _MM_FROUND_TO_NEAREST_INT))};
-#endif
-  return store<T>(a);
 }
 
 // out[0, n) = src[0, n) rounded to T (store_element), eight at a time for
@@ -254,7 +254,8 @@ inline void max_sample(A* __restrict best, int32_t* __restrict arg, const E* img
   };
   if (p.kind != SampleKind::kBilinear) {
     for (int64_t c = 0; c < n; ++c)
-      update(c, sample_value<A>(p, [&](int64_t at) { return load<A>(img[at * ps + c * step]); }));
+      update(c, sample_value<A>(
+                    p, [&](int64_t at) { return load_element<A>(img[at * ps + c * step]); }));
     return;
   }
   const E* __restrict q0 = img + p.at[0] * ps;
@@ -263,8 +264,8 @@ inline void max_sample(A* __restrict best, int32_t* __restrict arg, const E* img
   const E* __restrict q3 = img + p.at[3] * ps;
   const A w0 = A(p.w[0]), w1 = A(p.w[1]), w2 = A(p.w[2]), w3 = A(p.w[3]);
   for (int64_t c = 0; c < n; ++c)
-    update(c, w0 * load<A>(q0[c * step]) + w1 * load<A>(q1[c * step]) +
-                  w2 * load<A>(q2[c * step]) + w3 * load<A>(q3[c * step]));
+    update(c, w0 * load_element<A>(q0[c * step]) + w1 * load_element<A>(q1[c * step]) +
+                  w2 * load_element<A>(q2[c * step]) + w3 * load_element<A>(q3[c * step]));
 }
 
 // Whether dividing by d is multiplying by 1 / d exactly (d a power of two):

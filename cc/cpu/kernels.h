@@ -174,7 +174,7 @@ struct Kernels {
                         int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t bin = 0; bin < s.bins(); ++bin) {
-        out[s.output_offset(k, c, bin)] = store<T>(A(0));
+        out[s.output_offset(k, c, bin)] = store_element<T>(A(0));
         if (winner) winner[s.output_offset(k, c, bin)] = -1;
       }
   }
@@ -237,7 +237,8 @@ struct Kernels {
               add_sample<Unit>(acc + c, img + c * cs, w.samples[i], f.pixel, cs, n - c);
         }
         const bool empty = b.count() == 0;
-        for (int64_t c = done; c < n; ++c) o[c * os] = store<T>(empty ? fill : acc[c] / divisor);
+        for (int64_t c = done; c < n; ++c)
+          o[c * os] = store_element<T>(empty ? fill : acc[c] / divisor);
       }
     if (!tiled) return;
     const int64_t bs = bins > 1 ? s.output_offset(k, c0, 1) - s.output_offset(k, c0, 0) : 1;
@@ -292,7 +293,7 @@ struct Kernels {
               (a < 0 || A(0) > m || (A(0) == m && b.outside_precedes(a))))
             a = -1;
           const int64_t o = s.output_offset(k, c0 + c, bin);
-          out[o] = store<T>(a < 0 ? A(0) : m);
+          out[o] = store_element<T>(a < 0 ? A(0) : m);
           winner[o] = a;
         }
       }
@@ -316,9 +317,9 @@ struct Kernels {
           if (given[o] >= 0 && given[o] < b.count()) {
             const E* ch = img + (c - c0) * cs;
             v = sample_value<A>(nth(w, b, given[o], tabled),
-                                [&](int64_t at) { return load<A>(ch[at * f.pixel]); });
+                                [&](int64_t at) { return load_element<A>(ch[at * f.pixel]); });
           }
-          out[o] = store<T>(v);
+          out[o] = store_element<T>(v);
         }
       }
   }
@@ -412,7 +413,7 @@ struct Kernels {
             const int64_t o = s.output_offset(k, c, bin);
             if (winner[o] < 0 || winner[o] >= b.count()) continue;
             A* ch = img + (c - c0) * cs;
-            scatter_sample(nth(w, b, winner[o], tabled), load<A>(ct[o]), A(1),
+            scatter_sample(nth(w, b, winner[o], tabled), load_element<A>(ct[o]), A(1),
                            [&](int64_t at, A v) { ch[at * grad.pixel] += v; });
           }
           continue;
@@ -503,13 +504,13 @@ struct Kernels {
                 const Sample<G>& p = w.samples[i - i0];
                 if (p.kind == SampleKind::kEmpty) continue;  // reads nothing
                 for (int j = 0; j < 4; ++j)
-                  v += A(dw[4 * (i - i0) + j]) * load<A>(ch[p.at[j] * f.pixel]);
+                  v += A(dw[4 * (i - i0) + j]) * load_element<A>(ch[p.at[j] * f.pixel]);
               }
               w.acc[c] = v;
             }
           }
           for (int64_t c = 0; c < n; ++c)
-            out_dot[s.output_offset(k, c0 + c, bin)] = store<T>(w.acc[c] / A(b.divisor));
+            out_dot[s.output_offset(k, c0 + c, bin)] = store_element<T>(w.acc[c] / A(b.divisor));
         }
     }
   }
@@ -538,7 +539,7 @@ struct Kernels {
             w.plan.samples(b, i0, i1, w.samples, w.slopes);
             for (int64_t c = 0; c < s.Cout; ++c) {
               const int64_t o = s.output_offset(k, c, bin);
-              const double g = double(load<A>(ct[o])) / b.divisor;
+              const double g = double(load_element<A>(ct[o])) / b.divisor;
               if (g == 0) continue;
               int64_t u0, u1;
               counted(s, b, winner, o, &u0, &u1);
@@ -549,7 +550,7 @@ struct Kernels {
                 if (p.kind == SampleKind::kEmpty) continue;  // reads nothing
                 double dy = 0, dx = 0;  // d(sample value)/d(sample y), /d(sample x)
                 for (int j = 0; j < 4; ++j) {
-                  const double v = double(load<A>(ch[p.at[j] * f.pixel]));
+                  const double v = double(load_element<A>(ch[p.at[j] * f.pixel]));
                   dy += double(d.dy[j]) * v;
                   dx += double(d.dx[j]) * v;
                 }
