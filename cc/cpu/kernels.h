@@ -409,6 +409,8 @@ struct Kernels {
         if (s.mode == PoolMode::kMax) {
           const bool tabled = b.count() <= kChunk;
           if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
+          if (tabled && scatter_cells(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1))
+            continue;
           for (int64_t c = c0; c < c1; ++c) {
             const int64_t o = s.output_offset(k, c, bin);
             if (winner[o] < 0 || winner[o] >= b.count()) continue;
@@ -442,6 +444,32 @@ struct Kernels {
                                             inv, grad.pixel, cs, n - c);
         }
       }
+  }
+
+  // Max mode's backward for bin b when each of its samples (tabled in w) is
+  // one cell (roi_pool): per channel, the cotangent times the winner's weight
+  // added at the winner's cell, as scatter_sample adds it, with the cells'
+  // offsets and weights looked up rather than each sample decoded per
+  // channel. False (nothing done) where a sample is not a cell.
+  static bool scatter_cells(const RoiCall& s, const T* ct, const int32_t* winner, Workspace& w,
+                            const BinPlan& b, A* img, int64_t cs, int64_t pixel, int64_t k,
+                            int64_t c0, int64_t c1) {
+    int64_t cell[kChunk];
+    A weight[kChunk];
+    const int64_t count = b.count();
+    for (int64_t i = 0; i < count; ++i) {
+      if (w.samples[i].kind != SampleKind::kCell) return false;
+      cell[i] = w.samples[i].at[0] * pixel;
+      weight[i] = A(w.samples[i].w[0]);
+    }
+    const int64_t bin = b.ph * s.PW + b.pw, o0 = s.output_offset(k, c0, bin);
+    const int64_t os = c1 - c0 > 1 ? s.output_offset(k, c0 + 1, bin) - o0 : 1;
+    for (int64_t c = 0; c < c1 - c0; ++c) {
+      const int32_t i = winner[o0 + c * os];
+      if (i < 0 || i >= count) continue;
+      img[c * cs + cell[i]] += load_element<A>(ct[o0 + c * os]) * weight[i] / A(1);
+    }
+    return true;
   }
 
   // The samples of bin b that count for output o: all (avg), the winner
