@@ -114,12 +114,21 @@ inline typename Vector<A>::type load_vector(const A* q) {
   return v;
 }
 inline Vector<float>::type load_vector(const BFloat16* q) {
+#if defined(__x86_64__) && JRA_CPU_VECTOR_BYTES == 64
+  // One widening load (vpmovzxwd zmm): GCC builds the generic form below from
+  // two 8-lane halves and an insert (bfloat16 forward measured 25% slower
+  // than float16's).
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  return __builtin_bit_cast(Vector<float>::type,
+                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+#else
   typedef uint16_t Bits16 __attribute__((vector_size(kVectorBytes / 2)));
   typedef uint32_t Bits32 __attribute__((vector_size(kVectorBytes)));
   Bits16 b;
   std::memcpy(&b, q, sizeof b);
   const Bits32 u = __builtin_convertvector(b, Bits32) << 16;
   return __builtin_bit_cast(Vector<float>::type, u);
+#endif
 }
 inline Vector<float>::type load_vector(const Half* q) {
 #if JRA_CPU_F16C && JRA_CPU_VECTOR_BYTES == 64
