@@ -188,6 +188,24 @@ struct Kernels {
     return p;
   }
 
+  // Bin b's samples in chunks of kChunk, each produced into w.samples: per
+  // chunk [i0, i1), block(c, i0, i1) for each whole register block of
+  // channels from `first` on (Unit only), then tail(c, i0, i1) for the
+  // channels [c, n) left, if any.
+  template <bool Unit, typename Block, typename Tail>
+  __attribute__((always_inline)) static void each_chunk(Workspace& w, const BinPlan& b,
+                                                        int64_t first, int64_t n, Block&& block,
+                                                        Tail&& tail) {
+    for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
+      const int64_t i1 = std::min(b.count(), i0 + kChunk);
+      w.plan.samples(b, i0, i1, w.samples, nullptr);
+      int64_t c = first;
+      if constexpr (Unit)
+        for (; c + kBlock<A> <= n; c += kBlock<A>) block(c, i0, i1);
+      if (c < n) tail(c, i0, i1);
+    }
+  }
+
   // Avg mode, one roi: channels [c0, c1) innermost, each bin's sums in `acc`.
   // `fill`: the value of a bin without samples (the forward's; 0 for its linear part).
   // Outputs whose channels are not adjacent (NCHW) go through the roi's
@@ -225,17 +243,15 @@ struct Kernels {
           if (done == n) continue;
         }
         std::fill_n(acc, n, A(0));
-        for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
-          const int64_t i1 = std::min(b.count(), i0 + kChunk);
-          w.plan.samples(b, i0, i1, w.samples, nullptr);
-          int64_t c = done;
-          if constexpr (Unit)
-            for (; c + kBlock<A> <= n; c += kBlock<A>)
+        each_chunk<Unit>(
+            w, b, done, n,
+            [&](int64_t c, int64_t i0, int64_t i1) {
               add_samples_block(acc + c, img + c, w.samples, i1 - i0, f.pixel);
-          if (c < n)
-            for (int64_t i = 0; i < i1 - i0; ++i)
-              add_sample<Unit>(acc + c, img + c * cs, w.samples[i], f.pixel, cs, n - c);
-        }
+            },
+            [&](int64_t c, int64_t i0, int64_t i1) {
+              for (int64_t i = 0; i < i1 - i0; ++i)
+                add_sample<Unit>(acc + c, img + c * cs, w.samples[i], f.pixel, cs, n - c);
+            });
         const bool empty = b.count() == 0;
         for (int64_t c = done; c < n; ++c)
           o[c * os] = store_element<T>(empty ? fill : acc[c] / divisor);
@@ -273,19 +289,17 @@ struct Kernels {
         const BinPlan b = w.plan.bin(ph, pw);
         const E* img = f.at(l, w.plan.image(), c0, bin);
         std::fill_n(arg, n, -1);
-        for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
-          const int64_t i1 = std::min(b.count(), i0 + kChunk);
-          w.plan.samples(b, i0, i1, w.samples, nullptr);
-          int64_t c = 0;
-          if constexpr (Unit)
-            for (; c + kBlock<A> <= n; c += kBlock<A>)
+        each_chunk<Unit>(
+            w, b, 0, n,
+            [&](int64_t c, int64_t i0, int64_t i1) {
               max_samples_block(best + c, arg + c, img + c, w.samples, int32_t(i0), i1 - i0,
                                 f.pixel);
-          if (c < n)
-            for (int64_t i = 0; i < i1 - i0; ++i)
-              max_sample<Unit>(best + c, arg + c, img + c * cs, w.samples[i], int32_t(i0 + i),
-                               f.pixel, cs, n - c);
-        }
+            },
+            [&](int64_t c, int64_t i0, int64_t i1) {
+              for (int64_t i = 0; i < i1 - i0; ++i)
+                max_sample<Unit>(best + c, arg + c, img + c * cs, w.samples[i],
+                                 int32_t(i0 + i), f.pixel, cs, n - c);
+            });
         for (int64_t c = 0; c < n; ++c) {
           const A m = best[c];
           int32_t a = arg[c];
@@ -430,19 +444,17 @@ struct Kernels {
         const A divisor = A(b.divisor);
         const bool exact = exact_reciprocal(divisor);
         const A inv = A(1) / divisor;
-        for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
-          const int64_t i1 = std::min(b.count(), i0 + kChunk);
-          w.plan.samples(b, i0, i1, w.samples, nullptr);
-          int64_t c = 0;
-          if constexpr (Unit)
-            for (; c + kBlock<A> <= n; c += kBlock<A>)
+        each_chunk<Unit>(
+            w, b, 0, n,
+            [&](int64_t c, int64_t i0, int64_t i1) {
               scatter_samples_block(img + c, g + c, w.samples, i1 - i0, divisor, exact, inv,
                                     grad.pixel);
-          if (c < n)
-            for (int64_t i = 0; i < i1 - i0; ++i)
-              scatter_sample_channels<Unit>(img + c * cs, g + c, w.samples[i], divisor, exact,
-                                            inv, grad.pixel, cs, n - c);
-        }
+            },
+            [&](int64_t c, int64_t i0, int64_t i1) {
+              for (int64_t i = 0; i < i1 - i0; ++i)
+                scatter_sample_channels<Unit>(img + c * cs, g + c, w.samples[i], divisor,
+                                              exact, inv, grad.pixel, cs, n - c);
+            });
       }
   }
 
