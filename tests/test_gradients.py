@@ -90,6 +90,24 @@ def test_feature_gradient_matches_reference(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_feature_gradient_of_large_bins_matches_reference(case, layout):
+    """Bins of more samples than the CPU kernels produce at a time (64: kChunk in
+    cc/cpu/kernels.h), as a detector's large boxes have: roi_pool's bins of 150-210 cells,
+    adaptive grids of up to 15 x 15 samples (within the reference's cap of 16), 9 x 9."""
+    rng = np.random.default_rng(12)
+    f = jnp.asarray(features(case, rng, (2, 3), layout, c_out=3, h=34, w=46))
+    rois = jnp.asarray([[0, 2.5, 3.5, 44.0, 33.0], [1, 0.25, 1.0, 40.5, 31.75],
+                        [1, 5.0, 2.0, 45.0, 30.0]])
+    for sr in ((-1, 9) if case.sampling else (-1,)):
+        run = lambda impl, x: case(impl, x, rois, (2, 3), 1.0, sr, True, layout)
+        cot = jnp.asarray(rng.normal(size=run("kernel", f).shape))
+        grads = [jax.grad(lambda x: jnp.sum(run(impl, x) * cot))(f)
+                 for impl in ("kernel", "reference")]
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_backward_is_bitwise_deterministic(case):
     rng = np.random.default_rng(9)
     f = jnp.asarray(features(case, rng, (4, 4), "NCHW", c_out=4, h=20, w=20, dtype=np.float32))

@@ -155,6 +155,8 @@ struct Kernels {
     SampleSlopes<G> slopes[kChunk];
     std::vector<A> acc;
     std::vector<int32_t> arg;
+    std::vector<int64_t> cell;  // scatter_cells' offsets and weights of a bin's samples
+    std::vector<A> weight;
     std::vector<T> tile;  // forward_avg's outputs of one roi, channel-last
     std::vector<T> staged;  // the tile transposed, to be streamed out
   };
@@ -421,10 +423,12 @@ struct Kernels {
         const BinPlan b = w.plan.bin(ph, pw);
         A* img = grad.at(l, w.plan.image(), c0, bin);
         if (s.mode == PoolMode::kMax) {
+          if (w.plan.cells()) {
+            scatter_cells(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1);
+            continue;
+          }
           const bool tabled = b.count() <= kChunk;
           if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
-          if (tabled && scatter_cells(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1))
-            continue;
           for (int64_t c = c0; c < c1; ++c) {
             const int64_t o = s.output_offset(k, c, bin);
             if (winner[o] < 0 || winner[o] >= b.count()) continue;
@@ -458,22 +462,28 @@ struct Kernels {
       }
   }
 
-  // Max mode's backward for bin b when each of its samples (tabled in w) is
-  // one cell (roi_pool): per channel, the cotangent times the winner's weight
-  // added at the winner's cell, as scatter_sample adds it, with the cells'
-  // offsets and weights looked up rather than each sample decoded per
-  // channel. False (nothing done) where a sample is not a cell.
-  static bool scatter_cells(const RoiCall& s, const T* ct, const int32_t* winner, Workspace& w,
+  // Max mode's backward for bin b of a plan whose samples are cells
+  // (roi_pool): per channel, the cotangent times the winner's weight added at
+  // the winner's cell, as scatter_sample adds it, with the bin's cell offsets
+  // and weights tabled once rather than each winner's sample decoded per
+  // channel: the loop over channels is then a gather and a scattered add,
+  // short enough for many of its cache misses to be in flight at once.
+  static void scatter_cells(const RoiCall& s, const T* ct, const int32_t* winner, Workspace& w,
                             const BinPlan& b, A* img, int64_t cs, int64_t pixel, int64_t k,
                             int64_t c0, int64_t c1) {
-    int64_t cell[kChunk];
-    A weight[kChunk];
     const int64_t count = b.count();
-    for (int64_t i = 0; i < count; ++i) {
-      if (w.samples[i].kind != SampleKind::kCell) return false;
-      cell[i] = w.samples[i].at[0] * pixel;
-      weight[i] = A(w.samples[i].w[0]);
+    w.cell.resize(count);
+    w.weight.resize(count);
+    for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
+      const int64_t i1 = std::min(count, i0 + kChunk);
+      w.plan.samples(b, i0, i1, w.samples, nullptr);
+      for (int64_t i = i0; i < i1; ++i) {
+        w.cell[i] = w.samples[i - i0].at[0] * pixel;
+        w.weight[i] = A(w.samples[i - i0].w[0]);
+      }
     }
+    const int64_t* cell = w.cell.data();
+    const A* weight = w.weight.data();
     const int64_t bin = b.ph * s.PW + b.pw, o0 = s.output_offset(k, c0, bin);
     const int64_t os = c1 - c0 > 1 ? s.output_offset(k, c0 + 1, bin) - o0 : 1;
     for (int64_t c = 0; c < c1 - c0; ++c) {
@@ -481,7 +491,6 @@ struct Kernels {
       if (i < 0 || i >= count) continue;
       img[c * cs + cell[i]] += load_element<A>(ct[o0 + c * os]) * weight[i] / A(1);
     }
-    return true;
   }
 
   // The samples of bin b that count for output o: all (avg), the winner

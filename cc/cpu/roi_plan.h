@@ -38,6 +38,8 @@ class RoiPlan {
   bool valid() const { return roi_.valid(); }
   int64_t image() const { return roi_.image; }
   int64_t level() const { return roi_.level; }
+  // Whether every sample is a single cell (SampleKind::kCell).
+  bool cells() const { return roi_.separable() && roi_.combination() == SampleKind::kCell; }
 
   // Roi k's plan; with `slopes`, the position derivatives the box kernels need.
   void build(const RoiCall& s, const G* rois, const int32_t* levels, int64_t k, bool slopes) {
