@@ -423,10 +423,16 @@ struct Kernels {
         const BinPlan b = w.plan.bin(ph, pw);
         A* img = grad.at(l, w.plan.image(), c0, bin);
         if (s.mode == PoolMode::kMax) {
-          if (w.plan.cells()) {
-            scatter_cells(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1);
+          if (const int corners = w.plan.uniform_corners(); corners == 1) {
+            scatter_winners<1>(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1);
+            continue;
+          } else if (corners == 4) {
+            scatter_winners<4>(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1);
             continue;
           }
+          // Samples of mixed kinds (roi_align_rotated) or kLerp, which the FFI
+          // contract accepts in max mode though no operator pools them so:
+          // each winner decoded per channel.
           const bool tabled = b.count() <= kChunk;
           if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
           for (int64_t c = c0; c < c1; ++c) {
@@ -462,25 +468,28 @@ struct Kernels {
       }
   }
 
-  // Max mode's backward for bin b of a plan whose samples are cells
-  // (roi_pool): per channel, the cotangent times the winner's weight added at
-  // the winner's cell, as scatter_sample adds it, with the bin's cell offsets
-  // and weights tabled once rather than each winner's sample decoded per
-  // channel: the loop over channels is then a gather and a scattered add,
-  // short enough for many of its cache misses to be in flight at once.
-  static void scatter_cells(const RoiCall& s, const T* ct, const int32_t* winner, Workspace& w,
-                            const BinPlan& b, A* img, int64_t cs, int64_t pixel, int64_t k,
-                            int64_t c0, int64_t c1) {
+  // Max mode's backward for bin b of a plan whose samples all read kCorners
+  // corners (RoiPlan::uniform_corners): per channel, the cotangent through
+  // the winner's sample added at its corners, as scatter_sample adds them,
+  // with the bin's corner offsets and weights tabled once rather than each
+  // winner's sample decoded per channel: the loop over channels is then
+  // gathers and scattered adds, short enough for many of its cache misses to
+  // be in flight at once.
+  template <int kCorners>
+  static void scatter_winners(const RoiCall& s, const T* ct, const int32_t* winner,
+                              Workspace& w, const BinPlan& b, A* img, int64_t cs, int64_t pixel,
+                              int64_t k, int64_t c0, int64_t c1) {
     const int64_t count = b.count();
-    w.cell.resize(count);
-    w.weight.resize(count);
+    w.cell.resize(count * kCorners);
+    w.weight.resize(count * kCorners);
     for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
       const int64_t i1 = std::min(count, i0 + kChunk);
       w.plan.samples(b, i0, i1, w.samples, nullptr);
-      for (int64_t i = i0; i < i1; ++i) {
-        w.cell[i] = w.samples[i - i0].at[0] * pixel;
-        w.weight[i] = A(w.samples[i - i0].w[0]);
-      }
+      for (int64_t i = i0; i < i1; ++i)
+        for (int j = 0; j < kCorners; ++j) {
+          w.cell[i * kCorners + j] = w.samples[i - i0].at[j] * pixel;
+          w.weight[i * kCorners + j] = A(w.samples[i - i0].w[j]);
+        }
     }
     const int64_t* cell = w.cell.data();
     const A* weight = w.weight.data();
@@ -489,7 +498,9 @@ struct Kernels {
     for (int64_t c = 0; c < c1 - c0; ++c) {
       const int32_t i = winner[o0 + c * os];
       if (i < 0 || i >= count) continue;
-      img[c * cs + cell[i]] += load_element<A>(ct[o0 + c * os]) * weight[i] / A(1);
+      const A g = load_element<A>(ct[o0 + c * os]);
+      for (int j = 0; j < kCorners; ++j)
+        img[c * cs + cell[i * kCorners + j]] += g * weight[i * kCorners + j] / A(1);
     }
   }
 

@@ -38,8 +38,21 @@ class RoiPlan {
   bool valid() const { return roi_.valid(); }
   int64_t image() const { return roi_.image; }
   int64_t level() const { return roi_.level; }
-  // Whether every sample is a single cell (SampleKind::kCell).
-  bool cells() const { return roi_.separable() && roi_.combination() == SampleKind::kCell; }
+  // The corners every sample reads where all samples combine them alike: 1
+  // (SampleKind::kCell), 4 (kBilinear); else 0 (kLerp, roi_align_rotated).
+  int uniform_corners() const {
+    if (!roi_.separable()) return 0;
+    switch (roi_.combination()) {
+      case SampleKind::kCell:
+        return 1;
+      case SampleKind::kBilinear:
+        return 4;
+      case SampleKind::kLerp:
+      case SampleKind::kEmpty:
+        break;
+    }
+    return 0;
+  }
 
   // Roi k's plan; with `slopes`, the position derivatives the box kernels need.
   void build(const RoiCall& s, const G* rois, const int32_t* levels, int64_t k, bool slopes) {
