@@ -93,8 +93,9 @@ def test_feature_gradient_matches_reference(case):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_feature_gradient_of_large_bins_matches_reference(case, layout):
     """Bins of more samples than the CPU kernels produce at a time (64: kChunk in
-    cc/cpu/kernels.h), as a detector's large boxes have: roi_pool's bins of 150-210 cells,
-    adaptive grids of up to 15 x 15 samples (within the reference's cap of 16), 9 x 9."""
+    cc/cpu/kernels.h), as a detector's large boxes have: the pool operators' bins of about
+    200 cells, adaptive grids of about 14 x 15 samples (at most the reference's cap of 16
+    per axis), and 9 x 9 grids."""
     rng = np.random.default_rng(12)
     f = jnp.asarray(features(case, rng, (2, 3), layout, c_out=3, h=34, w=46))
     rois = jnp.asarray([[0, 2.5, 3.5, 44.0, 33.0], [1, 0.25, 1.0, 40.5, 31.75],

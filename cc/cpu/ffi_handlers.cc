@@ -138,6 +138,7 @@ ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuffer le
   if (auto e = check_forward(rois, levels, features, *winner, *out, attrs, &c); e.failure())
     return ready_future(e);
   advise_huge_pages(out->untyped_data(), out->size_bytes());
+  advise_huge_pages(winner->untyped_data(), winner->size_bytes());  // max mode: out's size
   return dispatch_cpu(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     int32_t* w = c.s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;

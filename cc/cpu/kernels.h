@@ -155,7 +155,7 @@ struct Kernels {
     SampleSlopes<G> slopes[kChunk];
     std::vector<A> acc;
     std::vector<int32_t> arg;
-    std::vector<int64_t> cell;  // scatter_cells' offsets and weights of a bin's samples
+    std::vector<int64_t> cell;  // scatter_winners' corner offsets and weights of a bin
     std::vector<A> weight;
     std::vector<T> tile;  // forward_avg's outputs of one roi, channel-last
     std::vector<T> staged;  // the tile transposed, to be streamed out
