@@ -1,8 +1,9 @@
 // What each compiled module exports to Python (nanobind), for one platform:
 //   kernels()    {kernel name: FFI handler capsule}, every kernel of kernel_list.h;
 //                Python registers each as the target "jax_roialign_<kernel>"
-//   operators()  {operator name: (code, position_sensitive, box_derivative, box coordinates)},
-//                roi_common.h's table: the `op` attribute's values come from here
+//   operators()  {operator name: (code, position_sensitive, box_derivative, box coordinates,
+//                modes)}, roi_common.h's table (modes: bits 1 << PoolMode); the `op`
+//                attribute's values come from here
 #pragma once
 
 #include <nanobind/nanobind.h>
@@ -23,8 +24,9 @@ nanobind::capsule handler_capsule(Fn* fn) {
 
 inline nanobind::dict operator_table() {
   nanobind::dict d;
-#define JRA_OP_ENTRY(id, name, ps, box, coords) \
-  d[#name] = std::make_tuple(int64_t(Op::id), bool(ps), bool(box), int64_t(coords));
+#define JRA_OP_ENTRY(id, name, ps, box, coords, modes)                                 \
+  d[#name] = std::make_tuple(int64_t(Op::id), bool(ps), bool(box), int64_t(coords), \
+                             int64_t(modes));
   JRA_OPERATORS(JRA_OP_ENTRY)
 #undef JRA_OP_ENTRY
   return d;

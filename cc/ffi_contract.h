@@ -149,6 +149,9 @@ inline ffi::Error make_call(const LevelBuffers& features, const char* features_n
                    std::to_string(a.spatial_scales.size()));
   s->layout = Layout(a.layout);
   s->mode = PoolMode(a.mode);
+  if (!takes_mode(s->op, s->mode))
+    return invalid(std::string(op_name(s->op)) + " does not take mode attribute " +
+                   std::to_string(a.mode) + (s->mode == PoolMode::kMax ? " (max)" : " (avg)"));
   s->L = features.count;
   const ffi::DataType dtype = features.dtype[0];
   for (int64_t l = 0; l < s->L; ++l) {

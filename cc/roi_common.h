@@ -14,10 +14,16 @@ namespace jax_roialign {
 enum class Layout : int64_t { kNCHW = 0, kNHWC = 1 };
 enum class PoolMode : int64_t { kAvg = 0, kMax = 1 };
 
+// The pool modes an operator takes (its table entry's `modes`): bits 1 << PoolMode.
+constexpr int64_t kTakesAvg = int64_t(1) << int64_t(PoolMode::kAvg);
+constexpr int64_t kTakesMax = int64_t(1) << int64_t(PoolMode::kMax);
+
 // The operators, listed once: X(enum name, Python name, position-sensitive
-// channels, has a box derivative, box coordinates). The Python name is the
-// operator's key in jax_roialign/_src/operators.py; the compiled modules export
-// this table (bindings.h), and the code of an operator is its position here.
+// channels, has a box derivative, box coordinates, modes). The Python name is
+// the operator's key in jax_roialign/_src/operators.py; the compiled modules
+// export this table (bindings.h), and the code of an operator is its position
+// here. Max mode is taken only where every sample is one cell or one bilinear
+// sample (the CPU backward's winner tables rely on it).
 //   roi_align      roi_align.h, avg or max
 //   roi_pool       roi_pool.h, max over cells (piecewise constant in the box)
 //   ps_roi_align   roi_align.h geometry, position-sensitive channels, avg
@@ -28,27 +34,27 @@ enum class PoolMode : int64_t { kAvg = 0, kMax = 1 };
 //   roi_align_rotated        rotated.h: (cx, cy, w, h, angle) boxes, avg
 //   crop_and_resize          crop.h: TensorFlow's bilinear crops of normalised boxes
 //   crop_and_resize_nearest  crop.h: the nearest cell (piecewise constant in the box)
-#define JRA_OPERATORS(X)                                          \
-  X(kRoiAlign, roi_align, false, true, 4)                         \
-  X(kRoiPool, roi_pool, false, false, 4)                          \
-  X(kPsRoiAlign, ps_roi_align, true, true, 4)                     \
-  X(kPsRoiPool, ps_roi_pool, true, false, 4)                      \
-  X(kLegacy, legacy, false, true, 4)                              \
-  X(kLegacyAvg, legacy_avg, false, true, 4)                       \
-  X(kLegacyMax, legacy_max, false, true, 4)                       \
-  X(kRoiAlignRotated, roi_align_rotated, false, true, 5)          \
-  X(kCropAndResize, crop_and_resize, false, true, 4)              \
-  X(kCropAndResizeNearest, crop_and_resize_nearest, false, false, 4)
+#define JRA_OPERATORS(X)                                                        \
+  X(kRoiAlign, roi_align, false, true, 4, kTakesAvg | kTakesMax)                \
+  X(kRoiPool, roi_pool, false, false, 4, kTakesMax)                             \
+  X(kPsRoiAlign, ps_roi_align, true, true, 4, kTakesAvg)                        \
+  X(kPsRoiPool, ps_roi_pool, true, false, 4, kTakesAvg)                         \
+  X(kLegacy, legacy, false, true, 4, kTakesAvg)                                 \
+  X(kLegacyAvg, legacy_avg, false, true, 4, kTakesAvg)                          \
+  X(kLegacyMax, legacy_max, false, true, 4, kTakesMax)                          \
+  X(kRoiAlignRotated, roi_align_rotated, false, true, 5, kTakesAvg)             \
+  X(kCropAndResize, crop_and_resize, false, true, 4, kTakesAvg)                 \
+  X(kCropAndResizeNearest, crop_and_resize_nearest, false, false, 4, kTakesAvg)
 
-#define JRA_OP_ENUM(id, name, ps, box, coords) id,
+#define JRA_OP_ENUM(id, name, ps, box, coords, modes) id,
 enum class Op : int64_t { JRA_OPERATORS(JRA_OP_ENUM) };
 #undef JRA_OP_ENUM
-#define JRA_OP_COUNT(id, name, ps, box, coords) +1
+#define JRA_OP_COUNT(id, name, ps, box, coords, modes) +1
 constexpr int64_t kNumOps = 0 JRA_OPERATORS(JRA_OP_COUNT);
 #undef JRA_OP_COUNT
 
 JRA_HD bool position_sensitive(Op op) {
-#define JRA_OP_PS(id, name, ps, box, coords) if (op == Op::id) return ps;
+#define JRA_OP_PS(id, name, ps, box, coords, modes) if (op == Op::id) return ps;
   JRA_OPERATORS(JRA_OP_PS)
 #undef JRA_OP_PS
   return false;
@@ -56,7 +62,7 @@ JRA_HD bool position_sensitive(Op op) {
 
 // The pool ops are piecewise constant in the box corners: no box derivative.
 JRA_HD bool has_box_derivative(Op op) {
-#define JRA_OP_BOX(id, name, ps, box, coords) if (op == Op::id) return box;
+#define JRA_OP_BOX(id, name, ps, box, coords, modes) if (op == Op::id) return box;
   JRA_OPERATORS(JRA_OP_BOX)
 #undef JRA_OP_BOX
   return false;
@@ -64,12 +70,30 @@ JRA_HD bool has_box_derivative(Op op) {
 
 // Coordinates of one box, after the batch index of a (K, 1 + coords) row.
 JRA_HD int64_t box_coords(Op op) {
-#define JRA_OP_COORDS(id, name, ps, box, coords) if (op == Op::id) return coords;
+#define JRA_OP_COORDS(id, name, ps, box, coords, modes) if (op == Op::id) return coords;
   JRA_OPERATORS(JRA_OP_COORDS)
 #undef JRA_OP_COORDS
   return 4;
 }
 constexpr int64_t kMaxBoxCoords = 5;
+
+// The Python name of operator `op` (for errors).
+inline const char* op_name(Op op) {
+#define JRA_OP_NAME(id, name, ps, box, coords, modes) \
+  if (op == Op::id) return #name;
+  JRA_OPERATORS(JRA_OP_NAME)
+#undef JRA_OP_NAME
+  return "?";
+}
+
+// Whether operator `op` takes pool mode `mode`.
+JRA_HD bool takes_mode(Op op, PoolMode mode) {
+#define JRA_OP_MODES(id, name, ps, box, coords, modes) \
+  if (op == Op::id) return ((modes) >> int64_t(mode)) & 1;
+  JRA_OPERATORS(JRA_OP_MODES)
+#undef JRA_OP_MODES
+  return false;
+}
 
 // Feature levels one call may take (an FPN pyramid has 4 to 6).
 constexpr int64_t kMaxLevels = 8;

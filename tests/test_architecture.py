@@ -26,9 +26,12 @@ def test_compiled_operator_table_matches_the_registry():
     table = lowering.OPERATOR_TABLE
     assert sorted(table) == sorted(KERNEL_OPS)
     for op in (BY_NAME[name] for name in KERNEL_OPS):
-        _, position_sensitive, box_derivative, coords = table[op.name]
+        _, position_sensitive, box_derivative, coords, modes = table[op.name]
         assert (position_sensitive, box_derivative, coords) == (
             op.position_sensitive, op.box_derivative, op.box_coords), op.name
+        # The kernels take exactly the modes of the operators that call them.
+        taken = {m for m, code in lowering.MODES.items() if modes >> code & 1}
+        assert taken == {m for o in OPERATORS if o.kernel == op.name for m in o.modes}, op.name
     assert sorted(code for code, *_ in table.values()) == list(range(len(table)))
 
 

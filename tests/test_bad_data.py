@@ -8,6 +8,9 @@ import pytest
 
 import jax_roialign as jra
 from cases import CASES, IDS, LAYOUTS, features
+from jax_roialign._src import api as _api
+from jax_roialign._src import lowering, primitives
+from jax_roialign._src.operators import BY_NAME, KERNEL_OPS, OPERATORS
 
 BAD_ROWS = [[-1, 1, 1, 3, 3], [2, 1, 1, 3, 3], [0.5, 1, 1, 3, 3], [np.nan, 1, 1, 3, 3],
             [1e20, 1, 1, 3, 3], [0, np.nan, 1, 3, 3], [0, 1, np.inf, 3, 3],
@@ -128,3 +131,25 @@ def test_max_modes_skip_nan_features(case):
                                rtol=1e-12, atol=1e-12)
     g = jax.grad(lambda x: jnp.sum(case("kernel", x, rois, (2, 2), 1.0, 2, True)))(jnp.asarray(f))
     assert np.all(np.isfinite(g))
+
+
+# (kernel operator, mode) where no function passes that mode to that kernel operator.
+_REFUSED = sorted((op, mode) for op in KERNEL_OPS for mode in lowering.MODES
+                  if mode not in {m for o in OPERATORS if o.kernel == op for m in o.modes})
+
+
+@pytest.mark.skipif(not lowering.has_kernels("cpu"), reason="no compiled CPU kernels")
+@pytest.mark.parametrize("op, mode", _REFUSED, ids=[f"{op}-{mode}" for op, mode in _REFUSED])
+def test_the_kernels_refuse_a_mode_their_operator_does_not_take(op, mode):
+    """The FFI contract (cc/ffi_contract.h) is the kernels' last guard: a primitive bound
+    with a mode no function of its operator passes is an error naming both, not a
+    computation on a path no test covers."""
+    params = dict(_api._params(BY_NAME[op], op, (2, 2), (1.0,), 2, False, None, "NCHW", None),
+                  mode=mode)
+    rois = jnp.asarray([[0.0, 1, 1, 3, 3] + [0.0] * (BY_NAME[op].box_coords - 4)], jnp.float32)
+    features = jnp.ones((1, 4, 5, 5), jnp.float32)
+    with pytest.raises(jax.errors.JaxRuntimeError,
+                       match=f"jax_roialign: {op} does not take mode attribute "
+                             f"{lowering.MODES[mode]} \\({mode}\\)"):
+        jax.block_until_ready(primitives.forward_p.bind(
+            rois, jnp.zeros((0,), jnp.int32), features, **params))

@@ -423,25 +423,12 @@ struct Kernels {
         const BinPlan b = w.plan.bin(ph, pw);
         A* img = grad.at(l, w.plan.image(), c0, bin);
         if (s.mode == PoolMode::kMax) {
-          if (const int corners = w.plan.uniform_corners(); corners == 1) {
+          // The FFI contract takes max mode only for operators whose samples
+          // are each one cell or one bilinear sample (roi_common.h).
+          if (w.plan.uniform_corners() == 1)
             scatter_winners<1>(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1);
-            continue;
-          } else if (corners == 4) {
+          else
             scatter_winners<4>(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1);
-            continue;
-          }
-          // Samples of mixed kinds (roi_align_rotated) or kLerp, which the FFI
-          // contract accepts in max mode though no operator pools them so:
-          // each winner decoded per channel.
-          const bool tabled = b.count() <= kChunk;
-          if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
-          for (int64_t c = c0; c < c1; ++c) {
-            const int64_t o = s.output_offset(k, c, bin);
-            if (winner[o] < 0 || winner[o] >= b.count()) continue;
-            A* ch = img + (c - c0) * cs;
-            scatter_sample(nth(w, b, winner[o], tabled), load_element<A>(ct[o]), A(1),
-                           [&](int64_t at, A v) { ch[at * grad.pixel] += v; });
-          }
           continue;
         }
         A* g = w.acc.data() + (tiled ? bin * n : 0);

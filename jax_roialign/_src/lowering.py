@@ -107,8 +107,8 @@ def _load():
 
 
 #: {platform: [kernel names]} for every platform with compiled kernels here.
-#: {operator: (code, position_sensitive, box_derivative, box coordinates)} from the
-#: compiled modules.
+#: {operator: (code, position_sensitive, box_derivative, box coordinates, modes)} from
+#: the compiled modules; modes holds bit MODES[mode] for each mode the kernels take.
 #: [kernel names] of the emulated CUDA module, when it is built (tests only).
 KERNELS, OPERATOR_TABLE, EMULATED_KERNELS = _load()
 
