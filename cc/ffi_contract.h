@@ -240,10 +240,14 @@ inline ffi::Error check_pooled(const RoiCall& s, const char* name, const ffi::An
 }
 
 // Max mode needs the winners buffer shaped like the output; avg ignores it.
-inline ffi::Error check_winner(const RoiCall& s, const ffi::AnyBuffer& winner) {
+// `optional`: a forward, which may be handed (0,) instead and record none.
+inline ffi::Error check_winner(const RoiCall& s, const ffi::AnyBuffer& winner, bool optional) {
   if (s.mode == PoolMode::kAvg) return ffi::Error::Success();
-  if (winner.element_type() != ffi::DataType::S32 || !output_matches(s, winner.dimensions()))
-    return shape_error("winner", "int32 " + output_expected(s), winner.dimensions());
+  const auto d = winner.dimensions();
+  const bool none = optional && d.size() == 1 && d[0] == 0;
+  if (winner.element_type() != ffi::DataType::S32 || !(none || output_matches(s, d)))
+    return shape_error("winner", "int32 " + output_expected(s) + (optional ? " or (0,)" : ""),
+                       d);
   return ffi::Error::Success();
 }
 
@@ -268,7 +272,8 @@ auto forward_binding() {
       .template Arg<ffi::AnyBuffer>()   // levels: int32 per roi; (0,) for one level
       .RemainingArgs()                  // features, one per level
       .template Ret<ffi::AnyBuffer>()   // out
-      .template Ret<ffi::AnyBuffer>()   // winner (int32 shaped like out; (0,) in avg mode)
+      .template Ret<ffi::AnyBuffer>()   // winner: int32 shaped like out, or (0,): none
+                                        // recorded (avg mode, or max mode not differentiated)
       .template Attrs<RoiAttrs>();
 }
 
@@ -345,10 +350,18 @@ inline const int32_t* winners(const RoiCall& s, const ffi::AnyBuffer& winner) {
   return s.mode == PoolMode::kMax ? winner.reinterpret_data<int32_t>() : nullptr;
 }
 
-// forward, forward_selected: the output (and winners, read or written).
+// The winners a forward records: null in avg mode and where handed (0,).
+inline int32_t* recorded_winners(const RoiCall& s, ffi::AnyBuffer& winner) {
+  return s.mode == PoolMode::kMax && winner.element_count() > 0
+             ? winner.reinterpret_data<int32_t>()
+             : nullptr;
+}
+
+// forward (`records`: winners written, if asked for), forward_selected (winners
+// read): the output and the winners.
 inline ffi::Error check_forward(const ffi::AnyBuffer& rois, const ffi::AnyBuffer& levels,
                                 const ffi::RemainingArgs& features, const ffi::AnyBuffer& winner,
-                                const ffi::AnyBuffer& out, const RoiAttrs& attrs,
+                                const ffi::AnyBuffer& out, const RoiAttrs& attrs, bool records,
                                 CheckedCall* c) {
   if (auto e = collect(features, "features", &c->features); e.failure())
     return e;
@@ -357,7 +370,7 @@ inline ffi::Error check_forward(const ffi::AnyBuffer& rois, const ffi::AnyBuffer
   if (auto e = check_pooled(c->s, "output", out, c->features.dtype[0]);
       e.failure())
     return e;
-  return check_winner(c->s, winner);
+  return check_winner(c->s, winner, records);
 }
 
 // backward_features: the gradients (one per level) and the cotangent.
@@ -375,7 +388,7 @@ inline ffi::Error check_backward_features(const ffi::AnyBuffer& cotangent,
                             c->features.dtype[0]);
       e.failure())
     return e;
-  return check_winner(c->s, winner);
+  return check_winner(c->s, winner, false);
 }
 
 // forward_boxes, backward_boxes: a rois-shaped buffer and an output-shaped one.
@@ -395,7 +408,7 @@ inline ffi::Error check_boxes(const ffi::AnyBuffer& rois, const ffi::AnyBuffer& 
                             c->features.dtype[0]);
       e.failure())
     return e;
-  return check_winner(c->s, winner);
+  return check_winner(c->s, winner, false);
 }
 
 }  // namespace jax_roialign

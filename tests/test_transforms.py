@@ -1,6 +1,7 @@
 """Every operator case under jit and vmap (of values, of gradients, of box JVPs)."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,6 +18,41 @@ def test_jit_equals_eager_in_both_rois_forms(case):
     fn = lambda x, r: case("kernel", x, r, (2, 2), 1.0, -1, True)
     for r in (rows, boxes):
         np.testing.assert_array_equal(fn(f, r), jax.jit(fn)(f, r))
+
+
+MAX_CASES = [c for c in CASES if c.mode == "max"]
+
+
+def _forward_winners(jaxpr):
+    """The shapes of the winners of every forward_p in `jaxpr` (nested ones included)."""
+    found = [tuple(eqn.outvars[1].aval.shape) for eqn in jaxpr.eqns
+             if eqn.primitive.name == "jax_roialign_forward"]
+    for sub in jax.extend.core.subjaxprs(jaxpr):
+        found += _forward_winners(sub)
+    return found
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=[c.id for c in MAX_CASES])
+def test_max_mode_records_winners_only_when_differentiated(case):
+    """A forward that is not differentiated writes no winners (they are as large as the
+    output); under jvp, grad or vmap of grad the forward records them, and the values of
+    both forwards agree."""
+    rng = np.random.default_rng(13)
+    f = jnp.asarray(features(case, rng, (2, 2), "NHWC", h=6, w=6))
+    rows = jnp.asarray(edge_rois(2, 6, 6, 1.0, rng))
+    fn = lambda x: case("kernel", x, rows, (2, 2), 1.0, 2, True, "NHWC")
+    out_shape = jax.eval_shape(fn, f).shape
+    assert _forward_winners(jax.make_jaxpr(fn)(f).jaxpr) == [(0,)]
+    assert _forward_winners(jax.make_jaxpr(jax.vmap(fn))(f[None]).jaxpr) == [(0,)]
+    out, _ = jax.jvp(fn, (f,), (jnp.ones_like(f),))
+    assert _forward_winners(jax.make_jaxpr(lambda x: jax.jvp(fn, (x,), (x,)))(f).jaxpr) == [
+        out_shape]
+    grad = lambda x: jax.grad(lambda y: jnp.sum(fn(y) ** 2))(x)
+    assert _forward_winners(jax.make_jaxpr(grad)(f).jaxpr) == [out_shape]
+    # A batch of 1, folded into the kernel's rows.
+    assert _forward_winners(jax.make_jaxpr(jax.vmap(grad))(f[None]).jaxpr) == [out_shape]
+    np.testing.assert_array_equal(out, jax.jit(fn)(f))
+    np.testing.assert_array_equal(jax.vmap(grad)(f[None])[0], jax.jit(grad)(f))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

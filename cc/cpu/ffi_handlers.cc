@@ -135,13 +135,13 @@ ffi::Future Forward(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuffer le
                     ffi::RemainingArgs features, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::AnyBuffer> winner, RoiAttrs attrs) {
   CheckedCall c;
-  if (auto e = check_forward(rois, levels, features, *winner, *out, attrs, &c); e.failure())
+  if (auto e = check_forward(rois, levels, features, *winner, *out, attrs, true, &c); e.failure())
     return ready_future(e);
   advise_huge_pages(out->untyped_data(), out->size_bytes());
-  advise_huge_pages(winner->untyped_data(), winner->size_bytes());  // max mode: out's size
+  advise_huge_pages(winner->untyped_data(), winner->size_bytes());  // if recorded: out's size
   return dispatch_cpu(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
-    int32_t* w = c.s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
+    int32_t* w = recorded_winners(c.s, *winner);
     return run_forward<T>(pool, c, rois, levels, out->reinterpret_data<T>(), w, nullptr, false);
   });
 }
@@ -150,7 +150,7 @@ ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyB
                             ffi::AnyBuffer winner, ffi::RemainingArgs features,
                             ffi::Result<ffi::AnyBuffer> out, RoiAttrs attrs) {
   CheckedCall c;
-  if (auto e = check_forward(rois, levels, features, winner, *out, attrs, &c); e.failure())
+  if (auto e = check_forward(rois, levels, features, winner, *out, attrs, false, &c); e.failure())
     return ready_future(e);
   advise_huge_pages(out->untyped_data(), out->size_bytes());
   return dispatch_cpu(c.features.dtype[0], [&](auto tag) {

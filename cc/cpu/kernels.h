@@ -310,7 +310,7 @@ struct Kernels {
             a = -1;
           const int64_t o = s.output_offset(k, c0 + c, bin);
           out[o] = store_element<T>(a < 0 ? A(0) : m);
-          winner[o] = a;
+          if (winner) winner[o] = a;
         }
       }
   }
@@ -341,7 +341,8 @@ struct Kernels {
   }
 
   // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
-  // winners (`winner` written) or, with `given`, evaluates given winners.
+  // winners (`winner` written, unless null) or, with `given`, evaluates given
+  // winners.
   // `linear`: forward_selected, the linear part (no fill).
   template <typename E>
   // `order`: the rois in the order to visit them (positions [k0, k1) of it).

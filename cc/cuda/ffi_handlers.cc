@@ -47,13 +47,13 @@ ffi::Error Forward(cudaStream_t stream, ffi::AnyBuffer rois, ffi::AnyBuffer leve
                    ffi::RemainingArgs features, ffi::Result<ffi::AnyBuffer> out,
                    ffi::Result<ffi::AnyBuffer> winner, RoiAttrs attrs) {
   CheckedCall c;
-  if (auto e = check_forward(rois, levels, features, *winner, *out, attrs, &c); e.failure())
+  if (auto e = check_forward(rois, levels, features, *winner, *out, attrs, true, &c); e.failure())
     return e;
   if (auto e = check_planes(c.s); e.failure()) return e;
   return dispatch_cuda(c.features.dtype[0], [&](auto tag) {
     using T = decltype(tag);
     using G = typename Types<T>::Geometry;
-    int32_t* w = c.s.mode == PoolMode::kMax ? winner->reinterpret_data<int32_t>() : nullptr;
+    int32_t* w = recorded_winners(c.s, *winner);
     return launch_error(Launch<T>::forward(c.s, level_pointers<const T>(c.features),
                                            geometry<G>(rois), level_indices(levels),
                                            out->reinterpret_data<T>(), w, stream),
@@ -65,7 +65,7 @@ ffi::Error ForwardSelected(cudaStream_t stream, ffi::AnyBuffer rois, ffi::AnyBuf
                            ffi::AnyBuffer winner, ffi::RemainingArgs features,
                            ffi::Result<ffi::AnyBuffer> out, RoiAttrs attrs) {
   CheckedCall c;
-  if (auto e = check_forward(rois, levels, features, winner, *out, attrs, &c); e.failure())
+  if (auto e = check_forward(rois, levels, features, winner, *out, attrs, false, &c); e.failure())
     return e;
   if (auto e = check_planes(c.s); e.failure()) return e;
   return dispatch_cuda(c.features.dtype[0], [&](auto tag) {

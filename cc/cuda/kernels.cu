@@ -357,7 +357,7 @@ struct Args {
   const int32_t* levels;     // per roi; empty for one level
   const G* rois_dot;         // forward_boxes
   const int32_t* winner_in;
-  int32_t* winner_out;
+  int32_t* winner_out;        // forward, max mode: null where not recorded
   T* out;                    // forward outputs
   T* grad_out[kMaxLevels];   // grad_features (deterministic path)
   A* grad[kMaxLevels];       // atomic backward: grad_features, zeroed
@@ -448,7 +448,7 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
         m = A(0);
         arg = -1;
       }
-      a.winner_out[o] = int32_t(arg);
+      if (a.winner_out) a.winner_out[o] = int32_t(arg);
       a.out[o] = store<T>(arg < 0 ? A(0) : m);
     }
   }
@@ -497,7 +497,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) items_kernel(const Args<
         if (!valid) {  // zeros, and no winner
           if constexpr (K != Kind::kBackwardFeatures) {
             a.out[o] = store<T>(A(0));
-            if (K == Kind::kForward && s.mode == PoolMode::kMax) a.winner_out[o] = -1;
+            if (K == Kind::kForward && a.winner_out) a.winner_out[o] = -1;
           }
           continue;
         }

@@ -55,6 +55,7 @@ def _params(op, name, output_size, spatial_scales, sampling_ratio, aligned, mode
         layout=layout,
         deterministic=(_DETERMINISTIC[0] if deterministic is None
                        else _args.flag(name, "deterministic", deterministic)),
+        winners=False,  # forward_p records max mode's winners only when differentiated
     )
     params.update(op.fixed)
     return params

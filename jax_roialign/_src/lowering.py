@@ -65,7 +65,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .operators import BY_NAME
-from .shapes import SIGNATURES
+from .shapes import SIGNATURES, records_winners
 
 TARGET_PREFIX = "jax_roialign_"
 
@@ -180,7 +180,8 @@ def factors(kernel: str, params: dict, shapes) -> tuple[list, list]:
         if name == "features":
             res += [level(i) for i in range(num_levels)]
         else:
-            res.append(role(name, (0,) if name == "winner" and params["mode"] != "max" else None))
+            res.append(role(name, (0,) if name == "winner" and not records_winners(params)
+                            else None))
     return operands, res
 
 

@@ -16,7 +16,9 @@ level (`*fs`, one for the single-level operators), last, as the kernels take the
 or an empty (0,) array: every roi on level 0. `winner` is the int32 index of each bin's winning
 sample in max mode (shaped like `out`), an empty (0,) array in avg mode. Every primitive
 carries the same parameters (built in `api.apply`; backward_features_p also
-features_shapes). Operators without a box derivative (the registry's `box_derivative`)
+features_shapes). Parameter `winners` is forward_p's alone: False (as the functions bind
+it), its max-mode winners are (0,) and its kernel writes none; its JVP rule binds it True,
+so only a differentiated forward pays for them. Operators without a box derivative (the registry's `box_derivative`)
 get a zero one. Second derivatives in which box coordinates vary raise
 UnsupportedDerivativeError.
 """
@@ -32,7 +34,8 @@ from jax.interpreters import ad, batching
 
 from . import lowering as _lowering
 from .operators import BY_NAME
-from .shapes import SIGNATURES, out_aval, reconciled, result_aval, winner_aval
+from .shapes import (SIGNATURES, out_aval, reconciled, records_winners, result_aval,
+                     winner_aval)
 
 
 class UnsupportedDerivativeError(NotImplementedError):
@@ -128,11 +131,15 @@ def _forward_jvp(primals, tangents, **p):
     rois, levels, *fs = primals
     rd, _, *fds = tangents
     rd = _box_tangent(rd, p)
-    out, winner = forward_p.bind(rois, levels, *fs, **p)
+    # The tangent is linear at max mode's winners: record them, asked for or not.
+    q = dict(p, winners=True)
+    out, winner = forward_p.bind(rois, levels, *fs, **q)
     fds = _levels_or_none(fds, fs)
-    out_dot = _sum([None if fds is None else forward_selected_p.bind(rois, levels, winner, *fds, **p),
-                    None if rd is None else forward_boxes_p.bind(rois, levels, rd, winner, *fs, **p)],
+    out_dot = _sum([None if fds is None else forward_selected_p.bind(rois, levels, winner, *fds, **q),
+                    None if rd is None else forward_boxes_p.bind(rois, levels, rd, winner, *fs, **q)],
                    out)
+    if records_winners(q) and not records_winners(p):
+        winner = winner.reshape(-1)[:0]  # the (0,) result p's forward has
     return (out, winner), (out_dot, ad.Zero(winner.aval.to_tangent_aval()))
 
 
@@ -310,7 +317,7 @@ def _make_batching_rule(prim, kernel):
         out = list(out) if prim.multiple_results else [out]
 
         def result(name, x):
-            if name == "winner" and p["mode"] != "max":
+            if name == "winner" and not records_winners(p):
                 return x, None
             if per_image:
                 return unfold(x), 0

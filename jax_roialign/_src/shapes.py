@@ -50,9 +50,16 @@ def output_shape(op: str, features_shape, rois_shape, output_size, layout: str) 
     return rows + ((channels, ph, pw) if layout == "NCHW" else (ph, pw, channels))
 
 
-def winner_shape(out_shape, mode: str) -> tuple:
-    """Max mode's winners are shaped like the output; avg mode has none, (0,)."""
-    return tuple(out_shape) if mode == "max" else (0,)
+def records_winners(p) -> bool:
+    """Whether forward_p's second result holds max mode's winners, shaped like the output.
+    Else it is (0,): avg mode, or a max-mode forward bound with `winners` False (one that
+    is not differentiated: its kernel then writes no winners)."""
+    return p["mode"] == "max" and p["winners"]
+
+
+def winner_shape(out_shape, p) -> tuple:
+    """forward_p's winners: shaped like the output where recorded, else (0,)."""
+    return tuple(out_shape) if records_winners(p) else (0,)
 
 
 def reconciled(args) -> list:
@@ -81,4 +88,4 @@ def out_aval(name, features, rois, p, operands):
 
 
 def winner_aval(name, out, p, operands):
-    return result_aval(name, winner_shape(out.shape, p["mode"]), np.int32, operands)
+    return result_aval(name, winner_shape(out.shape, p), np.int32, operands)
