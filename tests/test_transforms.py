@@ -89,6 +89,19 @@ def test_vmap_equals_loop(case, in_axes, form, layout):
                                    atol=1e-12)
 
 
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_reference_path_under_vmap_equals_the_loop_bit_for_bit(case):
+    """The pure-JAX path (platforms without kernels) keeps its IEEE operations under vmap:
+    float32 boxes whose sizes divide unevenly into bins (computed as 7 * (1/3), roi_pool's
+    bin 7/3 * 3 would round above 7 and its last bin take one cell more)."""
+    rng = np.random.default_rng(14)
+    f = jnp.asarray(features(case, rng, (3, 3), "NCHW", h=12, w=14, dtype=np.float32))
+    r = jnp.asarray([[[0, 1, 1, 5, 6], [1, 0, 0, 13, 11]], [[1, 2, 3, 4, 4], [0, 3, 2, 9, 10]]],
+                    jnp.float32)
+    fn = lambda b: case("reference", f, b, (3, 3), 1.0, 2, False)
+    np.testing.assert_array_equal(jax.vmap(fn)(r), np.stack([fn(b) for b in r]))
+
+
 @pytest.mark.parametrize("case", BOX_CASES, ids=BOX_IDS)
 def test_vmap_of_jvp_in_boxes(case):
     rng = np.random.default_rng(13)

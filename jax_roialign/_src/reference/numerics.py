@@ -20,8 +20,9 @@ whenever ``d`` is a constant or a broadcast.  Two helpers prevent that:
 
 * ``no_fma(p)`` = ``where(p == p, p, nan)`` around every product that feeds an addition
   (``optimization_barrier`` is not enough on jax 0.10.2);
-* ``exact_div(x, d)`` divides by ``optimization_barrier(broadcast_to(d, x.shape))``, a
-  full-shape operand that the simplifier cannot see as a constant or a broadcast.
+* ``exact_div(x, d)`` divides by ``d`` through an ``optimization_barrier`` at ``x``'s
+  full shape (its batched shape under ``vmap``), an operand that the simplifier cannot
+  see as a constant or a broadcast.
 
 Accumulation is float32 for float16/bfloat16 features, and the result is cast back.
 """
@@ -73,9 +74,14 @@ def _no_fma_jvp(primals, tangents):
 
 
 def exact_div(x, d):
-    """IEEE ``x / d`` (no rewrite into ``x * (1/d)``); ``d`` is treated as a constant."""
+    """IEEE ``x / d`` (no rewrite into ``x * (1/d)``); ``d`` is treated as a constant.
+
+    The barrier must hold ``d`` at ``x``'s full shape: under ``vmap`` a ``d`` that is not
+    batched would otherwise leave the barrier unbatched and be broadcast after it, and a
+    divisor that is a broadcast is rewritten. The ``where`` on ``x`` batches it as ``x``."""
     d = lax.stop_gradient(jnp.asarray(d, x.dtype))
-    d = lax.optimization_barrier(jnp.broadcast_to(d, x.shape))
+    d = jnp.broadcast_to(d, x.shape)
+    d = lax.optimization_barrier(jnp.where(lax.stop_gradient(x) == 0, d, d))
     return x / d
 
 
