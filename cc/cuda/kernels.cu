@@ -432,7 +432,7 @@ __device__ void item(const Args<T>& a, const BinSampler<typename Types<T>::Geome
       const int32_t w = a.winner_in[o];
       a.out[o] = store<T>(w >= 0 && w < n ? sample_value<A>(sample(bl, w).sample(), read) : A(0));
     } else {
-      // cpu/plan.h max_winner: the first maximum in grid order; an implicit
+      // cpu/channel_loops.h max_sample: the first maximum in grid order; an implicit
       // outside zero wins ties against the samples after it.
       int64_t arg = -1;
       A m = A(0);

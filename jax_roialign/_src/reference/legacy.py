@@ -56,8 +56,8 @@ def legacy_core(features, rois, pooled_height: int, pooled_width: int,
     (PH+1) x (PW+1) lattice, bin (ph, pw) averages (divisor 4) / maxes its 2x2 nodes.
     A node outside ``[0, H) x [0, W)`` is 0 (it counts in the average and can win the
     max; max ties go to the first node in row-major order, an outside 0 included, as
-    cc/cpu/plan.h ``max_winner``).  Differentiable w.r.t. features and box coordinates
-    (exact where smooth; the max through its winning node only).
+    cc/cpu/channel_loops.h ``max_sample``).  Differentiable w.r.t. features and box
+    coordinates (exact where smooth; the max through its winning node only).
     """
     PH, PW = int(pooled_height), int(pooled_width)
     if variant not in LEGACY_VARIANTS:
@@ -103,9 +103,9 @@ def legacy_core(features, rois, pooled_height: int, pooled_width: int,
             acc = jnp.where(node(inwin, dy, dx)[..., None], acc + node(nodes, dy, dx), acc)
         out = acc if span == 1 else exact_div(acc, span * span)
     else:
-        # cc/cpu/plan.h max_winner: the first in-window node is taken, a later one only
-        # when strictly greater; then an outside node (an implicit 0) wins if the bin has
-        # no in-window node, or 0 > best, or 0 == best and it comes first.
+        # cc/cpu/channel_loops.h max_sample: the first in-window node is taken, a later
+        # one only when strictly greater; then an outside node (an implicit 0) wins if
+        # the bin has no in-window node, or 0 > best, or 0 == best and it comes first.
         vals = lax.stop_gradient(nodes)
         best = jnp.zeros((k, PH, PW, c), gdt)
         arg = jnp.full((k, PH, PW, c), -1, jnp.int32)

@@ -224,6 +224,17 @@ def four_tap(table, base, ty, tx, wid, gdt):
     return val
 
 
+def cell_while(max_sy, max_sx, step, carry):
+    """``carry = step(carry, dy, dx)`` for dy < max_sy (outer), dx < max_sx (inner): one
+    ``lax.fori_loop`` of exactly ``max_sy * max_sx`` steps, for a loop that is not
+    differentiated (a while loop has no transpose). No step is skipped, so no
+    ``lax.cond`` copies the carry at every step, as `cell_loop`'s do."""
+    def body(i, c):
+        return step(c, i // max_sx, i % max_sx)
+
+    return lax.fori_loop(jnp.int32(0), max_sy * max_sx, body, carry)
+
+
 def cell_loop(bound_y, bound_x, max_sy, max_sx, step, carry):
     """``carry = step(carry, dy, dx)`` for dy < bound_y (outer), dx < bound_x (inner),
     skipping (``lax.cond``) dy >= max_sy and dx >= max_sx.

@@ -15,15 +15,17 @@ dtype without needing x64, exactly:
   floats whose exact value lies in ``[0, limit]`` is representable (so computed exactly),
   and rounding is monotone (so a sum outside the range clips to the same end).
 
-The cells of a bin are visited by two nested ``lax.scan`` loops, rows outer, columns
-inner, over a static bound of ``H`` (``W``) cells; a ``lax.cond`` skips the steps beyond
-the largest bin span present, so the cost follows the largest roi in the batch, and a
-huge box costs what a box the size of the map costs.  roi_pool's winner is the first
-cell in row-major order (taken unconditionally, later cells replace it only when
-strictly greater: cc/cpu/plan.h ``max_winner``); the output gathers the winning cell,
-so the gradient w.r.t. features goes to that cell only.  ps_roi_pool sums the cells in
-row-major order and divides by the bin's area.  Both are piecewise constant in the box:
-the box coordinates get a zero gradient.
+The cells of a bin are visited rows outer, columns inner, up to the largest bin span
+present (so the cost follows the largest roi in the batch, and a huge box costs what a
+box the size of the map costs).  ps_roi_pool, differentiated through the loop, uses two
+nested ``lax.scan`` loops over a static bound of ``H`` (``W``) cells, a ``lax.cond``
+skipping the steps beyond that span; roi_pool's search for its winners is not
+differentiated and runs one ``lax.fori_loop`` over exactly the steps present.  Its
+winner is the first cell in row-major order (taken unconditionally, later cells replace
+it only when strictly greater: cc/cpu/channel_loops.h ``max_sample``); the output
+gathers the winning cell, so the gradient w.r.t. features goes to that cell only.
+ps_roi_pool sums the cells in row-major order and divides by the bin's area.  Both are
+piecewise constant in the box: the box coordinates get a zero gradient.
 
 Bad data
 --------
@@ -40,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .numerics import (batch_column, bin_bases, cell_loop,
+from .numerics import (batch_column, bin_bases, cell_loop, cell_while,
                        exact_div, feature_table, finalise, geometry_dtype,
                        image_index, loop_carry, no_fma, take_rows)
 
@@ -148,7 +150,7 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
             take = valid & (((arg < 0) & (v == v)) | (v > best))  # NaN never wins
             return jnp.where(take, v, best), jnp.where(take, rows[..., None], arg)
 
-        _, arg = cell_loop(bound_y, bound_x, max_sy, max_sx, step,
+        _, arg = cell_while(max_sy, max_sx, step,
                             loop_carry((jnp.zeros((k, PH, PW, c), gdt),
                                         jnp.full((k, PH, PW, c), -1, jnp.int32)), features, rois))
         chan = jnp.arange(c, dtype=jnp.int32)
