@@ -18,9 +18,9 @@ sample in max mode (shaped like `out`), an empty (0,) array in avg mode. Every p
 carries the same parameters (built in `api.apply`; backward_features_p also
 features_shapes). Parameter `winners` is forward_p's alone: False (as the functions bind
 it), its max-mode winners are (0,) and its kernel writes none; its JVP rule binds it True,
-so only a differentiated forward pays for them. Operators without a box derivative (the registry's `box_derivative`)
-get a zero one. Second derivatives in which box coordinates vary raise
-UnsupportedDerivativeError.
+so only a differentiated forward pays for them. Operators without a box derivative (the
+registry's `box_derivative`) get a zero one. Second derivatives in which box coordinates
+vary raise UnsupportedDerivativeError.
 """
 
 from __future__ import annotations

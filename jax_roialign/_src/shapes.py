@@ -28,8 +28,9 @@ from .reference.numerics import varying, vma
 #: backward_features), and of the results ("features": one per level).
 #: rois: (K, 5) rows or (N, R, 4) boxes; levels: the int32 level of each roi (the rois'
 #: shape without its last axis; (0,) for one level); winner: max mode's int32 winning
-#: samples (the output's shape; (0,) in avg mode); out: shaped like the output (a
-#: tangent or a cotangent); rois_like: shaped like the rois (a box tangent).
+#: samples (the output's shape; (0,) in avg mode, and from a forward that records none:
+#: `records_winners`); out: shaped like the output (a tangent or a cotangent); rois_like:
+#: shaped like the rois (a box tangent).
 SIGNATURES = {
     "forward": (("rois", "levels"), ("out", "winner")),
     "forward_selected": (("rois", "levels", "winner"), ("out",)),
