@@ -20,7 +20,8 @@ present (so the cost follows the largest roi in the batch, and a huge box costs 
 box the size of the map costs).  ps_roi_pool, differentiated through the loop, uses two
 nested ``lax.scan`` loops over a static bound of ``H`` (``W``) cells, a ``lax.cond``
 skipping the steps beyond that span; roi_pool's search for its winners is not
-differentiated and runs one ``lax.fori_loop`` over exactly the steps present.  Its
+differentiated and runs ``lax.fori_loop``s over exactly the steps present, one per group
+of rois of similar size (sorted by their largest bin), each bounded by its own.  Its
 winner is the first cell in row-major order (taken unconditionally, later cells replace
 it only when strictly greater: cc/cpu/channel_loops.h ``max_sample``); the output
 gathers the winning cell, so the gradient w.r.t. features goes to that cell only.
@@ -48,6 +49,8 @@ from .numerics import (batch_column, bin_bases, cell_loop, cell_while,
 
 # cc/roi_pool.h kMaxCorner: rounded corners saturate here.
 _MAX_CORNER = 1.0e15
+# roi_pool's search for its winners runs one loop per group of rois of similar size.
+_SEARCH_GROUPS = 8
 
 
 def _round_corner(v):
@@ -117,21 +120,23 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
     x0, x1 = _pool_axis(coords[:, 0], coords[:, 2], s, PW, wid, position_sensitive)
     sy = jnp.maximum(y1 - y0, 0)  # (K, PH)
     sx = jnp.maximum(x1 - x0, 0)  # (K, PW)
-    max_sy = jnp.max(sy, initial=0)
-    max_sx = jnp.max(sx, initial=0)
-    bound_y = hgt - 1 if position_sensitive else hgt  # a bin spans at most `limit` cells
-    bound_x = wid - 1 if position_sensitive else wid
     base = bin_bases(b, hgt, wid, PH, PW, position_sensitive)
 
-    def cell(tab, dy, dx):
-        """Rows, values (K, PH, PW, C) and validity (K, PH, PW, 1) of cell (dy, dx)."""
-        y = jnp.minimum(y0 + dy, hgt - 1)
-        x = jnp.minimum(x0 + dx, wid - 1)
-        rows = base + (y * wid)[:, :, None] + x[:, None, :]
-        valid = (dy < sy)[:, :, None] & (dx < sx)[:, None, :]
+    def cell(tab, dy, dx, g=(y0, x0, sy, sx, base)):
+        """Rows, values (K, PH, PW, C) and validity (K, PH, PW, 1) of cell (dy, dx) of the
+        bins of `g` (the rois' (y0, x0, sy, sx, base), or a group's)."""
+        gy0, gx0, gsy, gsx, gbase = g
+        y = jnp.minimum(gy0 + dy, hgt - 1)
+        x = jnp.minimum(gx0 + dx, wid - 1)
+        rows = gbase + (y * wid)[:, :, None] + x[:, None, :]
+        valid = (dy < gsy)[:, :, None] & (dx < gsx)[:, None, :]
         return rows, take_rows(tab, rows, gdt), valid[..., None]
 
     if position_sensitive:  # average
+        max_sy = jnp.max(sy, initial=0)
+        max_sx = jnp.max(sx, initial=0)
+        bound_y, bound_x = hgt - 1, wid - 1  # a bin spans at most `limit` cells
+
         def step(acc, dy, dx):
             _, v, valid = cell(table, dy, dx)
             return jnp.where(valid, acc + v, acc)
@@ -143,16 +148,30 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
         out = jnp.where((area > 0)[..., None], exact_div(acc, divisor), jnp.zeros((), gdt))
     else:  # max: first arg-max cell (no gradient), then a differentiable gather
         tsg = lax.stop_gradient(table)
+        # The rois in groups of similar size, each group's loop bounded by its own largest
+        # bin: every step reads a cell of every bin in the group, so one loop for all
+        # would read the largest bin's count of cells for every bin.
+        order = jnp.argsort(jnp.max(sy, axis=1, initial=0) * jnp.max(sx, axis=1, initial=0))
+        groups = []
+        for g in range(_SEARCH_GROUPS):
+            idx = order[g * k // _SEARCH_GROUPS:(g + 1) * k // _SEARCH_GROUPS]
+            if idx.shape[0] == 0:
+                continue
+            part = (y0[idx], x0[idx], sy[idx], sx[idx], base[idx])
 
-        def step(carry, dy, dx):
-            best, arg = carry
-            rows, v, valid = cell(tsg, dy, dx)
-            take = valid & (((arg < 0) & (v == v)) | (v > best))  # NaN never wins
-            return jnp.where(take, v, best), jnp.where(take, rows[..., None], arg)
+            def step(carry, dy, dx, part=part):
+                best, arg = carry
+                rows, v, valid = cell(tsg, dy, dx, part)
+                take = valid & (((arg < 0) & (v == v)) | (v > best))  # NaN never wins
+                return jnp.where(take, v, best), jnp.where(take, rows[..., None], arg)
 
-        _, arg = cell_while(max_sy, max_sx, step,
-                            loop_carry((jnp.zeros((k, PH, PW, c), gdt),
-                                        jnp.full((k, PH, PW, c), -1, jnp.int32)), features, rois))
+            kg = idx.shape[0]
+            groups.append(cell_while(
+                jnp.max(part[2], initial=0), jnp.max(part[3], initial=0), step,
+                loop_carry((jnp.zeros((kg, PH, PW, c), gdt),
+                            jnp.full((kg, PH, PW, c), -1, jnp.int32)), features, rois))[1])
+        arg = (jnp.concatenate(groups)[jnp.argsort(order)] if groups
+               else jnp.full((k, PH, PW, c), -1, jnp.int32))
         chan = jnp.arange(c, dtype=jnp.int32)
         v = table.at[jnp.maximum(arg, 0), chan].get(mode="promise_in_bounds").astype(gdt)
         out = jnp.where(arg >= 0, v, jnp.zeros((), gdt))
