@@ -15,9 +15,10 @@ import numpy as np
 
 from jax_roialign._cli.workloads import WORKLOADS, proposals
 from jax_roialign._src import api, primitives
-from jax_roialign._src.operators import BY_NAME
+from jax_roialign._src.operators import BY_NAME, OPERATORS
 
-OPERATORS = ("roi_pool", "roi_align", "legacy_max")  # every kernel that pools in max mode
+#: Every kernel operator that pools in max mode.
+MAX_KERNELS = sorted({op.kernel for op in OPERATORS if "max" in op.modes})
 
 
 def main():
@@ -37,7 +38,7 @@ def main():
         levels = jnp.zeros((0,), jnp.int32)
         for layout in args.layout.split(","):
             x = jnp.asarray(f if layout == "NCHW" else f.transpose(0, 2, 3, 1))
-            for op_name in OPERATORS:
+            for op_name in MAX_KERNELS:
                 op = BY_NAME[op_name]
                 p = api._params(op, op.function, (w.size, w.size), (w.scale,), 2, True, "max",
                                 layout, None)
