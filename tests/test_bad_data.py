@@ -138,7 +138,6 @@ _REFUSED = sorted((op, mode) for op in KERNEL_OPS for mode in lowering.MODES
                   if mode not in {m for o in OPERATORS if o.kernel == op for m in o.modes})
 
 
-@pytest.mark.skipif(not lowering.has_kernels("cpu"), reason="no compiled CPU kernels")
 @pytest.mark.parametrize("op, mode", _REFUSED, ids=[f"{op}-{mode}" for op, mode in _REFUSED])
 def test_the_kernels_refuse_a_mode_their_operator_does_not_take(op, mode):
     """The FFI contract (cc/ffi_contract.h) is the kernels' last guard: a primitive bound

@@ -1,11 +1,13 @@
 """Forward outputs of at least 32 MiB take the CPU kernels' large-output path: their
 buffers are advised for huge pages and their register blocks are written with streaming
-stores (cc/cpu/channel_loops.h, kStreamBytes). No test elsewhere reaches that size, so
+stores (cc/cpu/channel_loops.h, kStreamBytes), and max mode's winners too where the
+forward records them. No test elsewhere reaches that size, so
 this one pools rows once in a call over the threshold and again in calls under it, and
 requires the same bits, in every instruction set's build this CPU runs (the baseline
 build streams with SSE2 stores, the AVX2 build with AVX stores, the AVX-512 build with
 AVX-512 stores)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -38,6 +40,29 @@ def roi_align_rows(dtype, layout="NHWC"):
     return (pool if layout == "NHWC" else pool_nchw), rois, k * 49 * 256 * item
 
 
+def roi_pool_rows(layout="NHWC", tangent=False):
+    """roi_pool (max mode) whose (K, 7, 7, 256) float32 output is just over the
+    threshold: the outputs streamed from registers (NHWC) or from each roi's tile (NCHW).
+    With `tangent`, the JVP's tangent output: the forward then records its winners (as
+    large, streamed the same way), and the tangent is the feature tangent at each one."""
+    rng = np.random.default_rng(2)
+    k = STREAM_BYTES // (7 * 7 * 256 * 4) + 3
+    f = jnp.asarray(rng.normal(size=(2, 24, 30, 256)), jnp.float32)
+    df = jnp.asarray(rng.normal(size=f.shape), jnp.float32)
+    lo = rng.uniform(-4, 80, size=(k, 2))
+    rois = np.concatenate([rng.integers(0, 2, size=(k, 1)), lo, lo + rng.uniform(1, 60, (k, 2))],
+                          1)
+    rois = jnp.asarray(rois, jnp.float32)
+    moved = (lambda a: a) if layout == "NHWC" else (lambda a: jnp.moveaxis(a, -1, 1))
+
+    def pool(r):
+        def fn(x):
+            return jra.roi_pool(x, r, (7, 7), 0.25, layout=layout)
+        out = jax.jvp(fn, (moved(f),), (moved(df),))[1] if tangent else fn(moved(f))
+        return out if layout == "NHWC" else jnp.moveaxis(out, 1, -1)
+    return pool, rois, k * 49 * 256 * 4
+
+
 def crop_rows():
     """crop_and_resize whose (K, 14, 14, 256) float32 output is just over the threshold."""
     rng = np.random.default_rng(1)
@@ -56,7 +81,11 @@ def crop_rows():
 CASES = {"roi_align float32": lambda: roi_align_rows("float32"),
          "roi_align float64": lambda: roi_align_rows("float64"),
          "roi_align float32 NCHW": lambda: roi_align_rows("float32", "NCHW"),
-         "crop_and_resize float32": crop_rows}
+         "crop_and_resize float32": crop_rows,
+         "roi_pool float32": roi_pool_rows,
+         "roi_pool float32 NCHW": lambda: roi_pool_rows("NCHW"),
+         "roi_pool tangent float32": lambda: roi_pool_rows(tangent=True),
+         "roi_pool tangent float32 NCHW": lambda: roi_pool_rows("NCHW", tangent=True)}
 
 
 def check(name):

@@ -248,19 +248,30 @@ inline void add_samples_block(A* __restrict acc, const E* img, const Sample<G>* 
   for (int v = 0; v < kVecs; ++v) std::memcpy(acc + v * kLanes, &a[v], sizeof a[v]);
 }
 
-// Max mode: per channel, the first largest sample value (sample `index` of
-// its bin) so far. Branch-free (select, not jump): comparisons of random data
-// would mispredict and the loop would not vectorise. NaN never wins
-// (docs/semantics.md).
-template <bool Unit, typename A, typename E, typename G>
+// Max mode's running winner of a channel (or of each lane): the first largest
+// sample value so far. NaN never wins (docs/semantics.md). Branch-free (select,
+// not jump): comparisons of random data would mispredict and the loop would not
+// vectorise. `Track`: the winner's sample index too, < 0 while there is none;
+// else the value alone, which is NaN while there is none (a winner never is).
+template <bool Track, typename V, typename I, typename Index>
+__attribute__((always_inline)) inline void update_max(V& best, I& arg, const V& x, Index index) {
+  if constexpr (Track) {
+    const auto better = ((arg < 0) & (x == x)) | (x > best);
+    best = better ? x : best;
+    arg = better ? index : arg;
+  } else {
+    const auto better = (best != best) | (x > best);
+    best = better ? x : best;
+  }
+}
+
+// update_max of n channels with sample `index` (its value p at each).
+template <bool Track, bool Unit, typename A, typename E, typename G>
 inline void max_sample(A* __restrict best, int32_t* __restrict arg, const E* img,
                        const Sample<G>& p, int32_t index, int64_t ps, int64_t cs, int64_t n) {
   const int64_t step = Unit ? 1 : cs;
-  auto update = [&](int64_t c, A v) {
-    const bool better = ((arg[c] < 0) & (v == v)) | (v > best[c]);
-    best[c] = better ? v : best[c];
-    arg[c] = better ? index : arg[c];
-  };
+  int32_t none = -1;  // the index update_max ignores when not tracking
+  auto update = [&](int64_t c, A v) { update_max<Track>(best[c], Track ? arg[c] : none, v, index); };
   if (p.kind != SampleKind::kBilinear) {
     for (int64_t c = 0; c < n; ++c)
       update(c, sample_value<A>(
@@ -350,6 +361,19 @@ inline void stream_fence() {
 #endif
 }
 
+// The vector q of A at `out` as T: store_vector where T is A (streamed when
+// `stream`), else rounded lane by lane (store_run).
+template <typename T, typename A>
+inline void store_output(T* out, const typename Vector<A>::type& q, bool stream) {
+  if constexpr (std::is_same_v<T, A>) {
+    store_vector(out, q, stream);
+  } else {
+    A lanes[kLanesOf<A>];
+    std::memcpy(lanes, &q, sizeof q);
+    store_run(out, lanes, kLanesOf<A>);
+  }
+}
+
 // out[c] = (the sum of samples p[0, count) at channel c) / divisor, rounded to
 // T, for kBlock<A> adjacent channels of `img` and of `out`: add_samples_block
 // from zero, then forward_avg's division (a product by `inv` when `exact`, as
@@ -366,22 +390,14 @@ inline void average_block(T* out, const E* img, const Sample<G>* p, int64_t coun
     if (p[i].kind == SampleKind::kEmpty) continue;
     each_vector<kVecs, A>(p[i], img, ps, [&](int v, const Vec& x) { a[v] += x; });
   }
-  for (int v = 0; v < kVecs; ++v) {
-    const Vec q = exact ? a[v] * inv : a[v] / divisor;
-    if constexpr (std::is_same_v<T, A>) {
-      store_vector(out + v * kLanes, q, stream);
-    } else {
-      A lanes[kLanes];
-      std::memcpy(lanes, &q, sizeof q);
-      store_run(out + v * kLanes, lanes, kLanes);
-    }
-  }
+  for (int v = 0; v < kVecs; ++v)
+    store_output<T, A>(out + v * kLanes, exact ? a[v] * inv : a[v] / divisor, stream);
 }
 
 // max_sample over samples p[0, count) (indices first, first + 1, ...) for
-// kBlock<A> adjacent channels, the block's best values and winners held in
+// kBlock<A> adjacent channels, the block's best values (and winners) held in
 // registers: per channel the same comparisons, in the same order.
-template <typename A, typename E, typename G>
+template <bool Track, typename A, typename E, typename G>
 inline void max_samples_block(A* __restrict best, int32_t* __restrict arg, const E* img,
                               const Sample<G>* p, int32_t first, int64_t count, int64_t ps) {
   using Vec = typename Vector<A>::type;
@@ -393,24 +409,69 @@ inline void max_samples_block(A* __restrict best, int32_t* __restrict arg, const
   Ints a[kVecs];
   for (int v = 0; v < kVecs; ++v) {
     b[v] = load_vector(best + v * kLanes);
-    Int32s a32;
-    std::memcpy(&a32, arg + v * kLanes, sizeof a32);
-    a[v] = __builtin_convertvector(a32, Ints);
+    if constexpr (Track) {
+      Int32s a32;
+      std::memcpy(&a32, arg + v * kLanes, sizeof a32);
+      a[v] = __builtin_convertvector(a32, Ints);
+    }
   }
   for (int64_t i = 0; i < count; ++i) {
-    const Sample<G>& s = p[i];
     const Int index = Int(first + i);
-    auto update = [&](int v, const Vec& x) {
-      const Ints better = ((a[v] < 0) & (x == x)) | (x > b[v]);
-      b[v] = better ? x : b[v];
-      a[v] = better ? index : a[v];
-    };
-    each_vector<kVecs, A>(s, img, ps, update);
+    each_vector<kVecs, A>(p[i], img, ps,
+                          [&](int v, const Vec& x) { update_max<Track>(b[v], a[v], x, index); });
   }
   for (int v = 0; v < kVecs; ++v) {
     std::memcpy(best + v * kLanes, &b[v], sizeof b[v]);
-    const Int32s a32 = __builtin_convertvector(a[v], Int32s);
-    std::memcpy(arg + v * kLanes, &a32, sizeof a32);
+    if constexpr (Track) {
+      const Int32s a32 = __builtin_convertvector(a[v], Int32s);
+      std::memcpy(arg + v * kLanes, &a32, sizeof a32);
+    }
+  }
+}
+
+// A max-mode forward's outputs of kBlock<A> adjacent channels of one bin whose
+// samples p[0, count) are one chunk: max_samples_block from no winner, then
+// the implicit-0 rule (kernels.h forward_max's; `outside`: the bin has outside
+// samples, the first preceding sample `first_after`), without the round trip
+// through memory. The outputs go to `out` (streamed when `stream`, as
+// store_vector), the winners to `win` unless it is null. Winners are tracked
+// only where recorded or the rule needs them.
+template <typename T, typename A, typename E, typename G>
+inline void max_block(T* out, int32_t* win, const E* img, const Sample<G>* p, int64_t count,
+                      int64_t ps, bool outside, int64_t first_after, bool stream) {
+  using Vec = typename Vector<A>::type;
+  using Int = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+  typedef Int Ints __attribute__((vector_size(kVectorBytes)));
+  constexpr int kLanes = kLanesOf<A>, kVecs = kBlock<A> / kLanes;
+  typedef int32_t Int32s __attribute__((vector_size(kLanes * 4)));
+  Vec b[kVecs];
+  Ints a[kVecs];
+  auto store = [&](int v, const Vec& q) { store_output<T, A>(out + v * kLanes, q, stream); };
+  if (!win && !outside) {
+    for (int v = 0; v < kVecs; ++v) b[v] = Vec{} + std::numeric_limits<A>::quiet_NaN();
+    for (int64_t i = 0; i < count; ++i)
+      each_vector<kVecs, A>(p[i], img, ps,
+                            [&](int v, const Vec& x) { update_max<false>(b[v], a[v], x, 0); });
+    for (int v = 0; v < kVecs; ++v) store(v, b[v] != b[v] ? Vec{} + A(0) : b[v]);
+    return;
+  }
+  for (int v = 0; v < kVecs; ++v) b[v] = Vec{} + A(0), a[v] = Ints{} - 1;
+  for (int64_t i = 0; i < count; ++i) {
+    const Int index = Int(i);
+    each_vector<kVecs, A>(p[i], img, ps,
+                          [&](int v, const Vec& x) { update_max<true>(b[v], a[v], x, index); });
+  }
+  const Int after = Int(std::min<int64_t>(first_after, std::numeric_limits<Int>::max()));
+  for (int v = 0; v < kVecs; ++v) {
+    const Vec zero = Vec{} + A(0);
+    Ints none = a[v] < 0;
+    if (outside) none |= (zero > b[v]) | ((zero == b[v]) & (a[v] >= after));
+    a[v] = none ? Int(-1) : a[v];
+    store(v, none ? zero : b[v]);
+    if (win) {
+      const Int32s a32 = __builtin_convertvector(a[v], Int32s);
+      std::memcpy(win + v * kLanes, &a32, sizeof a32);
+    }
   }
 }
 

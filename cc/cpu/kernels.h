@@ -157,19 +157,28 @@ struct Kernels {
     std::vector<int32_t> arg;
     std::vector<int64_t> cell;  // scatter_winners' corner offsets and weights of a bin
     std::vector<A> weight;
-    std::vector<T> tile;  // forward_avg's outputs of one roi, channel-last
+    std::vector<T> tile;  // the forward's outputs of one roi, channel-last
     std::vector<T> staged;  // the tile transposed, to be streamed out
+    std::vector<int32_t> winners;  // forward_max's winners of one roi, channel-last
+    std::vector<int32_t> staged_winners;
   };
 
   // Channels of [c0, c1) one roi's channel-last tile of outputs (or
   // cotangents) takes at a time: all where outputs are channel-last (NHWC: no
   // tile), else as many whole register blocks as fit kTileBytes (at least
-  // one). Each output sums the same terms in the same order either way.
-  static int64_t tile_channels(const RoiCall& s, int64_t c0, int64_t c1) {
+  // one) at `element` bytes per channel and bin. Each output sums the same
+  // terms in the same order either way.
+  static int64_t tile_channels(const RoiCall& s, int64_t c0, int64_t c1, int64_t element) {
     const int64_t n = c1 - c0;
     if (n < 2 || s.output_offset(0, c0 + 1, 0) - s.output_offset(0, c0, 0) == 1) return n;
-    const int64_t fit = kTileBytes / (s.bins() * int64_t(sizeof(A)));
+    const int64_t fit = kTileBytes / (s.bins() * element);
     return std::max<int64_t>(kBlock<A>, fit / kBlock<A> * kBlock<A>);
+  }
+
+  // forward_max's tile bytes per channel and bin: an output, and its winner
+  // where recorded.
+  static int64_t max_tile_element(const int32_t* winner) {
+    return int64_t(sizeof(T)) + (winner ? int64_t(sizeof(int32_t)) : 0);
   }
 
   static void zero_rows(const RoiCall& s, T* out, int32_t* winner, int64_t k, int64_t c0,
@@ -259,30 +268,51 @@ struct Kernels {
           o[c * os] = store_element<T>(empty ? fill : acc[c] / divisor);
       }
     if (!tiled) return;
+    write_tile(s, out, w.tile.data(), w.staged, k, c0, n);
+  }
+
+  // Writes one roi's channel-last tile (bins x n: forward_avg's, forward_max's)
+  // of outputs or winners of channels [c0, c0 + n) to their places in `out`:
+  // transposed in cache where the channels' bins are one run (outputs of
+  // kStreamBytes or more transposed into `staged`, then streamed as one run),
+  // else element by element.
+  template <typename D>
+  static void write_tile(const RoiCall& s, D* out, const D* tile, std::vector<D>& staged,
+                         int64_t k, int64_t c0, int64_t n) {
+    const int64_t bins = s.bins();
     const int64_t bs = bins > 1 ? s.output_offset(k, c0, 1) - s.output_offset(k, c0, 0) : 1;
-    if (bs == 1 && out_os == bins) {  // the chunk's outputs are one run
-      T* o = out + s.output_offset(k, c0, 0);
-      if (s.K * bins * s.Cout * int64_t(sizeof(T)) < kStreamBytes)
-        return transpose(o, bins, w.tile.data(), n, bins, n);
-      w.staged.resize(bins * n);
-      transpose(w.staged.data(), bins, w.tile.data(), n, bins, n);
-      return stream_run(o, w.staged.data(), bins * n);
+    const int64_t os = n > 1 ? s.output_offset(k, c0 + 1, 0) - s.output_offset(k, c0, 0) : 1;
+    if (bs == 1 && os == bins) {  // the chunk's outputs are one run
+      D* o = out + s.output_offset(k, c0, 0);
+      if (s.K * bins * s.Cout * int64_t(sizeof(D)) < kStreamBytes)
+        return transpose(o, bins, tile, n, bins, n);
+      staged.resize(bins * n);
+      transpose(staged.data(), bins, tile, n, bins, n);
+      return stream_run(o, staged.data(), bins * n);
     }
     for (int64_t c = 0; c < n; ++c) {
-      T* o = out + s.output_offset(k, c0 + c, 0);
-      const T* t = w.tile.data() + c;
+      D* o = out + s.output_offset(k, c0 + c, 0);
+      const D* t = tile + c;
       for (int64_t bin = 0; bin < bins; ++bin) o[bin * bs] = t[bin * n];
     }
   }
 
   // Max mode, one roi: per channel, the first largest sample value, then the
-  // implicit-0 rule.
+  // implicit-0 rule. Outputs whose channels are not adjacent (NCHW) go
+  // through channel-last tiles of outputs and winners, as forward_avg's.
   template <bool Unit, typename E>
   static void forward_max(const RoiCall& s, const View<E>& f, Workspace& w, T* out,
                           int32_t* winner, int64_t k, int64_t c0, int64_t c1) {
-    const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l);
+    const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l), bins = s.bins();
+    const int64_t out_os =
+        n > 1 ? s.output_offset(k, c0 + 1, 0) - s.output_offset(k, c0, 0) : 1;
+    const bool tiled = out_os != 1 && bins * n * max_tile_element(winner) <= kTileBytes;
+    const bool stream = !tiled && s.K * bins * s.Cout * int64_t(sizeof(T)) >= kStreamBytes;
+    const int64_t os = tiled ? 1 : out_os;
     w.acc.resize(n);
     w.arg.resize(n);
+    if (tiled) w.tile.resize(bins * n);
+    if (tiled && winner) w.winners.resize(bins * n);
     A* best = w.acc.data();
     int32_t* arg = w.arg.data();
     for (int64_t ph = 0; ph < s.PH; ++ph)
@@ -290,29 +320,52 @@ struct Kernels {
         const int64_t bin = ph * s.PW + pw;
         const BinPlan b = w.plan.bin(ph, pw);
         const E* img = f.at(l, w.plan.image(), c0, bin);
-        std::fill_n(arg, n, -1);
-        each_chunk<Unit>(
-            w, b, 0, n,
-            [&](int64_t c, int64_t i0, int64_t i1) {
-              max_samples_block(best + c, arg + c, img + c, w.samples, int32_t(i0), i1 - i0,
-                                f.pixel);
-            },
-            [&](int64_t c, int64_t i0, int64_t i1) {
-              for (int64_t i = 0; i < i1 - i0; ++i)
-                max_sample<Unit>(best + c, arg + c, img + c * cs, w.samples[i],
-                                 int32_t(i0 + i), f.pixel, cs, n - c);
-            });
-        for (int64_t c = 0; c < n; ++c) {
+        T* o = tiled ? w.tile.data() + bin * n : out + s.output_offset(k, c0, bin);
+        int32_t* wo = !winner ? nullptr
+                      : tiled ? w.winners.data() + bin * n
+                              : winner + s.output_offset(k, c0, bin);
+        const bool outside = b.outside_from != kNever;
+        // Winners are tracked where recorded or where the implicit-0 rule needs them.
+        const bool track = winner || outside;
+        int64_t done = 0;  // channels written already
+        // One chunk of samples, adjacent outputs: whole blocks never hold winners in memory.
+        if (Unit && os == 1 && b.count() <= kChunk) {
+          w.plan.samples(b, 0, b.count(), w.samples, nullptr);
+          const int64_t first_after = outside ? b.outside_from * b.gx.count : kNever;
+          for (; done + kBlock<A> <= n; done += kBlock<A>)
+            max_block<T, A>(o + done, wo ? wo + done : nullptr, img + done, w.samples, b.count(),
+                      f.pixel, outside, first_after, stream);
+          if (done == n) continue;
+        }
+        if (track) std::fill_n(arg + done, n - done, -1);
+        else std::fill_n(best + done, n - done, std::numeric_limits<A>::quiet_NaN());
+        auto run = [&](auto tracking) {
+          constexpr bool kTrack = decltype(tracking)::value;
+          each_chunk<Unit>(
+              w, b, done, n,
+              [&](int64_t c, int64_t i0, int64_t i1) {
+                max_samples_block<kTrack>(best + c, arg + c, img + c, w.samples, int32_t(i0),
+                                          i1 - i0, f.pixel);
+              },
+              [&](int64_t c, int64_t i0, int64_t i1) {
+                for (int64_t i = 0; i < i1 - i0; ++i)
+                  max_sample<kTrack, Unit>(best + c, arg + c, img + c * cs, w.samples[i],
+                                           int32_t(i0 + i), f.pixel, cs, n - c);
+              });
+        };
+        if (track) run(std::true_type{});
+        else run(std::false_type{});
+        for (int64_t c = done; c < n; ++c) {
           const A m = best[c];
-          int32_t a = arg[c];
-          if (b.outside_from != kNever &&
-              (a < 0 || A(0) > m || (A(0) == m && b.outside_precedes(a))))
-            a = -1;
-          const int64_t o = s.output_offset(k, c0 + c, bin);
-          out[o] = store_element<T>(a < 0 ? A(0) : m);
-          if (winner) winner[o] = a;
+          int32_t a = track ? arg[c] : (m == m ? 0 : -1);
+          if (outside && (a < 0 || A(0) > m || (A(0) == m && b.outside_precedes(a)))) a = -1;
+          o[c * os] = store_element<T>(a < 0 ? A(0) : m);
+          if (wo) wo[c * os] = a;
         }
       }
+    if (!tiled) return;
+    write_tile(s, out, w.tile.data(), w.staged, k, c0, n);
+    if (winner) write_tile(s, winner, w.winners.data(), w.staged_winners, k, c0, n);
   }
 
   // Max mode's linear part, one roi: each output is its given winner's value.
@@ -362,10 +415,14 @@ struct Kernels {
       if (s.mode == PoolMode::kMax && given) {
         forward_given(s, f, w, out, given, k, c0, c1);
       } else if (s.mode == PoolMode::kMax) {
-        if (unit) forward_max<true>(s, f, w, out, winner, k, c0, c1);
-        else forward_max<false>(s, f, w, out, winner, k, c0, c1);
+        const int64_t step = tile_channels(s, c0, c1, max_tile_element(winner));
+        for (int64_t a = c0; a < c1; a += step) {
+          const int64_t b = std::min(c1, a + step);
+          if (unit) forward_max<true>(s, f, w, out, winner, k, a, b);
+          else forward_max<false>(s, f, w, out, winner, k, a, b);
+        }
       } else {
-        const int64_t step = tile_channels(s, c0, c1);
+        const int64_t step = tile_channels(s, c0, c1, int64_t(sizeof(A)));
         for (int64_t a = c0; a < c1; a += step) {
           const int64_t b = std::min(c1, a + step);
           if (unit) forward_avg<true>(s, f, w, out, k, a, b, fill);
@@ -373,7 +430,7 @@ struct Kernels {
         }
       }
     }
-    stream_fence();  // forward_avg may have streamed
+    stream_fence();  // forward_avg and forward_max may have streamed
   }
 
   // Output channels [c0, c1) of images [n0, n1) of every level's gradient
@@ -386,7 +443,7 @@ struct Kernels {
                                 const int32_t* levels, const int32_t* winner, const View<A>& grad,
                                 int64_t c0, int64_t c1, int64_t n0, int64_t n1) {
     Workspace w;
-    const int64_t step = s.mode == PoolMode::kMax ? c1 - c0 : tile_channels(s, c0, c1);
+    const int64_t step = tile_channels(s, c0, c1, backward_tile_element(s));
     for (int64_t k = 0; k < s.K; ++k) {
       w.plan.build(s, rois, levels, k, false);
       if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
@@ -395,12 +452,21 @@ struct Kernels {
     }
   }
 
-  // tile[bin * n + c] = ct[c * cs + bin * bs] as A, for n channels and `bins` bins.
-  static void load_tile(A* tile, const T* ct, int64_t cs, int64_t bs, int64_t n, int64_t bins) {
-    if (bs == 1) return transpose(tile, n, ct, cs, n, bins);
+  // backward_roi's tile bytes per channel and bin: a cotangent, and its winner
+  // in max mode.
+  static int64_t backward_tile_element(const RoiCall& s) {
+    return int64_t(sizeof(A)) + (s.mode == PoolMode::kMax ? int64_t(sizeof(int32_t)) : 0);
+  }
+
+  // tile[bin * n + c] = src[c * cs + bin * bs] as D, for n channels and `bins` bins.
+  template <typename D, typename S>
+  static void load_tile(D* tile, const S* src, int64_t cs, int64_t bs, int64_t n, int64_t bins) {
+    if (bs == 1) return transpose(tile, n, src, cs, n, bins);
     for (int64_t c = 0; c < n; ++c)
-      for (int64_t bin = 0; bin < bins; ++bin)
-        tile[bin * n + c] = load_element<A>(ct[c * cs + bin * bs]);
+      for (int64_t bin = 0; bin < bins; ++bin) {
+        if constexpr (std::is_same_v<D, S>) tile[bin * n + c] = src[c * cs + bin * bs];
+        else tile[bin * n + c] = load_element<D>(src[c * cs + bin * bs]);
+      }
   }
 
   // backward_features' terms of roi k (its plan built in w) for output
@@ -409,27 +475,37 @@ struct Kernels {
   static void backward_roi(const RoiCall& s, const T* ct, const int32_t* winner,
                            const View<A>& grad, Workspace& w, int64_t k, int64_t c0, int64_t c1) {
     const int64_t n = c1 - c0, bins = s.bins();
-    // Cotangents whose channels are not adjacent (NCHW) are read once into a
-    // channel-last tile, each channel's bins in a row.
+    // Cotangents (and winners) whose channels are not adjacent (NCHW) are read
+    // once into channel-last tiles, each channel's bins in a row.
     const int64_t ct_os = n > 1 ? s.output_offset(0, c0 + 1, 0) - s.output_offset(0, c0, 0) : 1;
-    const bool tiled = s.mode != PoolMode::kMax && ct_os != 1 &&
-                       bins * n * int64_t(sizeof(A)) <= kTileBytes;
+    const bool max = s.mode == PoolMode::kMax;
+    const bool tiled = ct_os != 1 && bins * n * backward_tile_element(s) <= kTileBytes;
     const int64_t bs = bins > 1 ? s.output_offset(0, c0, 1) - s.output_offset(0, c0, 0) : 1;
     w.acc.resize(tiled ? bins * n : n);
     if (tiled) load_tile(w.acc.data(), ct + s.output_offset(k, c0, 0), ct_os, bs, n, bins);
+    if (tiled && max) {
+      w.winners.resize(bins * n);
+      load_tile(w.winners.data(), winner + s.output_offset(k, c0, 0), ct_os, bs, n, bins);
+    }
     const int64_t l = w.plan.level(), cs = grad.channel_step(l);
     for (int64_t ph = 0; ph < s.PH; ++ph)
       for (int64_t pw = 0; pw < s.PW; ++pw) {
         const int64_t bin = ph * s.PW + pw;
         const BinPlan b = w.plan.bin(ph, pw);
         A* img = grad.at(l, w.plan.image(), c0, bin);
-        if (s.mode == PoolMode::kMax) {
+        if (max) {
           // The FFI contract takes max mode only for operators whose samples
           // are each one cell or one bilinear sample (roi_common.h).
-          if (w.plan.uniform_corners() == 1)
-            scatter_winners<1>(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1);
-          else
-            scatter_winners<4>(s, ct, winner, w, b, img, cs, grad.pixel, k, c0, c1);
+          const int64_t o = s.output_offset(k, c0, bin);
+          const int64_t at = tiled ? bin * n : 0, os = tiled ? 1 : ct_os;
+          auto scatter = [&](const auto* g, const int32_t* win) {
+            if (w.plan.uniform_corners() == 1)
+              scatter_winners<1>(g, win, os, w, b, img, cs, grad.pixel, n);
+            else
+              scatter_winners<4>(g, win, os, w, b, img, cs, grad.pixel, n);
+          };
+          if (tiled) scatter(w.acc.data() + at, w.winners.data() + at);
+          else scatter(ct + o, winner + o);
           continue;
         }
         A* g = w.acc.data() + (tiled ? bin * n : 0);
@@ -463,10 +539,10 @@ struct Kernels {
   // winner's sample decoded per channel: the loop over channels is then
   // gathers and scattered adds, short enough for many of its cache misses to
   // be in flight at once.
-  template <int kCorners>
-  static void scatter_winners(const RoiCall& s, const T* ct, const int32_t* winner,
-                              Workspace& w, const BinPlan& b, A* img, int64_t cs, int64_t pixel,
-                              int64_t k, int64_t c0, int64_t c1) {
+  // Channel c's cotangent is g[c * os], its winner win[c * os], c in [0, n).
+  template <int kCorners, typename C>
+  static void scatter_winners(const C* g, const int32_t* win, int64_t os, Workspace& w,
+                              const BinPlan& b, A* img, int64_t cs, int64_t pixel, int64_t n) {
     const int64_t count = b.count();
     w.cell.resize(count * kCorners);
     w.weight.resize(count * kCorners);
@@ -481,14 +557,12 @@ struct Kernels {
     }
     const int64_t* cell = w.cell.data();
     const A* weight = w.weight.data();
-    const int64_t bin = b.ph * s.PW + b.pw, o0 = s.output_offset(k, c0, bin);
-    const int64_t os = c1 - c0 > 1 ? s.output_offset(k, c0 + 1, bin) - o0 : 1;
-    for (int64_t c = 0; c < c1 - c0; ++c) {
-      const int32_t i = winner[o0 + c * os];
+    for (int64_t c = 0; c < n; ++c) {
+      const int32_t i = win[c * os];
       if (i < 0 || i >= count) continue;
-      const A g = load_element<A>(ct[o0 + c * os]);
+      const A gc = load_element<A>(g[c * os]);
       for (int j = 0; j < kCorners; ++j)
-        img[c * cs + cell[i * kCorners + j]] += g * weight[i * kCorners + j] / A(1);
+        img[c * cs + cell[i * kCorners + j]] += gc * weight[i * kCorners + j] / A(1);
     }
   }
 
