@@ -366,7 +366,9 @@ def test_reference_forms_inside_shard_map(case):
     """Was: a lax.scan carry type error (the initial carry was typed invariant). Images
     on one mesh axis, channels on the other (the boxes vary over the first only); the
     gradients (slow to compile) for one case. Compared with the kernels, which the pure
-    JAX cores match to rounding (test_values.py, test_gradients.py)."""
+    JAX cores match to rounding (test_values.py, test_gradients.py); the forward in
+    float32 bit for bit, as outside shard_map: a partitioned program that XLA rewrote
+    (a division into a product, as under vmap) would differ in its last bits."""
     mesh = _mesh((4, 2), ("data", "model"))
     f, boxes, _ = _inputs(case, "NCHW")
     specs = (P("data", "model"), P("data"))
@@ -382,6 +384,10 @@ def test_reference_forms_inside_shard_map(case):
         ref = lambda f, b: case("reference", f, b, SIZE, 1.0, 2, True)
         sharded = jax.shard_map(ref, mesh=mesh, in_specs=specs, out_specs=P("data", None, "model"))
         got, want = jax.jit(sharded)(*args), case("kernel", f, boxes, SIZE, 1.0, 2, True)
+        f32 = [np.asarray(a, np.float32) for a in (f, boxes)]
+        np.testing.assert_array_equal(
+            jax.jit(sharded)(*(_put(a, spec, mesh) for a, spec in zip(f32, specs))),
+            case("kernel", *f32, SIZE, 1.0, 2, True))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * float(np.abs(w).max()))
 
