@@ -55,6 +55,55 @@ def test_max_mode_records_winners_only_when_differentiated(case):
     np.testing.assert_array_equal(jax.vmap(grad)(f[None])[0], jax.jit(grad)(f))
 
 
+def _hard_maxima(rng, shape, channel_axis):
+    """Features that a maximum finds hard: NaN (never wins), +-inf, ties of equal values
+    and of +-0 (the first wins), and whole planes of NaN, of -inf and of -0."""
+    f = rng.normal(size=shape)
+    pick = rng.uniform(size=shape)
+    f = np.where(pick < 0.15, np.nan, f)
+    f = np.where((pick >= 0.15) & (pick < 0.2), np.inf, f)
+    f = np.where((pick >= 0.2) & (pick < 0.25), -np.inf, f)
+    f = np.where((pick >= 0.25) & (pick < 0.35), -0.0, f)
+    f = np.where((pick >= 0.35) & (pick < 0.45), 0.0, f)
+    f = np.where((pick >= 0.45) & (pick < 0.55), -1.5, f)  # ties of a negative value
+    planes = np.moveaxis(f, channel_axis, 0)  # a view
+    planes[1], planes[2], planes[3] = np.nan, -np.inf, -0.0
+    planes[4] = np.where(rng.uniform(size=planes[4].shape) < 0.5, -0.0, 0.0)
+    return f
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=[c.id for c in MAX_CASES])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_max_mode_forward_without_winners_has_the_bits_of_the_differentiated_one(
+        case, layout, dtype):
+    """The inference forward tracks values alone where no implicit 0 competes
+    (cc/cpu/channel_loops.h max_block and max_samples_block); the differentiated forward
+    tracks each channel's winner. Both must give the same bits on hard maxima
+    (`_hard_maxima`), in bins of one chunk of samples and of more (over 64), bins partly
+    outside the map (an implicit 0), empty bins, and channels past the last whole
+    register block (40 channels: a block of 32 and 8 more)."""
+    rng = np.random.default_rng(14)
+    h = w = 24
+    shape = (2, 40, h, w) if layout == "NCHW" else (2, h, w, 40)
+    f = jnp.asarray(_hard_maxima(rng, shape, 1 if layout == "NCHW" else 3), dtype)
+    rows = np.concatenate([edge_rois(2, h, w, 1.0, rng), [
+        [0, 0.5, 0.5, 23.0, 23.0],    # 2 x 2 bins of 11 x 11 cells (or 121 + samples)
+        [1, 2.0, 3.0, 21.5, 17.0],
+        [1, -6.0, -4.0, 9.0, 30.0],   # partly outside the map
+        [0, 5.0, 5.0, 5.4, 5.2],      # smaller than a cell
+    ]])
+    for sr in (2, 12):  # 4 and 144 samples per bin where the case samples
+        fn = lambda x: case("kernel", x, jnp.asarray(rows), (2, 2), 1.0, sr, True, layout)
+        inference = np.asarray(jax.jit(fn)(f))
+        differentiated = np.asarray(jax.jit(lambda x: jax.jvp(fn, (x,), (x,))[0])(f))
+        bits = np.uint16 if dtype == "float16" else np.uint32
+        np.testing.assert_array_equal(inference.view(bits), differentiated.view(bits),
+                                      err_msg=f"sampling_ratio {sr}")
+        # The hard values reach the outputs: -0 (a maximum of -0s) and -inf (of -infs).
+        assert (np.signbit(inference) & (inference == 0)).any() and np.isneginf(inference).any()
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (1, 2)])
 @pytest.mark.parametrize("form", ["rows", "per_image"])
