@@ -331,7 +331,10 @@ struct Kernels {
         // One chunk of samples, adjacent outputs: whole blocks never hold winners in memory.
         if (Unit && os == 1 && b.count() <= kChunk) {
           w.plan.samples(b, 0, b.count(), w.samples, nullptr);
-          const int64_t first_after = outside ? b.outside_from * b.gx.count : kNever;
+          // The first sample the implicit 0 precedes (outside_precedes): none where it
+          // comes after every row (kAfterAll; the product would overflow).
+          const int64_t first_after =
+              outside && b.outside_from < b.gy.count ? b.outside_from * b.gx.count : kNever;
           for (; done + kBlock<A> <= n; done += kBlock<A>)
             max_block<T, A>(o + done, wo ? wo + done : nullptr, img + done, w.samples, b.count(),
                       f.pixel, outside, first_after, stream);
