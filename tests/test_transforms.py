@@ -82,7 +82,9 @@ def test_max_mode_forward_without_winners_has_the_bits_of_the_differentiated_one
     tracks each channel's winner. Both must give the same bits on hard maxima
     (`_hard_maxima`), in bins of one chunk of samples and of more (over 64), bins partly
     outside the map (an implicit 0), empty bins, and channels past the last whole
-    register block (40 channels: a block of 32 and 8 more)."""
+    register block (40 channels: a block of 32 and 8 more). The JVP along the features
+    themselves, which re-reads each given winner's sample in the tangent (kernels.h
+    forward_given, through channel-last tiles in NCHW), must give those bits too."""
     rng = np.random.default_rng(14)
     h = w = 24
     shape = (2, 40, h, w) if layout == "NCHW" else (2, h, w, 40)
@@ -96,10 +98,13 @@ def test_max_mode_forward_without_winners_has_the_bits_of_the_differentiated_one
     for sr in (2, 12):  # 4 and 144 samples per bin where the case samples
         fn = lambda x: case("kernel", x, jnp.asarray(rows), (2, 2), 1.0, sr, True, layout)
         inference = np.asarray(jax.jit(fn)(f))
-        differentiated = np.asarray(jax.jit(lambda x: jax.jvp(fn, (x,), (x,))[0])(f))
+        differentiated, along_itself = map(np.asarray,
+                                           jax.jit(lambda x: jax.jvp(fn, (x,), (x,)))(f))
         bits = np.uint16 if dtype == "float16" else np.uint32
         np.testing.assert_array_equal(inference.view(bits), differentiated.view(bits),
                                       err_msg=f"sampling_ratio {sr}")
+        np.testing.assert_array_equal(inference.view(bits), along_itself.view(bits),
+                                      err_msg=f"sampling_ratio {sr}, tangent")
         # The hard values reach the outputs: -0 (a maximum of -0s) and -inf (of -infs).
         assert (np.signbit(inference) & (inference == 0)).any() and np.isneginf(inference).any()
 

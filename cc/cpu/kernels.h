@@ -155,11 +155,11 @@ struct Kernels {
     SampleSlopes<G> slopes[kChunk];
     std::vector<A> acc;
     std::vector<int32_t> arg;
-    std::vector<int64_t> cell;  // scatter_winners' corner offsets and weights of a bin
+    std::vector<int64_t> cell;  // table_corners': a bin's corner offsets and weights
     std::vector<A> weight;
     std::vector<T> tile;  // the forward's outputs of one roi, channel-last
     std::vector<T> staged;  // the tile transposed, to be streamed out
-    std::vector<int32_t> winners;  // forward_max's winners of one roi, channel-last
+    std::vector<int32_t> winners;  // one roi's winners, channel-last (recorded, given, read back)
     std::vector<int32_t> staged_winners;
   };
 
@@ -371,29 +371,115 @@ struct Kernels {
     if (winner) write_tile(s, winner, w.winners.data(), w.staged_winners, k, c0, n);
   }
 
-  // Max mode's linear part, one roi: each output is its given winner's value.
+  // Max mode's linear part, one roi, output channels [c0, c1): each output is
+  // its given winner's sample value (sample_value's terms, in its order).
+  // Winners and outputs whose channels are not adjacent (NCHW) go through
+  // channel-last tiles, as forward_max's.
   template <typename E>
   static void forward_given(const RoiCall& s, const View<E>& f, Workspace& w, T* out,
                             const int32_t* given, int64_t k, int64_t c0, int64_t c1) {
-    const int64_t l = w.plan.level(), cs = f.channel_step(l);
+    const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l), bins = s.bins();
+    const int64_t out_os =
+        n > 1 ? s.output_offset(k, c0 + 1, 0) - s.output_offset(k, c0, 0) : 1;
+    const bool tiled = out_os != 1 && bins * n * max_tile_element(given) <= kTileBytes;
+    const int64_t os = tiled ? 1 : out_os;
+    if (tiled) {
+      const int64_t bs = bins > 1 ? s.output_offset(k, c0, 1) - s.output_offset(k, c0, 0) : 1;
+      w.tile.resize(bins * n);
+      w.winners.resize(bins * n);
+      load_tile(w.winners.data(), given + s.output_offset(k, c0, 0), out_os, bs, n, bins);
+    }
+    const int corners = w.plan.uniform_corners();
     for (int64_t ph = 0; ph < s.PH; ++ph)
       for (int64_t pw = 0; pw < s.PW; ++pw) {
         const int64_t bin = ph * s.PW + pw;
         const BinPlan b = w.plan.bin(ph, pw);
+        const E* img = f.at(l, w.plan.image(), c0, bin);
+        T* o = tiled ? w.tile.data() + bin * n : out + s.output_offset(k, c0, bin);
+        const int32_t* win =
+            tiled ? w.winners.data() + bin * n : given + s.output_offset(k, c0, bin);
+        if (corners == 1) {
+          gather_winners<1>(o, win, os, w, b, img, cs, f.pixel, n);
+          continue;
+        }
+        if (corners == 4) {
+          gather_winners<4>(o, win, os, w, b, img, cs, f.pixel, n);
+          continue;
+        }
         const bool tabled = b.count() <= kChunk;
         if (tabled) w.plan.samples(b, 0, b.count(), w.samples, nullptr);
-        const E* img = f.at(l, w.plan.image(), c0, bin);
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t o = s.output_offset(k, c, bin);
+        for (int64_t c = 0; c < n; ++c) {
+          const int32_t i = win[c * os];
           A v = A(0);
-          if (given[o] >= 0 && given[o] < b.count()) {
-            const E* ch = img + (c - c0) * cs;
-            v = sample_value<A>(nth(w, b, given[o], tabled),
+          if (i >= 0 && i < b.count()) {
+            const E* ch = img + c * cs;
+            v = sample_value<A>(nth(w, b, i, tabled),
                                 [&](int64_t at) { return load_element<A>(ch[at * f.pixel]); });
           }
-          out[o] = store_element<T>(v);
+          o[c * os] = store_element<T>(v);
         }
       }
+    if (tiled) write_tile(s, out, w.tile.data(), w.staged, k, c0, n);
+  }
+
+  // Bin b's corner offsets (times `pixel`) and weights, kCorners per sample,
+  // into w.cell and w.weight: scatter_winners' and gather_winners' table.
+  template <int kCorners>
+  static void table_corners(Workspace& w, const BinPlan& b, int64_t pixel) {
+    const int64_t count = b.count();
+    w.cell.resize(count * kCorners);
+    w.weight.resize(count * kCorners);
+    for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
+      const int64_t i1 = std::min(count, i0 + kChunk);
+      w.plan.samples(b, i0, i1, w.samples, nullptr);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int j = 0; j < kCorners; ++j) {
+          w.cell[i * kCorners + j] = w.samples[i - i0].at[j] * pixel;
+          w.weight[i * kCorners + j] = A(w.samples[i - i0].w[j]);
+        }
+    }
+  }
+
+  // forward_given for bin b of a plan whose samples all read kCorners corners
+  // (RoiPlan::uniform_corners), the winners' samples looked up in the bin's
+  // table rather than each decoded per channel. Channel c's winner is
+  // win[c * os], its output o[c * os], c in [0, n).
+  template <int kCorners, typename E>
+  static void gather_winners(T* o, const int32_t* win, int64_t os, Workspace& w,
+                             const BinPlan& b, const E* img, int64_t cs, int64_t pixel,
+                             int64_t n) {
+    each_winner<kCorners>(w, b, pixel, win, os, n, [&](int64_t c, const int64_t* at,
+                                                          const A* wt) {
+      A v = A(0);
+      if (at) {
+        const E* ch = img + c * cs;
+        if constexpr (kCorners == 1) {
+          v = load_element<A>(ch[at[0]]);
+        } else {
+          v = wt[0] * load_element<A>(ch[at[0]]) + wt[1] * load_element<A>(ch[at[1]]) +
+              wt[2] * load_element<A>(ch[at[2]]) + wt[3] * load_element<A>(ch[at[3]]);
+        }
+      }
+      o[c * os] = store_element<T>(v);
+    });
+  }
+
+  // Tables bin b's corners (table_corners), then calls fn(c, at, wt) for each
+  // channel c in [0, n) with its winner win[c * os]'s kCorners corner offsets
+  // `at` and weights `wt`, both null where it has none.
+  template <int kCorners, typename Fn>
+  __attribute__((always_inline)) static void each_winner(Workspace& w, const BinPlan& b,
+                                                         int64_t pixel, const int32_t* win,
+                                                         int64_t os, int64_t n, Fn&& fn) {
+    table_corners<kCorners>(w, b, pixel);
+    const int64_t count = b.count();
+    const int64_t* cell = w.cell.data();
+    const A* weight = w.weight.data();
+    for (int64_t c = 0; c < n; ++c) {
+      const int32_t i = win[c * os];
+      if (i >= 0 && i < count) fn(c, cell + i * kCorners, weight + i * kCorners);
+      else fn(c, nullptr, nullptr);
+    }
   }
 
   // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
@@ -416,7 +502,9 @@ struct Kernels {
         continue;
       }
       if (s.mode == PoolMode::kMax && given) {
-        forward_given(s, f, w, out, given, k, c0, c1);
+        const int64_t step = tile_channels(s, c0, c1, max_tile_element(given));
+        for (int64_t a = c0; a < c1; a += step)
+          forward_given(s, f, w, out, given, k, a, std::min(c1, a + step));
       } else if (s.mode == PoolMode::kMax) {
         const int64_t step = tile_channels(s, c0, c1, max_tile_element(winner));
         for (int64_t a = c0; a < c1; a += step) {
@@ -546,27 +634,12 @@ struct Kernels {
   template <int kCorners, typename C>
   static void scatter_winners(const C* g, const int32_t* win, int64_t os, Workspace& w,
                               const BinPlan& b, A* img, int64_t cs, int64_t pixel, int64_t n) {
-    const int64_t count = b.count();
-    w.cell.resize(count * kCorners);
-    w.weight.resize(count * kCorners);
-    for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
-      const int64_t i1 = std::min(count, i0 + kChunk);
-      w.plan.samples(b, i0, i1, w.samples, nullptr);
-      for (int64_t i = i0; i < i1; ++i)
-        for (int j = 0; j < kCorners; ++j) {
-          w.cell[i * kCorners + j] = w.samples[i - i0].at[j] * pixel;
-          w.weight[i * kCorners + j] = A(w.samples[i - i0].w[j]);
-        }
-    }
-    const int64_t* cell = w.cell.data();
-    const A* weight = w.weight.data();
-    for (int64_t c = 0; c < n; ++c) {
-      const int32_t i = win[c * os];
-      if (i < 0 || i >= count) continue;
+    each_winner<kCorners>(w, b, pixel, win, os, n, [&](int64_t c, const int64_t* at,
+                                                          const A* wt) {
+      if (!at) return;
       const A gc = load_element<A>(g[c * os]);
-      for (int j = 0; j < kCorners; ++j)
-        img[c * cs + cell[i * kCorners + j]] += gc * weight[i * kCorners + j] / A(1);
-    }
+      for (int j = 0; j < kCorners; ++j) img[c * cs + at[j]] += gc * wt[j] / A(1);
+    });
   }
 
   // The samples of bin b that count for output o: all (avg), the winner
