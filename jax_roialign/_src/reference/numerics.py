@@ -235,29 +235,46 @@ def cell_while(max_sy, max_sx, step, carry):
     return lax.fori_loop(jnp.int32(0), max_sy * max_sx, body, carry)
 
 
-def cell_loop(bound_y, bound_x, max_sy, max_sx, step, carry):
-    """``carry = step(carry, dy, dx)`` for dy < bound_y (outer), dx < bound_x (inner),
-    skipping (``lax.cond``) dy >= max_sy and dx >= max_sx.
+def cell_loop(bound_y, bound_x, max_sy, max_sx, step, carry, table):
+    """``carry = step(carry, table, dy, dx)`` for dy < bound_y (outer), dx < bound_x
+    (inner), skipping (``lax.cond``) dy >= max_sy and dx >= max_sx unless both are Python
+    ints that skip nothing (a fixed grid).
+
+    ``table``, what the steps read (the features), goes through the loop with the carry,
+    and every branch returns it through an ``optimization_barrier`` (JAX would otherwise
+    route an input that every branch returns unchanged around the ``lax.cond``): its
+    cotangent is then a loop carry, and each transposed step adds its scatter to it in
+    place. Closed over by the steps, each of the up to bound_y * bound_x transposed
+    conds, skipped ones included, would return a whole table of cotangents, added to the
+    running one. Callers pass the table in the accumulation dtype (the geometry's), in
+    which its cotangent then accumulates, step by step.
 
     Every cell and every row is a ``jax.checkpoint`` (recomputed in the backward pass):
     a ``lax.cond`` inside a scan would otherwise store its residuals (the features among
     them) once per step."""
     if bound_y <= 0 or bound_x <= 0:
         return carry
-    skip = lambda c: c
+    every = (isinstance(max_sy, int) and isinstance(max_sx, int) and max_sy >= bound_y
+             and max_sx >= bound_x)
+
+    def skip(c):
+        return c[0], lax.optimization_barrier(c[1])
 
     def one_cell(c, dy, dx):
-        return lax.cond(dx < max_sx, lambda cc: step(cc, dy, dx), skip, c)
+        if every:
+            return step(c[0], c[1], dy, dx), c[1]
+        take = lambda cc: (step(cc[0], cc[1], dy, dx), lax.optimization_barrier(cc[1]))
+        return lax.cond(dx < max_sx, take, skip, c)
 
     def one_row(c, dy):
         def inner(cc, dx):
             return jax.checkpoint(one_cell)(cc, dy, dx), None
 
         row = lambda cc: lax.scan(inner, cc, jnp.arange(bound_x, dtype=jnp.int32))[0]
-        return lax.cond(dy < max_sy, row, skip, c)
+        return row(c) if every else lax.cond(dy < max_sy, row, skip, c)
 
-    def outer(carry, dy):
-        return jax.checkpoint(one_row)(carry, dy), None
+    def outer(c, dy):
+        return jax.checkpoint(one_row)(c, dy), None
 
-    carry, _ = lax.scan(outer, carry, jnp.arange(bound_y, dtype=jnp.int32))
+    (carry, _), _ = lax.scan(outer, (carry, table), jnp.arange(bound_y, dtype=jnp.int32))
     return carry

@@ -137,12 +137,13 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
         max_sx = jnp.max(sx, initial=0)
         bound_y, bound_x = hgt - 1, wid - 1  # a bin spans at most `limit` cells
 
-        def step(acc, dy, dx):
-            _, v, valid = cell(table, dy, dx)
+        def step(acc, tab, dy, dx):
+            _, v, valid = cell(tab, dy, dx)
             return jnp.where(valid, acc + v, acc)
 
         acc = cell_loop(bound_y, bound_x, max_sy, max_sx, step,
-                         loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois))
+                        loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois),
+                        table.astype(gdt))
         area = sy[:, :, None] * sx[:, None, :]
         divisor = jnp.maximum(area, 1).astype(gdt)[..., None]
         out = jnp.where((area > 0)[..., None], exact_div(acc, divisor), jnp.zeros((), gdt))

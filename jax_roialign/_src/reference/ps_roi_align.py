@@ -87,24 +87,25 @@ def ps_roi_align_core(features, rois, pooled_height: int, pooled_width: int,
         inwin = iny[:, :, None] & inx[:, None, :]
         return jnp.where(inwin[..., None], val, jnp.zeros((), gdt))
 
-    def step(acc, iy, ix):
-        val = sample(table, geom, iy, ix)
+    def step(acc, tab, iy, ix):
+        val = sample(tab, geom, iy, ix)
         if sr > 0:
             return acc + val
         m = ((iy < gh) & (ix < gw))[:, None, None, None]
         return jnp.where(m, acc + val, acc)
 
     acc = loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois)
+    table = table.astype(gdt)  # the feature cotangent accumulates in the geometry's dtype
     if sr > 0 and sr * sr <= _MAX_UNROLLED_SAMPLES:
         # Unrolled, iy-major; each sample recomputed in the backward pass.
         for st in range(sr * sr):
-            acc = jax.checkpoint(step)(acc, st // sr, st % sr)
+            acc = jax.checkpoint(step)(acc, table, st // sr, st % sr)
     else:
         # Nested scans, iy outer; adaptive grids skip the steps beyond the largest grid.
         g = sr if sr > 0 else cap
         lim_h = jnp.max(gh, initial=0) if sr <= 0 else g
         lim_w = jnp.max(gw, initial=0) if sr <= 0 else g
-        acc = cell_loop(g, g, lim_h, lim_w, step, acc)
+        acc = cell_loop(g, g, lim_h, lim_w, step, acc, table)
     out = exact_div(acc, count[:, None, None, None])
     return finalise(out, alive, features.dtype, layout)
 

@@ -93,7 +93,7 @@ def roi_align_rotated_core(features, rois, pooled_height, pooled_width, spatial_
     a_x = start_w[:, None] + no_fma(jnp.arange(PW, dtype=gdt)[None, :] * bw[:, None])
     base = (b * (hgt * wid))[:, None, None]
 
-    def sample(iy, ix):
+    def sample(tab, iy, ix):
         yy = a_y + exact_div(no_fma((jnp.asarray(iy, gdt) + 0.5) * bh), ghf)[:, None]  # (K, PH)
         xx = a_x + exact_div(no_fma((jnp.asarray(ix, gdt) + 0.5) * bw), gwf)[:, None]  # (K, PW)
         yy, xx = yy[:, :, None], xx[:, None, :]
@@ -106,12 +106,12 @@ def roi_align_rotated_core(features, rois, pooled_height, pooled_width, spatial_
                  (ly * hx, yh * wid + xl), (ly * lx, yh * wid + xh))
         val = None
         for w, at in terms:
-            p = no_fma(w[..., None] * take_rows(table, base + at, gdt))
+            p = no_fma(w[..., None] * take_rows(tab, base + at, gdt))
             val = p if val is None else val + p
         return jnp.where((iny & inx)[..., None], val, jnp.zeros((), gdt))
 
-    def step(acc, iy, ix):
-        val = sample(iy, ix)
+    def step(acc, tab, iy, ix):
+        val = sample(tab, iy, ix)
         if sr > 0:
             return acc + val
         m = ((iy < gh) & (ix < gw))[:, None, None, None]
@@ -121,6 +121,6 @@ def roi_align_rotated_core(features, rois, pooled_height, pooled_width, spatial_
     lim_h = g if sr > 0 else jnp.max(gh, initial=0)
     lim_w = g if sr > 0 else jnp.max(gw, initial=0)
     acc = cell_loop(g, g, lim_h, lim_w, step,
-                    loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois))
+                    loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois), table.astype(gdt))
     out = exact_div(acc, count[:, None, None, None])
     return finalise(out, alive, features.dtype, layout)
