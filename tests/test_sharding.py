@@ -368,7 +368,9 @@ def test_reference_forms_inside_shard_map(case):
     gradients (slow to compile) for one case. Compared with the kernels, which the pure
     JAX cores match to rounding (test_values.py, test_gradients.py); the forward in
     float32 bit for bit, as outside shard_map: a partitioned program that XLA rewrote
-    (a division into a product, as under vmap) would differ in its last bits."""
+    (a division into a product, as under vmap) would differ in its last bits. For that
+    check the divisors are not powers of two (a 3 x 3 sampling grid; bins of several
+    cells, on a larger map) and the values span six orders of magnitude."""
     mesh = _mesh((4, 2), ("data", "model"))
     f, boxes, _ = _inputs(case, "NCHW")
     specs = (P("data", "model"), P("data"))
@@ -384,12 +386,18 @@ def test_reference_forms_inside_shard_map(case):
         ref = lambda f, b: case("reference", f, b, SIZE, 1.0, 2, True)
         sharded = jax.shard_map(ref, mesh=mesh, in_specs=specs, out_specs=P("data", None, "model"))
         got, want = jax.jit(sharded)(*args), case("kernel", f, boxes, SIZE, 1.0, 2, True)
-        f32 = [np.asarray(a, np.float32) for a in (f, boxes)]
-        np.testing.assert_array_equal(
-            jax.jit(sharded)(*(_put(a, spec, mesh) for a, spec in zip(f32, specs))),
-            case("kernel", *f32, SIZE, 1.0, 2, True))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * float(np.abs(w).max()))
+    rng = np.random.default_rng(1)
+    h, w = 3 * H, 3 * W
+    f32 = features(case, rng, SIZE, "NCHW", n=N, c_out=DEVICES, h=h, w=w)
+    f32 = (f32 * 10.0 ** rng.uniform(-3, 3, f32.shape)).astype(np.float32)
+    b32 = smooth_rois(rng, N * R, h, w, 1.0)[:, 1:].reshape(N, R, 4).astype(np.float32)
+    ref = lambda f, b: case("reference", f, b, SIZE, 1.0, 3, True)
+    sharded = jax.shard_map(ref, mesh=mesh, in_specs=specs, out_specs=P("data", None, "model"))
+    np.testing.assert_array_equal(
+        jax.jit(sharded)(_put(f32, specs[0], mesh), _put(b32, specs[1], mesh)),
+        case("kernel", f32, b32, SIZE, 1.0, 3, True))
 
 
 # ----------------------------------------------------------------------------- limits and forms
