@@ -175,8 +175,8 @@ struct Kernels {
     return std::max<int64_t>(kBlock<A>, fit / kBlock<A> * kBlock<A>);
   }
 
-  // forward_max's tile bytes per channel and bin: an output, and its winner
-  // where recorded.
+  // forward_max's and forward_given's tile bytes per channel and bin: an
+  // output, and its winner where recorded or given.
   static int64_t max_tile_element(const int32_t* winner) {
     return int64_t(sizeof(T)) + (winner ? int64_t(sizeof(int32_t)) : 0);
   }
