@@ -162,12 +162,12 @@ def _table_adds_per_step(jaxpr, size, looped=False):
     return count
 
 
-@pytest.mark.parametrize("op", ["ps_roi_pool", "ps_roi_align", "roi_align_rotated"])
+@pytest.mark.parametrize("op", ["ps_roi_pool", "ps_roi_align", "roi_align_rotated", "roi_align"])
 def test_reference_cell_loop_gradient_accumulates_in_its_carry(op):
     """The pure-JAX forms whose cells or samples run in a skipping loop (reference
-    numerics.cell_loop: ps_roi_pool, adaptive ps_roi_align, roi_align_rotated) must add
-    each transposed step's scatter into the features' cotangent carried by the loop. Where
-    a step's cond returns a whole cotangent of the features to be added to the running one
+    numerics.cell_loop: ps_roi_pool, adaptive ps_roi_align, roi_align_rotated, adaptive
+    roi_align) must add each transposed step's scatter into the features' cotangent
+    carried by the loop. Where a step's cond returns a whole cotangent of the features to be added to the running one
     (the features closed over, or routed around the cond), every step, skipped or not,
     reads and writes the whole map: the gradient is right, and ps_roi_pool's took 30 to
     over 100 times its forward on a small detection head (docs/architecture.md)."""
@@ -179,9 +179,34 @@ def test_reference_cell_loop_gradient_accumulates_in_its_carry(op):
           "ps_roi_align": lambda x: jra.reference.ps_roi_align(x, jnp.asarray(boxes), 3,
                                                                sampling_ratio=-1, layout="NHWC"),
           "roi_align_rotated": lambda x: jra.reference.roi_align_rotated(
-              x, jnp.asarray(rotated), 3, sampling_ratio=-1, layout="NHWC")}[op]
+              x, jnp.asarray(rotated), 3, sampling_ratio=-1, layout="NHWC"),
+          "roi_align": lambda x: jra.reference.roi_align(x, jnp.asarray(boxes), 3,
+                                                         sampling_ratio=-1, layout="NHWC")}[op]
     backward = jax.make_jaxpr(lambda x: jax.vjp(fn, x)[1](fn(x))[0])(f)
     assert _table_adds_per_step(backward.jaxpr, f.size) == 0
     # The check sees such adds: the forward's own features, added in a loop.
     looped = jax.make_jaxpr(lambda x: jax.lax.fori_loop(0, 3, lambda i, y: y + x, x))(f)
     assert _table_adds_per_step(looped.jaxpr, f.size) == 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype, layout", [(jnp.bfloat16, "NHWC"), (jnp.float16, "NCHW")],
+                         ids=["bfloat16", "float16"])
+def test_reference_gradient_of_16_bit_features_is_rounded_once(case, dtype, layout):
+    """The pure-JAX path (what platforms without kernels run, bfloat16 on TPUs among them)
+    sums a 16-bit map's cotangent in float32 and rounds it once: its gradient is the
+    float32 gradient of the same values, rounded. Summed in 16 bits, scatter by scatter,
+    it drifted by ~100 bfloat16 ulps for roi_pool where a few hundred rois overlap (the
+    kernels: float32 accumulation too)."""
+    rng = np.random.default_rng(13)
+    f = jnp.asarray(features(case, rng, (3, 3), layout, n=1, c_out=2, h=16, w=16,
+                             dtype=np.float32), dtype)
+    x1, y1 = rng.uniform(1, 4, (2, 200))
+    x2, y2 = x1 + rng.uniform(8, 11, 200), y1 + rng.uniform(8, 11, 200)
+    rois = jnp.asarray(np.stack([np.zeros(200), x1, y1, x2, y2], 1), jnp.float32)
+    run = lambda x: case("reference", x, rois, (3, 3), 1.0, -1, True, layout)
+    cot = jnp.asarray(rng.uniform(0.5, 1.0, run(f).shape), dtype)
+    grad = lambda x, c: jax.grad(lambda y: jnp.sum((run(y) * c).astype(jnp.float32)))(x)
+    wide = grad(f.astype(jnp.float32), cot.astype(jnp.float32))
+    np.testing.assert_array_equal(np.asarray(grad(f, cot), np.float32),
+                                  np.asarray(wide.astype(dtype), np.float32))

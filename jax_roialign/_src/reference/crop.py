@@ -61,7 +61,7 @@ def crop_and_resize_core(features, rois, crop_height, crop_width, extrapolation_
     if nearest:
         ry = lax.round(lax.stop_gradient(y), lax.RoundingMethod.AWAY_FROM_ZERO).astype(jnp.int32)
         rx = lax.round(lax.stop_gradient(x), lax.RoundingMethod.AWAY_FROM_ZERO).astype(jnp.int32)
-        val = take_rows(table, base + (ry * wid)[:, :, None] + rx[:, None, :], gdt)
+        val = take_rows(table, base + (ry * wid)[:, :, None] + rx[:, None, :])
     else:
         top = jnp.floor(lax.stop_gradient(y))
         bottom = jnp.ceil(lax.stop_gradient(y))
@@ -71,7 +71,7 @@ def crop_and_resize_core(features, rois, crop_height, crop_width, extrapolation_
         xl = (x - left)[:, None, :, None]
         t, bt = top.astype(jnp.int32) * wid, bottom.astype(jnp.int32) * wid
         lf, rt = left.astype(jnp.int32), right.astype(jnp.int32)
-        at = lambda r, col: take_rows(table, base + r[:, :, None] + col[:, None, :], gdt)
+        at = lambda r, col: take_rows(table, base + r[:, :, None] + col[:, None, :])
         tl, tr, bl, br = at(t, lf), at(t, rt), at(bt, lf), at(bt, rt)
         upper = tl + no_fma((tr - tl) * xl)
         lower = bl + no_fma((br - bl) * xl)

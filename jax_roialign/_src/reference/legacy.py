@@ -89,7 +89,7 @@ def legacy_core(features, rois, pooled_height: int, pooled_width: int,
     iny, yl, yh, ly, hy = _legacy_tap(pos_y, hgt)
     inx, xl, xh, lx, hx = _legacy_tap(pos_x, wid)
     base = jnp.broadcast_to((b * (hgt * wid))[:, None, None], (k, LH, LW))
-    nodes = four_tap(table, base, (yl, yh, ly, hy), (xl, xh, lx, hx), wid, gdt)
+    nodes = four_tap(table, base, (yl, yh, ly, hy), (xl, xh, lx, hx), wid)
     inwin = iny[:, :, None] & inx[:, None, :]  # (K, LH, LW)
 
     offsets = [(dy, dx) for dy in range(span) for dx in range(span)]  # row-major ordinals

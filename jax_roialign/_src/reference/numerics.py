@@ -86,24 +86,20 @@ def exact_div(x, d):
 
 
 @jax.custom_jvp
-def gather_rows(table, idxs, dtype):
-    """``tuple(table[i].astype(dtype) for i in idxs)``, one gather of whole rows each (XLA
-    fuses each into its consumer).  The JVP gathers them all at once, so that its
-    transpose (the gradient w.r.t. ``table``) is ONE scatter-add, accumulated in
-    ``dtype``: XLA:CPU runs one big scatter much faster than several small ones.
-    Indices are unsigned (no negative-index fix-up) and in bounds."""
-    return tuple(table.at[i].get(mode="promise_in_bounds").astype(dtype) for i in idxs)
+def gather_rows(table, idxs):
+    """``tuple(table[i] for i in idxs)``, one gather of whole rows each (XLA fuses each
+    into its consumer).  The JVP gathers them all at once, so that its transpose (the
+    gradient w.r.t. ``table``) is ONE scatter-add: XLA:CPU runs one big scatter much
+    faster than several small ones.  Indices are unsigned (no negative-index fix-up) and
+    in bounds."""
+    return tuple(table.at[i].get(mode="promise_in_bounds") for i in idxs)
 
 
-def gather_rows_jvp(dtype, primals, tangents):
+@gather_rows.defjvp
+def _gather_rows_jvp(primals, tangents):
     table, idxs = primals
-    out = gather_rows(table, idxs, dtype)
-    d = tangents[0].astype(dtype).at[jnp.stack(idxs)].get(mode="promise_in_bounds")
-    return out, tuple(d[j] for j in range(len(idxs)))
-
-
-gather_rows = jax.custom_jvp(gather_rows.fun, nondiff_argnums=(2,))
-gather_rows.defjvp(gather_rows_jvp)
+    d = tangents[0].at[jnp.stack(idxs)].get(mode="promise_in_bounds")
+    return gather_rows(table, idxs), tuple(d[j] for j in range(len(idxs)))
 
 
 def valid_batch_index(b, n):
@@ -142,7 +138,14 @@ def geometry_dtype(features):
 
 
 def feature_table(features, layout, PH, PW, position_sensitive):
-    """The features as a ``(rows, C_out)`` table and ``(N, H, W, C_out)``.
+    """The features as a ``(rows, C_out)`` table in the accumulation dtype
+    (``geometry_dtype``), and ``(N, H, W, C_out)``.
+
+    Widened here, once: every gather then reads it, so the features' cotangent sums in
+    float32 for 16-bit features and is rounded to 16 bits once, by the transpose of this
+    cast. Gathers from the 16-bit features would each round their scatter-add's
+    contributions to 16 bits (roi_pool's gradient ~100 bfloat16 ulps off where rois
+    overlap).
 
     Row of (image b, bin (ph, pw), cell (y, x)): ``base + y*W + x`` with ``base`` from
     ``bin_bases``.  Position-sensitive: the table is ``(N, PH, PW, H, W, C_out)`` so that the
@@ -154,6 +157,7 @@ def feature_table(features, layout, PH, PW, position_sensitive):
         n, hgt, wid, c = features.shape
     else:
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    features = features.astype(geometry_dtype(features))
     if not position_sensitive:
         t = jnp.transpose(features, (0, 2, 3, 1)) if layout == "NCHW" else features
         return t.reshape(n * hgt * wid, c), (n, hgt, wid, c)
@@ -197,12 +201,12 @@ def finalise(out, alive, dtype, layout):
     return out
 
 
-def take_rows(table, rows, gdt):
-    """``table[rows]`` for int32 ``rows`` (any shape, in bounds), as ``gdt``."""
-    return table.at[rows].get(mode="promise_in_bounds").astype(gdt)
+def take_rows(table, rows):
+    """``table[rows]`` for int32 ``rows`` (any shape, in bounds)."""
+    return table.at[rows].get(mode="promise_in_bounds")
 
 
-def four_tap(table, base, ty, tx, wid, gdt):
+def four_tap(table, base, ty, tx, wid):
     """Bilinear value ``((w1*f1 + w2*f2) + w3*f3) + w4*f4`` of every (bin) sample.
 
     ``ty = (low, high, l, h)`` per row ``(K, A)``, ``tx`` per column ``(K, B)``, ``base``
@@ -219,7 +223,7 @@ def four_tap(table, base, ty, tx, wid, gdt):
              (ly[:, :, None] * lx[:, None, :], rh + xh[:, None, :]))
     val = None
     for w, idx in terms:
-        p = no_fma(w[..., None] * take_rows(table, idx, gdt))
+        p = no_fma(w[..., None] * take_rows(table, idx))
         val = p if val is None else val + p
     return val
 
@@ -246,8 +250,8 @@ def cell_loop(bound_y, bound_x, max_sy, max_sx, step, carry, table):
     cotangent is then a loop carry, and each transposed step adds its scatter to it in
     place. Closed over by the steps, each of the up to bound_y * bound_x transposed
     conds, skipped ones included, would return a whole table of cotangents, added to the
-    running one. Callers pass the table in the accumulation dtype (the geometry's), in
-    which its cotangent then accumulates, step by step.
+    running one. Its cotangent accumulates in the table's dtype (``feature_table``'s is
+    the accumulation dtype), step by step.
 
     Every cell and every row is a ``jax.checkpoint`` (recomputed in the backward pass):
     a ``lax.cond`` inside a scan would otherwise store its residuals (the features among

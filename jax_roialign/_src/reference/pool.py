@@ -130,7 +130,7 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
         x = jnp.minimum(gx0 + dx, wid - 1)
         rows = gbase + (y * wid)[:, :, None] + x[:, None, :]
         valid = (dy < gsy)[:, :, None] & (dx < gsx)[:, None, :]
-        return rows, take_rows(tab, rows, gdt), valid[..., None]
+        return rows, take_rows(tab, rows), valid[..., None]
 
     if position_sensitive:  # average
         max_sy = jnp.max(sy, initial=0)
@@ -143,7 +143,7 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
 
         acc = cell_loop(bound_y, bound_x, max_sy, max_sx, step,
                         loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois),
-                        table.astype(gdt))
+                        table)
         area = sy[:, :, None] * sx[:, None, :]
         divisor = jnp.maximum(area, 1).astype(gdt)[..., None]
         out = jnp.where((area > 0)[..., None], exact_div(acc, divisor), jnp.zeros((), gdt))
@@ -174,7 +174,7 @@ def _pool(features, rois, PH, PW, spatial_scale, layout, position_sensitive):
         arg = (jnp.concatenate(groups)[jnp.argsort(order)] if groups
                else jnp.full((k, PH, PW, c), -1, jnp.int32))
         chan = jnp.arange(c, dtype=jnp.int32)
-        v = table.at[jnp.maximum(arg, 0), chan].get(mode="promise_in_bounds").astype(gdt)
+        v = table.at[jnp.maximum(arg, 0), chan].get(mode="promise_in_bounds")
         out = jnp.where(arg >= 0, v, jnp.zeros((), gdt))
     return finalise(out, alive, features.dtype, layout)
 

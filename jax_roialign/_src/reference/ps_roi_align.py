@@ -83,7 +83,7 @@ def ps_roi_align_core(features, rois, pooled_height: int, pooled_width: int,
         tx = exact_div((jnp.asarray(ix, gdt) + 0.5) * bw, gwf)
         iny, yl, yh, ly, hy = axis_interp(a_y + ty[:, None], hgt)
         inx, xl, xh, lx, hx = axis_interp(a_x + tx[:, None], wid)
-        val = four_tap(table, base, (yl, yh, ly, hy), (xl, xh, lx, hx), wid, gdt)
+        val = four_tap(table, base, (yl, yh, ly, hy), (xl, xh, lx, hx), wid)
         inwin = iny[:, :, None] & inx[:, None, :]
         return jnp.where(inwin[..., None], val, jnp.zeros((), gdt))
 
@@ -95,7 +95,6 @@ def ps_roi_align_core(features, rois, pooled_height: int, pooled_width: int,
         return jnp.where(m, acc + val, acc)
 
     acc = loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois)
-    table = table.astype(gdt)  # the feature cotangent accumulates in the geometry's dtype
     if sr > 0 and sr * sr <= _MAX_UNROLLED_SAMPLES:
         # Unrolled, iy-major; each sample recomputed in the backward pass.
         for st in range(sr * sr):

@@ -106,7 +106,7 @@ def roi_align_rotated_core(features, rois, pooled_height, pooled_width, spatial_
                  (ly * hx, yh * wid + xl), (ly * lx, yh * wid + xh))
         val = None
         for w, at in terms:
-            p = no_fma(w[..., None] * take_rows(tab, base + at, gdt))
+            p = no_fma(w[..., None] * take_rows(tab, base + at))
             val = p if val is None else val + p
         return jnp.where((iny & inx)[..., None], val, jnp.zeros((), gdt))
 
@@ -121,6 +121,6 @@ def roi_align_rotated_core(features, rois, pooled_height, pooled_width, spatial_
     lim_h = g if sr > 0 else jnp.max(gh, initial=0)
     lim_w = g if sr > 0 else jnp.max(gw, initial=0)
     acc = cell_loop(g, g, lim_h, lim_w, step,
-                    loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois), table.astype(gdt))
+                    loop_carry(jnp.zeros((k, PH, PW, c), gdt), features, rois), table)
     out = exact_div(acc, count[:, None, None, None])
     return finalise(out, alive, features.dtype, layout)
