@@ -1,11 +1,11 @@
 """Forward outputs of at least 32 MiB take the CPU kernels' large-output path: their
 buffers are advised for huge pages and their register blocks are written with streaming
 stores (cc/cpu/channel_loops.h, kStreamBytes), and max mode's winners too where the
-forward records them. No test elsewhere reaches that size, so
-this one pools rows once in a call over the threshold and again in calls under it, and
-requires the same bits, in every instruction set's build this CPU runs (the baseline
-build streams with SSE2 stores, the AVX2 build with AVX stores, the AVX-512 build with
-AVX-512 stores)."""
+forward records them; 16-bit outputs as half vectors. No test elsewhere reaches that
+size, so this one pools rows once in a call over the threshold and again in calls under
+it, and requires the same bits, in every instruction set's build this CPU runs (the
+baseline build streams with SSE2 stores, the AVX2 build with AVX stores, the AVX-512
+build with AVX-512 stores)."""
 
 import jax
 import jax.numpy as jnp
@@ -40,15 +40,16 @@ def roi_align_rows(dtype, layout="NHWC"):
     return (pool if layout == "NHWC" else pool_nchw), rois, k * 49 * 256 * item
 
 
-def roi_pool_rows(layout="NHWC", tangent=False):
-    """roi_pool (max mode) whose (K, 7, 7, 256) float32 output is just over the
-    threshold: the outputs streamed from registers (NHWC) or from each roi's tile (NCHW).
-    With `tangent`, the JVP's tangent output: the forward then records its winners (as
-    large, streamed the same way), and the tangent is the feature tangent at each one."""
+def roi_pool_rows(layout="NHWC", tangent=False, dtype="float32"):
+    """roi_pool (max mode) whose (K, 7, 7, 256) output is just over the threshold: the
+    outputs streamed from registers (NHWC) or from each roi's tile (NCHW). With
+    `tangent`, the JVP's tangent output: the forward then records its winners (as large,
+    streamed the same way), and the tangent is the feature tangent at each one."""
     rng = np.random.default_rng(2)
-    k = STREAM_BYTES // (7 * 7 * 256 * 4) + 3
-    f = jnp.asarray(rng.normal(size=(2, 24, 30, 256)), jnp.float32)
-    df = jnp.asarray(rng.normal(size=f.shape), jnp.float32)
+    item = np.dtype(dtype).itemsize
+    k = STREAM_BYTES // (7 * 7 * 256 * item) + 3
+    f = jnp.asarray(rng.normal(size=(2, 24, 30, 256)), dtype)
+    df = jnp.asarray(rng.normal(size=f.shape), dtype)
     lo = rng.uniform(-4, 80, size=(k, 2))
     rois = np.concatenate([rng.integers(0, 2, size=(k, 1)), lo, lo + rng.uniform(1, 60, (k, 2))],
                           1)
@@ -60,7 +61,7 @@ def roi_pool_rows(layout="NHWC", tangent=False):
             return jra.roi_pool(x, r, (7, 7), 0.25, layout=layout)
         out = jax.jvp(fn, (moved(f),), (moved(df),))[1] if tangent else fn(moved(f))
         return out if layout == "NHWC" else jnp.moveaxis(out, 1, -1)
-    return pool, rois, k * 49 * 256 * 4
+    return pool, rois, k * 49 * 256 * item
 
 
 def crop_rows():
@@ -81,6 +82,10 @@ def crop_rows():
 CASES = {"roi_align float32": lambda: roi_align_rows("float32"),
          "roi_align float64": lambda: roi_align_rows("float64"),
          "roi_align float32 NCHW": lambda: roi_align_rows("float32", "NCHW"),
+         # 16-bit outputs: rounded in registers, stored (streamed) as half vectors.
+         "roi_align float16": lambda: roi_align_rows("float16"),
+         "roi_align bfloat16": lambda: roi_align_rows("bfloat16"),
+         "roi_pool bfloat16": lambda: roi_pool_rows(dtype="bfloat16"),
          "crop_and_resize float32": crop_rows,
          "roi_pool float32": roi_pool_rows,
          "roi_pool float32 NCHW": lambda: roi_pool_rows("NCHW"),

@@ -19,13 +19,14 @@ def test_16bit_rounds_the_float32_result_once(case, dtype, layout):
     gradient are the float32 kernel's on the same (exactly widened) values, rounded to
     nearest even, bit for bit. 69 channels: whole register blocks of 32, whose conversions
     are vectorised (F16C for float16 in the AVX2 and AVX-512 builds), and a remainder
-    converted one by one."""
+    converted one by one; 9 bins: NCHW's 16-bit tiles of outputs and of the features'
+    copy transposed 8 x 8, and a remainder."""
     rng = np.random.default_rng(13)
-    f = jnp.asarray(features(case, rng, (2, 3), layout, c_out=69, h=8, w=8), dtype)
+    f = jnp.asarray(features(case, rng, (3, 3), layout, c_out=69, h=8, w=8), dtype)
     rois = jnp.asarray(edge_rois(2, 8, 8, 1.0, rng)[ORDINARY], jnp.float32)
 
     def run(x):
-        out, vjp = jax.vjp(lambda y: case("kernel", y, rois, (2, 3), 1.0, 2, True, layout), x)
+        out, vjp = jax.vjp(lambda y: case("kernel", y, rois, (3, 3), 1.0, 2, True, layout), x)
         ct = jnp.asarray(np.random.default_rng(14).normal(size=out.shape), dtype)
         return out, vjp(ct.astype(x.dtype))[0]
 

@@ -32,10 +32,14 @@ namespace jax_roialign::cpu::JRA_CPU_ISA {
 // to float is exact, the one back rounds to nearest even as to_half does).
 template <typename A, typename E>
 inline A load_element(E v) {
+  if constexpr (std::is_same_v<A, E>) {
+    return v;
+  } else {
 #if JRA_CPU_F16C
-  if constexpr (std::is_same_v<E, Half>) return A(_cvtsh_ss(v.bits));
+    if constexpr (std::is_same_v<E, Half>) return A(_cvtsh_ss(v.bits));
 #endif
-  return load<A>(v);
+    return load<A>(v);
+  }
 }
 template <typename T, typename A>
 inline T store_element(A a) {
@@ -361,12 +365,56 @@ inline void stream_fence() {
 #endif
 }
 
-// The vector q of A at `out` as T: store_vector where T is A (streamed when
-// `stream`), else rounded lane by lane (store_run).
+// Half a vector's bytes: a vector of float rounded to a 16-bit type.
+typedef uint16_t HalfVector __attribute__((vector_size(kVectorBytes / 2)));
+
+// The vector q rounded to T, a 16-bit float (store_element's bits): F16C for
+// float16 where the build has it, else lane by lane; bfloat16 by to_bfloat16's
+// integer rounding, across the lanes.
+template <typename T>
+inline HalfVector narrow(const Vector<float>::type& q) {
+  static_assert(std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>);
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    typedef uint32_t U32 __attribute__((vector_size(kVectorBytes)));
+    const U32 u = __builtin_bit_cast(U32, q);
+    const U32 nan = (u & 0x7fffffffu) > 0x7f800000u;
+    const U32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return __builtin_convertvector(nan ? (u >> 16) | 0x40u : rounded, HalfVector);
+  } else {
+#if JRA_CPU_F16C && JRA_CPU_VECTOR_BYTES == 64
+    return __builtin_bit_cast(HalfVector, _mm512_cvtps_ph(__builtin_bit_cast(__m512, q),
+                                                          _MM_FROUND_TO_NEAREST_INT));
+#elif JRA_CPU_F16C
+    return __builtin_bit_cast(HalfVector, _mm256_cvtps_ph(__builtin_bit_cast(__m256, q),
+                                                          _MM_FROUND_TO_NEAREST_INT));
+#else
+    HalfVector h;
+    for (int i = 0; i < kLanesOf<float>; ++i) h[i] = store_element<Half>(q[i]).bits;
+    return h;
+#endif
+  }
+}
+
+// The vector q of A at `out` as T: store_vector where T is A; a 16-bit T
+// rounded in registers (narrow) and stored as half a vector. Streamed when
+// `stream` and `out` is aligned to what is stored, on x86-64.
 template <typename T, typename A>
 inline void store_output(T* out, const typename Vector<A>::type& q, bool stream) {
   if constexpr (std::is_same_v<T, A>) {
     store_vector(out, q, stream);
+  } else if constexpr (std::is_same_v<A, float> && sizeof(T) == 2) {
+    const HalfVector h = narrow<T>(q);
+#if defined(__x86_64__)
+    if (stream && (reinterpret_cast<uintptr_t>(out) & (sizeof h - 1)) == 0) {
+#if JRA_CPU_VECTOR_BYTES == 64
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(out), __builtin_bit_cast(__m256i, h));
+#else
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out), __builtin_bit_cast(__m128i, h));
+#endif
+      return;
+    }
+#endif
+    std::memcpy(out, &h, sizeof h);
   } else {
     A lanes[kLanesOf<A>];
     std::memcpy(lanes, &q, sizeof q);
@@ -606,8 +654,8 @@ constexpr bool kFloat16 = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>
 // (load_element widening, store_element rounding). Through register tiles,
 // columns outer (each tile column's rows written in turn): 8 x 8 with AVX
 // where D and S are the same 4-byte type or one is float and the other a
-// 16-bit float, then 4 x 4 with SSE2 for the same 4-byte type; element by
-// element where neither applies.
+// 16-bit float, then 4 x 4 with SSE2 for the same 4-byte type; 8 x 8 with
+// SSE2 for the same 2-byte type; element by element where none applies.
 template <typename D, typename S>
 inline void transpose(D* __restrict dst, int64_t ds, const S* __restrict src, int64_t ss,
                       int64_t rows, int64_t cols) {
@@ -632,6 +680,38 @@ inline void transpose(D* __restrict dst, int64_t ds, const S* __restrict src, in
     _mm_storeu_ps(d + 2 * ds, r2);
     _mm_storeu_ps(d + 3 * ds, r3);
   };
+  if constexpr (sizeof(D) == 2 && std::is_same_v<D, S>) {
+    for (; j0 + 8 <= cols; j0 += 8) {
+      int64_t i0 = 0;
+      for (; i0 + 8 <= rows; i0 += 8) {
+        const S* s = src + i0 * ss + j0;
+        D* d = dst + j0 * ds + i0;
+        __m128i r[8], t[8];
+        for (int q = 0; q < 8; ++q)
+          r[q] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + q * ss));
+        // t[q], t[q + 1] (q even): rows q and q + 1 interleaved, columns 0-3 and 4-7.
+        for (int q = 0; q < 8; q += 2) {
+          t[q] = _mm_unpacklo_epi16(r[q], r[q + 1]);
+          t[q + 1] = _mm_unpackhi_epi16(r[q], r[q + 1]);
+        }
+        // r[k] (k < 4): rows 0-3 of columns 2k and 2k + 1; r[k + 4]: rows 4-7.
+        for (int h = 0; h < 8; h += 4) {
+          r[h] = _mm_unpacklo_epi32(t[h], t[h + 2]);
+          r[h + 1] = _mm_unpackhi_epi32(t[h], t[h + 2]);
+          r[h + 2] = _mm_unpacklo_epi32(t[h + 1], t[h + 3]);
+          r[h + 3] = _mm_unpackhi_epi32(t[h + 1], t[h + 3]);
+        }
+        for (int k = 0; k < 4; ++k) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 2 * k * ds),
+                           _mm_unpacklo_epi64(r[k], r[k + 4]));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + (2 * k + 1) * ds),
+                           _mm_unpackhi_epi64(r[k], r[k + 4]));
+        }
+      }
+      for (int64_t j = j0; j < j0 + 8; ++j)
+        for (int64_t i = i0; i < rows; ++i) one(i, j);
+    }
+  }
   if constexpr (kBits || kConvert) {
     for (; j0 + 4 <= cols;) {
       int64_t i0 = 0;

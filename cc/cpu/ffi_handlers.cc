@@ -119,7 +119,7 @@ ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::
     using I = decltype(isa);
     if (packing_pays(s))
       return parallel_for(pool, s.Cout, channel_tasks(pool, s), [=](int64_t c0, int64_t c1) {
-        typename I::Packed packed(s, c0, c1);
+        typename I::PackedFeatures packed(s, c0, c1);
         packed.load(f.data());
         I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, order->data(),
                             0, s.K, c0, c1);
@@ -277,7 +277,7 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
                             });
       return parallel_for(pool, s.Cout, pool_threads(pool), [=](int64_t c0, int64_t c1) {
         if (in_place) return in_buffers(c0, c1, 0, s.N);
-        typename I::Packed packed(s, c0, c1);
+        typename I::PackedGradient packed(s, c0, c1);
         packed.zero();
         I::Kernels::template backward_features<true>(s, ct, r, lv, w, packed.view(), c0, c1, 0,
                                                      s.N);

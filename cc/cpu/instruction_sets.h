@@ -60,13 +60,15 @@ inline const char* instruction_set() {
   return chosen;
 }
 
-// An instruction set's Kernels<T>, Packed<A> (a task's channel-last copy)
-// and direct views (the buffers as XLA lays them out).
+// An instruction set's Kernels<T>, a task's channel-last copies (Packed) of
+// the features, in their own type (exact), and of their gradient, in the
+// accumulation type, and direct views (the buffers as XLA lays them out).
 #define JRA_CPU_KERNEL_SET(isa)                                           \
   template <typename T>                                                   \
   struct isa##_set {                                                      \
     using Kernels = isa::Kernels<T>;                                      \
-    using Packed = isa::Packed<typename Types<T>::Accum>;                 \
+    using PackedFeatures = isa::Packed<T>;                                \
+    using PackedGradient = isa::Packed<typename Types<T>::Accum>;         \
     template <typename E>                                                 \
     static isa::View<E> direct(const RoiCall& s, E* const* level) {       \
       return isa::direct_view(s, level);                                  \

@@ -72,6 +72,8 @@ View<E> direct_view(const RoiCall& s, E* const* level) {
 
 // A task's channel-last copy of output channels [c0, c1): the input channels
 // they read, ordered so that for each bin the output channels are adjacent.
+// Elements A: the features' own type (the forward's copy of the features,
+// exact) or the accumulation type (the backward's feature gradient).
 template <typename A>
 class Packed {
  public:
