@@ -167,10 +167,11 @@ def test_reference_cell_loop_gradient_accumulates_in_its_carry(op):
     """The pure-JAX forms whose cells or samples run in a skipping loop (reference
     numerics.cell_loop: ps_roi_pool, adaptive ps_roi_align, roi_align_rotated, adaptive
     roi_align) must add each transposed step's scatter into the features' cotangent
-    carried by the loop. Where a step's cond returns a whole cotangent of the features to be added to the running one
-    (the features closed over, or routed around the cond), every step, skipped or not,
-    reads and writes the whole map: the gradient is right, and ps_roi_pool's took 30 to
-    over 100 times its forward on a small detection head (docs/architecture.md)."""
+    carried by the loop. Where a step's cond returns a whole cotangent of the features to
+    be added to the running one (the features closed over, or routed around the cond),
+    every step, skipped or not, reads and writes the whole map: the gradient is right,
+    and ps_roi_pool's took 30 to over 100 times its forward on a small detection head
+    (docs/architecture.md)."""
     f = jnp.ones((2, 12, 12, 4 * 3 * 3), jnp.float32)
     boxes = [[0, 1.0, 1.0, 9.0, 10.0], [1, 0.0, 2.0, 11.0, 7.0]]
     rotated = [[0, 5.0, 5.0, 6.0, 7.0, 20.0], [1, 6.0, 4.0, 8.0, 5.0, -30.0]]
