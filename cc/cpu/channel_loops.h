@@ -151,9 +151,17 @@ inline Vector<float>::type load_vector(const Half* q) {
 #endif
 }
 
+// to_bfloat16's bits for each lane of u, a vector of floats' bits: its
+// integer rounding to nearest even, NaN kept quiet, across the lanes.
+template <typename U16, typename U32>
+inline U16 bfloat16_lanes(const U32& u) {
+  const U32 nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const U32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return __builtin_convertvector(nan ? (u >> 16) | 0x40u : rounded, U16);
+}
+
 // out[0, n) = src[0, n) rounded to T (store_element), eight at a time for
-// bfloat16 (to_bfloat16's integer rounding, lane by lane) and, in the avx2
-// build, float16.
+// bfloat16 (bfloat16_lanes) and, in the avx2 build, float16.
 template <typename T, typename A>
 inline void store_run(T* __restrict out, const A* __restrict src, int64_t n) {
   int64_t i = 0;
@@ -163,9 +171,7 @@ inline void store_run(T* __restrict out, const A* __restrict src, int64_t n) {
     for (; i + 8 <= n; i += 8) {
       U32 u;
       std::memcpy(&u, src + i, sizeof u);
-      const U32 nan = (u & 0x7fffffffu) > 0x7f800000u;
-      const U32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-      const U16 b = __builtin_convertvector(nan ? (u >> 16) | 0x40u : rounded, U16);
+      const U16 b = bfloat16_lanes<U16>(u);
       std::memcpy(out + i, &b, sizeof b);
     }
   }
@@ -369,17 +375,14 @@ inline void stream_fence() {
 typedef uint16_t HalfVector __attribute__((vector_size(kVectorBytes / 2)));
 
 // The vector q rounded to T, a 16-bit float (store_element's bits): F16C for
-// float16 where the build has it, else lane by lane; bfloat16 by to_bfloat16's
-// integer rounding, across the lanes.
+// float16 where the build has it, else lane by lane; bfloat16 by
+// bfloat16_lanes.
 template <typename T>
 inline HalfVector narrow(const Vector<float>::type& q) {
   static_assert(std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>);
   if constexpr (std::is_same_v<T, BFloat16>) {
     typedef uint32_t U32 __attribute__((vector_size(kVectorBytes)));
-    const U32 u = __builtin_bit_cast(U32, q);
-    const U32 nan = (u & 0x7fffffffu) > 0x7f800000u;
-    const U32 rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return __builtin_convertvector(nan ? (u >> 16) | 0x40u : rounded, HalfVector);
+    return bfloat16_lanes<HalfVector>(__builtin_bit_cast(U32, q));
   } else {
 #if JRA_CPU_F16C && JRA_CPU_VECTOR_BYTES == 64
     return __builtin_bit_cast(HalfVector, _mm512_cvtps_ph(__builtin_bit_cast(__m512, q),
@@ -416,9 +419,7 @@ inline void store_output(T* out, const typename Vector<A>::type& q, bool stream)
 #endif
     std::memcpy(out, &h, sizeof h);
   } else {
-    A lanes[kLanesOf<A>];
-    std::memcpy(lanes, &q, sizeof q);
-    store_run(out, lanes, kLanesOf<A>);
+    static_assert(std::is_same_v<T, A>, "a 16-bit output accumulates in float; others in their own type");
   }
 }
 
