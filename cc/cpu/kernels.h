@@ -601,12 +601,20 @@ struct Kernels {
           else scatter(ct + o, winner + o);
           continue;
         }
-        A* g = w.acc.data() + (tiled ? bin * n : 0);
+        // The bin's cotangents as A, channel-last: read in place where they
+        // already are (no copy), else converted into the workspace.
+        const A* g = w.acc.data() + (tiled ? bin * n : 0);
         if (!tiled) {
           const T* row = ct + s.output_offset(k, c0, bin);
-          if (ct_os == 1) load_run(g, row, n);
-          else
-            for (int64_t c = 0; c < n; ++c) g[c] = load_element<A>(row[c * ct_os]);
+          A* copy = w.acc.data();
+          if constexpr (std::is_same_v<T, A>) {
+            if (ct_os == 1) g = row;
+          }
+          if (g == copy) {
+            if (ct_os == 1) load_run(copy, row, n);
+            else
+              for (int64_t c = 0; c < n; ++c) copy[c] = load_element<A>(row[c * ct_os]);
+          }
         }
         const A divisor = A(b.divisor);
         const bool exact = exact_reciprocal(divisor);
