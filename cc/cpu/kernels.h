@@ -262,6 +262,13 @@ struct Kernels {
               add_samples_block(acc + c, img + c, w.samples, i1 - i0, f.pixel);
             },
             [&](int64_t c, int64_t i0, int64_t i1) {
+              if (n - c == 1) {  // one channel (position-sensitive operators): the sum
+                A sum = acc[c];  // in a register, not a store and a load per sample
+                for (int64_t i = 0; i < i1 - i0; ++i)
+                  add_sample<Unit>(&sum, img + c * cs, w.samples[i], f.pixel, cs, 1);
+                acc[c] = sum;
+                return;
+              }
               for (int64_t i = 0; i < i1 - i0; ++i)
                 add_sample<Unit>(acc + c, img + c * cs, w.samples[i], f.pixel, cs, n - c);
             });
