@@ -419,7 +419,8 @@ inline void store_output(T* out, const typename Vector<A>::type& q, bool stream)
 #endif
     std::memcpy(out, &h, sizeof h);
   } else {
-    static_assert(std::is_same_v<T, A>, "a 16-bit output accumulates in float; others in their own type");
+    static_assert(std::is_same_v<T, A>,
+                  "a 16-bit output accumulates in float, every other in its own type");
   }
 }
 

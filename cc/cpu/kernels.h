@@ -262,8 +262,8 @@ struct Kernels {
               add_samples_block(acc + c, img + c, w.samples, i1 - i0, f.pixel);
             },
             [&](int64_t c, int64_t i0, int64_t i1) {
-              if (n - c == 1) {  // one channel (position-sensitive operators): the sum
-                A sum = acc[c];  // in a register, not a store and a load per sample
+              if (n - c == 1) {  // one channel left (a position-sensitive operator's one
+                A sum = acc[c];  // output channel): its sum in a register, not in memory
                 for (int64_t i = 0; i < i1 - i0; ++i)
                   add_sample<Unit>(&sum, img + c * cs, w.samples[i], f.pixel, cs, 1);
                 acc[c] = sum;
