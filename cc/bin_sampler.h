@@ -30,6 +30,27 @@ struct AxisPair {
   A y, x;
 };
 
+// A separable operator's samples: how each combines its two taps
+// (roi_common.h's SampleKind: kCell, kLerp or kBilinear).
+JRA_HD SampleKind separable_combination(Op op) {
+  switch (op) {
+    case Op::kRoiPool:
+    case Op::kPsRoiPool:
+    case Op::kCropAndResizeNearest:
+      return SampleKind::kCell;
+    case Op::kCropAndResize:
+      return SampleKind::kLerp;
+    case Op::kRoiAlign:
+    case Op::kPsRoiAlign:
+    case Op::kLegacy:
+    case Op::kLegacyAvg:
+    case Op::kLegacyMax:
+    case Op::kRoiAlignRotated:
+      break;
+  }
+  return SampleKind::kBilinear;
+}
+
 // One operator's per-roi geometry (only the current operator's member is set).
 template <typename G>
 union RoiGeometry {
@@ -203,26 +224,9 @@ struct RoiSampler {
     return t;
   }
 
-  // Separable operators: how a sample combines its two taps (roi_common.h's
-  // SampleKind: kCell, kLerp or kBilinear).
-  JRA_HD SampleKind combination() const {
-    switch (op) {
-      case Op::kRoiPool:
-      case Op::kPsRoiPool:
-      case Op::kCropAndResizeNearest:
-        return SampleKind::kCell;
-      case Op::kCropAndResize:
-        return SampleKind::kLerp;
-      case Op::kRoiAlign:
-      case Op::kPsRoiAlign:
-      case Op::kLegacy:
-      case Op::kLegacyAvg:
-      case Op::kLegacyMax:
-      case Op::kRoiAlignRotated:
-        break;
-    }
-    return SampleKind::kBilinear;
-  }
+  // Separable operators: how a sample combines its two taps
+  // (separable_combination).
+  JRA_HD SampleKind combination() const { return separable_combination(op); }
 
   // The sample of taps ty, tx combined as K (combination()'s).
   template <SampleKind K>

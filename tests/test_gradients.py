@@ -109,6 +109,64 @@ def test_feature_gradient_of_large_bins_matches_reference(case, layout):
         np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
+MAX_CASES = [c for c in CASES if c.mode == "max"]
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=[c.id for c in MAX_CASES])
+def test_max_gradient_when_the_outputs_outnumber_the_features(case):
+    """Max mode's feature gradient where the outputs hold at least 8 times the features'
+    elements, as in a C4 head (cc/cpu/ffi_handlers.cc, max_reads_planes): roi_pool's
+    one-cell samples then take NCHW cotangents and winners as laid out, channel after
+    channel, into the gradient in place; the others keep the channel-last copy. float64:
+    the pure-JAX path's values; float32: NHWC's bits (a separate path)."""
+    rng = np.random.default_rng(21)
+    h, w, size = 6, 7, (7, 7)
+    f = features(case, rng, size, "NCHW", n=1, c_out=5, h=h, w=w)
+    rois = edge_rois(1, h, w, 1.0, rng, count=60)[ORDINARY]
+    assert len(rois) * 5 * 49 >= 8 * f.size
+
+    def grad(impl, x, layout, dtype):
+        x = jnp.asarray(to_layout(x, layout), dtype)
+        out, vjp = jax.vjp(lambda y: case(impl, y, jnp.asarray(rois, dtype), size, 1.0, 2,
+                                          True, layout), x)
+        ct = np.random.default_rng(3).normal(size=(len(rois), 5) + size)
+        g = vjp(jnp.asarray(to_layout(ct, layout), dtype))[0]
+        return np.asarray(g if layout == "NCHW" else jnp.moveaxis(g, -1, 1))
+
+    np.testing.assert_allclose(grad("kernel", f, "NCHW", jnp.float64),
+                               grad("reference", f, "NCHW", jnp.float64), rtol=1e-12,
+                               atol=1e-12)
+    nchw = grad("kernel", f, "NCHW", jnp.float32)
+    assert np.abs(nchw).max() > 0
+    np.testing.assert_array_equal(nchw, grad("kernel", f, "NHWC", jnp.float32))
+
+
+def test_roi_pool_gradient_of_a_roi_beyond_one_table():
+    """roi_pool's NCHW gradient in place (max_reads_planes) with one roi of more cells
+    than the CPU backward tables at once (65536: kRoiTableSamples in cc/cpu/kernels.h),
+    among many small ones: that roi takes the per-bin path, the others the table's, and
+    the gradient has the bits of NHWC's (one channel: the same memory, another path)."""
+    rng = np.random.default_rng(22)
+    h = w = 260
+    f = rng.normal(size=(1, 1, h, w)).astype(np.float32)
+    k = 8 * h * w // 49 + 1
+    lo = rng.uniform(0, w - 3, size=(k, 2))
+    rois = np.concatenate([np.zeros((k, 1)), lo, lo + rng.uniform(0, 2, size=(k, 2))], 1)
+    rois[k // 2] = [0, 0, 0, w - 1, h - 1]
+    rois = jnp.asarray(rois, jnp.float32)
+    ct = rng.normal(size=(k, 1, 7, 7)).astype(np.float32)
+
+    def grad(layout):
+        x = jnp.asarray(to_layout(f, layout))
+        _, vjp = jax.vjp(lambda y: jra.roi_pool(y, rois, (7, 7), 1.0, layout=layout), x)
+        return np.asarray(vjp(jnp.asarray(to_layout(ct, layout)))[0]).reshape(h, w)
+
+    nchw = grad("NCHW")
+    np.testing.assert_array_equal(nchw, grad("NHWC"))
+    # The big roi's bins take one winner each, wherever the small ones are.
+    assert np.count_nonzero(nchw) >= 49
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_backward_is_bitwise_deterministic(case):
     rng = np.random.default_rng(9)

@@ -46,6 +46,23 @@ bool packing_pays(const RoiCall& s) {
   return reads >= cells;
 }
 
+// Whether max mode's backward reads its cotangents and winners as laid out
+// (NCHW, one-cell samples: kernels.h's backward_max_planes, the gradient in
+// place) rather than transposing them into channel-last tiles for a
+// channel-last copy of the gradient. The copy's scatter is denser (a bin's
+// cells hold all its channels' winners), the transposes cost what the
+// outputs hold. Measured (roi_pool backward): with the outputs 30x the
+// gradient's elements (the C4 head) the planes took two thirds of the
+// time, at 1.4x (the mask head) one and a half times it.
+bool max_reads_planes(const RoiCall& s) {
+  if (s.mode != PoolMode::kMax || s.layout != Layout::kNCHW || position_sensitive(s.op) ||
+      separable_combination(s.op) != SampleKind::kCell)
+    return false;
+  double cells = 0;
+  for (int64_t l = 0; l < s.L; ++l) cells += double(s.level_size(l));
+  return double(s.K) * double(s.Cout) * double(s.bins()) >= 8.0 * cells;
+}
+
 // Tasks for a split over output channels.
 int64_t channel_tasks(ffi::ThreadPool& pool, const RoiCall& s) {
   return std::max<int64_t>(1, std::min(pool_threads(pool), s.Cout / kTaskChannels));
@@ -245,10 +262,12 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     // channels, hence of the input channels they read, on every level: no two
     // tasks touch the same element, and each element sums its terms in roi
     // order. The outputs arrive uninitialised; a task accumulates in them
-    // directly where they are accumulator typed and channel-last (or a copy
-    // would not pay), else in a channel-last copy of its channels, rounded
-    // into them at the end (always split by channels).
-    const bool in_place = std::is_same_v<T, A> && (channels_adjacent(s) || !packing_pays(s));
+    // directly where they are accumulator typed and channel-last, where max
+    // mode reads planes (max_reads_planes), or where a copy would not pay;
+    // else in a channel-last copy of its channels, rounded into them at the
+    // end (always split by channels).
+    const bool in_place = std::is_same_v<T, A> && (channels_adjacent(s) || max_reads_planes(s) ||
+                                                   !packing_pays(s));
     const int64_t per_output = s.C / s.Cout;  // input channels per output channel
     // In place, tasks own whole images where the rois allow (image_split).
     std::vector<int64_t> images;

@@ -159,6 +159,7 @@ struct Kernels {
     std::vector<int32_t> arg;
     std::vector<int64_t> cell;  // table_corners': a bin's corner offsets and weights
     std::vector<A> weight;
+    std::vector<int64_t> bin_start;  // table_roi_corners': each bin's first sample in cell
     std::vector<T> tile;  // the forward's outputs of one roi, channel-last
     std::vector<T> staged;  // the tile transposed, to be streamed out
     std::vector<int32_t> winners;  // one roi's winners, channel-last (recorded, given, read back)
@@ -432,21 +433,28 @@ struct Kernels {
   }
 
   // Bin b's corner offsets (times `pixel`) and weights, kCorners per sample,
-  // into w.cell and w.weight: scatter_winners' and gather_winners' table.
+  // into cell[0, b.count() * kCorners) and weight[...].
   template <int kCorners>
-  static void table_corners(Workspace& w, const BinPlan& b, int64_t pixel) {
-    const int64_t count = b.count();
-    w.cell.resize(count * kCorners);
-    w.weight.resize(count * kCorners);
-    for (int64_t i0 = 0; i0 < count; i0 += kChunk) {
-      const int64_t i1 = std::min(count, i0 + kChunk);
+  static void corners_into(Workspace& w, const BinPlan& b, int64_t pixel, int64_t* cell,
+                           A* weight) {
+    for (int64_t i0 = 0; i0 < b.count(); i0 += kChunk) {
+      const int64_t i1 = std::min(b.count(), i0 + kChunk);
       w.plan.samples(b, i0, i1, w.samples, nullptr);
       for (int64_t i = i0; i < i1; ++i)
         for (int j = 0; j < kCorners; ++j) {
-          w.cell[i * kCorners + j] = w.samples[i - i0].at[j] * pixel;
-          w.weight[i * kCorners + j] = A(w.samples[i - i0].w[j]);
+          cell[i * kCorners + j] = w.samples[i - i0].at[j] * pixel;
+          weight[i * kCorners + j] = A(w.samples[i - i0].w[j]);
         }
     }
+  }
+
+  // Bin b's corners (corners_into) into w.cell and w.weight:
+  // scatter_winners' and gather_winners' table.
+  template <int kCorners>
+  static void table_corners(Workspace& w, const BinPlan& b, int64_t pixel) {
+    w.cell.resize(b.count() * kCorners);
+    w.weight.resize(b.count() * kCorners);
+    corners_into<kCorners>(w, b, pixel, w.cell.data(), w.weight.data());
   }
 
   // forward_given for bin b of a plan whose samples all read kCorners corners
@@ -547,6 +555,10 @@ struct Kernels {
     for (int64_t k = 0; k < s.K; ++k) {
       w.plan.build(s, rois, levels, k, false);
       if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
+      if constexpr (!Unit) {
+        if (s.mode == PoolMode::kMax && backward_max_planes(s, ct, winner, grad, w, k, c0, c1))
+          continue;
+      }
       for (int64_t a = c0; a < c1; a += step)
         backward_roi<Unit>(s, ct, winner, grad, w, k, a, std::min(c1, a + step));
     }
@@ -638,6 +650,65 @@ struct Kernels {
                                               exact, inv, grad.pixel, cs, n - c);
             });
       }
+  }
+
+  // The most samples table_roi_corners tables: beyond this (boxes far larger
+  // than their bins' sampling grid), backward_roi's per-bin tables instead.
+  static constexpr int64_t kRoiTableSamples = int64_t{1} << 16;
+
+  // Every bin's corners (corners_into), bin after bin, into w.cell and
+  // w.weight, bin `bin`'s first sample at w.bin_start[bin]; false, with
+  // nothing tabled, beyond kRoiTableSamples samples.
+  template <int kCorners>
+  static bool table_roi_corners(const RoiCall& s, Workspace& w, int64_t pixel) {
+    const int64_t bins = s.bins();
+    w.bin_start.resize(bins + 1);
+    int64_t total = 0;
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      w.bin_start[bin] = total;
+      total += w.plan.bin(bin / s.PW, bin % s.PW).count();
+      if (total > kRoiTableSamples) return false;
+    }
+    w.bin_start[bins] = total;
+    w.cell.resize(total * kCorners);
+    w.weight.resize(total * kCorners);
+    for (int64_t bin = 0; bin < bins; ++bin)
+      corners_into<kCorners>(w, w.plan.bin(bin / s.PW, bin % s.PW), pixel,
+                             w.cell.data() + w.bin_start[bin] * kCorners,
+                             w.weight.data() + w.bin_start[bin] * kCorners);
+    return true;
+  }
+
+  // Max mode's backward of roi k (its plan built in w), output channels
+  // [c0, c1), where each output channel's bins are in a row, each input
+  // channel is a plane (NCHW, the gradient in place) and each sample is one
+  // cell: channel after channel, its cotangents and winners read in a row,
+  // each added at its winner's cell in the channel's plane (near each
+  // other: the roi's part of it), from one table of the roi's cells. Each
+  // element gets its terms in bin order, as scatter_winners adds them. False,
+  // with nothing done, where that does not apply (the caller then uses
+  // backward_roi).
+  static bool backward_max_planes(const RoiCall& s, const T* ct, const int32_t* winner,
+                                  const View<A>& grad, Workspace& w, int64_t k, int64_t c0,
+                                  int64_t c1) {
+    if (grad.packed || position_sensitive(s.op) || s.layout != Layout::kNCHW ||
+        w.plan.uniform_corners() != 1 || !table_roi_corners<1>(s, w, grad.pixel))
+      return false;
+    const int64_t bins = s.bins(), l = w.plan.level(), image = w.plan.image();
+    const int64_t* start = w.bin_start.data();
+    const int64_t* cell = w.cell.data();
+    const A* weight = w.weight.data();
+    for (int64_t c = c0; c < c1; ++c) {
+      const T* g = ct + s.output_offset(k, c, 0);
+      const int32_t* win = winner + s.output_offset(k, c, 0);
+      A* img = grad.at(l, image, c, 0);
+      for (int64_t bin = 0; bin < bins; ++bin) {
+        const int64_t i = win[bin];
+        if (i < 0 || i >= start[bin + 1] - start[bin]) continue;
+        img[cell[start[bin] + i]] += load_element<A>(g[bin]) * weight[start[bin] + i] / A(1);
+      }
+    }
+    return true;
   }
 
   // Max mode's backward for bin b of a plan whose samples all read kCorners
