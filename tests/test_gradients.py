@@ -167,6 +167,43 @@ def test_roi_pool_gradient_of_a_roi_beyond_one_table():
     assert np.count_nonzero(nchw) >= 49
 
 
+@pytest.mark.parametrize("case", MAX_CASES, ids=[c.id for c in MAX_CASES])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_gradient_of_maps_of_several_bands(case, dtype):
+    """Max mode's channel-last feature gradient of images of 32 MiB or more is zeroed
+    and summed in bands of 8 MiB of rows (cc/cpu/ffi_handlers.cc, max_band_rows;
+    cc/cpu/kernels.h, backward_max_bands: 1024 rows of this float32 map, 512 of
+    float64), each roi adding only the terms that land in the band: rois across a
+    band's edge, tall ones across several, and winners on both sides of an edge must
+    give NCHW's bits (the channel-last copy, unbanded)."""
+    rng = np.random.default_rng(23)
+    band = (8 << 20) // (256 * 8 * np.dtype(dtype).itemsize)
+    h, w, size = 4 * band + 4, 256, (7, 7)
+    f = features(case, rng, size, "NCHW", n=2, c_out=8, h=h, w=w, dtype=dtype)
+    k = 120
+    x1 = rng.uniform(-4, w - 8, k)
+    y1 = rng.uniform(-4, h - 8, k)
+    tall = rng.uniform(4, 80, k)
+    tall[::10] = rng.uniform(band / 2, 3 * band, len(tall[::10]))  # across several bands
+    edges = band * rng.integers(1, 5, len(y1[1::4]))
+    y1[1::4] = edges + rng.uniform(-4, 4, len(edges)) - tall[1::4] / 2  # across one
+    rois = np.stack([rng.integers(0, 2, k), x1, y1, x1 + rng.uniform(2, 60, k), y1 + tall], 1)
+
+    def grad(layout):
+        x = jnp.asarray(to_layout(f, layout))
+        out, vjp = jax.vjp(lambda y: case("kernel", y, jnp.asarray(rois, dtype), size, 1.0, 2,
+                                          True, layout), x)
+        ct = np.random.default_rng(3).normal(size=(k, 8) + size).astype(dtype)
+        g = vjp(jnp.asarray(to_layout(ct, layout)))[0]
+        return np.asarray(g if layout == "NCHW" else jnp.moveaxis(g, -1, 1))
+
+    nhwc = grad("NHWC")
+    for edge in range(band, h, band):  # terms on both sides of each edge
+        assert np.abs(nhwc[:, :, edge - 8:edge]).max() > 0, edge
+        assert np.abs(nhwc[:, :, edge:edge + 8]).max() > 0, edge
+    np.testing.assert_array_equal(nhwc, grad("NCHW"))
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_backward_is_bitwise_deterministic(case):
     rng = np.random.default_rng(9)

@@ -564,6 +564,42 @@ struct Kernels {
     }
   }
 
+  // backward_features in max mode for all output channels where they are
+  // adjacent (NHWC, the gradient in place, one level), images [n0, n1), in
+  // bands of `band` map rows: each band zeroed, then every roi that reaches
+  // it adds the terms whose cells lie in it. A winner's add is a lone
+  // element's, a cache line each; a band that fits the cache keeps them from
+  // missing where the whole gradient does not. Each element gets the same
+  // terms in the same order as backward_features adds them.
+  static void backward_max_bands(const RoiCall& s, const T* ct, const G* rois,
+                                 const int32_t* levels, const int32_t* winner,
+                                 const View<A>& grad, int64_t n0, int64_t n1, int64_t band) {
+    Workspace w;
+    const int64_t H = s.level[0].H, W = s.level[0].W;
+    // Each roi's first and last rows; none for rois outside [n0, n1).
+    std::vector<int64_t> first(s.K, INT64_MAX), last(s.K, INT64_MIN);
+    for (int64_t k = 0; k < s.K; ++k) {
+      w.plan.build(s, rois, levels, k, false);
+      if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
+      for (int64_t ph = 0; ph < s.PH; ++ph) {
+        int64_t lo, hi;
+        w.plan.rows(ph, &lo, &hi);
+        first[k] = std::min(first[k], lo);
+        last[k] = std::max(last[k], hi);
+      }
+    }
+    for (int64_t r0 = 0; r0 < H; r0 += band) {
+      const int64_t r1 = std::min(H, r0 + band);
+      for (int64_t n = n0; n < n1; ++n)
+        std::fill_n(grad.level[0] + s.feature_offset(0, n, 0, r0 * W), (r1 - r0) * W * s.C, A(0));
+      for (int64_t k = 0; k < s.K; ++k) {
+        if (last[k] < r0 || first[k] >= r1) continue;
+        w.plan.build(s, rois, levels, k, false);
+        backward_roi<true>(s, ct, winner, grad, w, k, 0, s.Cout, r0, r1);
+      }
+    }
+  }
+
   // backward_roi's tile bytes per channel and bin: a cotangent, and its winner
   // in max mode.
   static int64_t backward_tile_element(const RoiCall& s) {
@@ -582,10 +618,12 @@ struct Kernels {
   }
 
   // backward_features' terms of roi k (its plan built in w) for output
-  // channels [c0, c1).
+  // channels [c0, c1); in max mode, only those whose cells lie in map rows
+  // [r0, r1).
   template <bool Unit>
   static void backward_roi(const RoiCall& s, const T* ct, const int32_t* winner,
-                           const View<A>& grad, Workspace& w, int64_t k, int64_t c0, int64_t c1) {
+                           const View<A>& grad, Workspace& w, int64_t k, int64_t c0, int64_t c1,
+                           int64_t r0 = 0, int64_t r1 = INT64_MAX) {
     const int64_t n = c1 - c0, bins = s.bins();
     // Cotangents (and winners) whose channels are not adjacent (NCHW) are read
     // once into channel-last tiles, each channel's bins in a row.
@@ -600,7 +638,16 @@ struct Kernels {
       load_tile(w.winners.data(), winner + s.output_offset(k, c0, 0), ct_os, bs, n, bins);
     }
     const int64_t l = w.plan.level(), cs = grad.channel_step(l);
-    for (int64_t ph = 0; ph < s.PH; ++ph)
+    // The band's cells, as offsets from pixel 0.
+    const int64_t H = s.level[l].H, row = s.level[l].W * grad.pixel;
+    const bool banded = r0 > 0 || r1 < H;
+    const int64_t p0 = r0 * row, p1 = std::min(r1, H) * row;
+    for (int64_t ph = 0; ph < s.PH; ++ph) {
+      if (banded) {
+        int64_t lo, hi;
+        w.plan.rows(ph, &lo, &hi);
+        if (hi < r0 || lo >= r1) continue;
+      }
       for (int64_t pw = 0; pw < s.PW; ++pw) {
         const int64_t bin = ph * s.PW + pw;
         const BinPlan b = w.plan.bin(ph, pw);
@@ -611,10 +658,14 @@ struct Kernels {
           const int64_t o = s.output_offset(k, c0, bin);
           const int64_t at = tiled ? bin * n : 0, os = tiled ? 1 : ct_os;
           auto scatter = [&](const auto* g, const int32_t* win) {
-            if (w.plan.uniform_corners() == 1)
-              scatter_winners<1>(g, win, os, w, b, img, cs, grad.pixel, n);
-            else
-              scatter_winners<4>(g, win, os, w, b, img, cs, grad.pixel, n);
+            const bool one = w.plan.uniform_corners() == 1;
+            if (banded) {
+              if (one) scatter_winners<1, true>(g, win, os, w, b, img, cs, grad.pixel, n, p0, p1);
+              else scatter_winners<4, true>(g, win, os, w, b, img, cs, grad.pixel, n, p0, p1);
+            } else {
+              if (one) scatter_winners<1, false>(g, win, os, w, b, img, cs, grad.pixel, n, p0, p1);
+              else scatter_winners<4, false>(g, win, os, w, b, img, cs, grad.pixel, n, p0, p1);
+            }
           };
           if (tiled) scatter(w.acc.data() + at, w.winners.data() + at);
           else scatter(ct + o, winner + o);
@@ -650,6 +701,7 @@ struct Kernels {
                                               exact, inv, grad.pixel, cs, n - c);
             });
       }
+    }
   }
 
   // The most samples table_roi_corners tables: beyond this (boxes far larger
@@ -718,15 +770,18 @@ struct Kernels {
   // winner's sample decoded per channel: the loop over channels is then
   // gathers and scattered adds, short enough for many of its cache misses to
   // be in flight at once.
-  // Channel c's cotangent is g[c * os], its winner win[c * os], c in [0, n).
-  template <int kCorners, typename C>
+  // Channel c's cotangent is g[c * os], its winner win[c * os], c in [0, n);
+  // when kBanded, only corners at offsets [p0, p1) from pixel 0 are added.
+  template <int kCorners, bool kBanded, typename C>
   static void scatter_winners(const C* g, const int32_t* win, int64_t os, Workspace& w,
-                              const BinPlan& b, A* img, int64_t cs, int64_t pixel, int64_t n) {
+                              const BinPlan& b, A* img, int64_t cs, int64_t pixel, int64_t n,
+                              int64_t p0, int64_t p1) {
     each_winner<kCorners>(w, b, pixel, win, os, n, [&](int64_t c, const int64_t* at,
                                                           const A* wt) {
       if (!at) return;
       const A gc = load_element<A>(g[c * os]);
-      for (int j = 0; j < kCorners; ++j) img[c * cs + at[j]] += gc * wt[j] / A(1);
+      for (int j = 0; j < kCorners; ++j)
+        if (!kBanded || (at[j] >= p0 && at[j] < p1)) img[c * cs + at[j]] += gc * wt[j] / A(1);
     });
   }
 

@@ -9,6 +9,7 @@
 // (RotatedGeometry::Line), so a sample only adds them.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -61,6 +62,18 @@ class RoiPlan {
     if (!valid()) return;
     axis(0, s.PH, wy_, oy_, ty_, dy_, ly_);
     axis(1, s.PW, wx_, ox_, tx_, dx_, lx_);
+  }
+
+  // Separable plans: the first and last map rows bin row ph's samples read
+  // (*lo > *hi where they read none).
+  void rows(int64_t ph, int64_t* lo, int64_t* hi) const {
+    const int64_t end = ph + 1 < int64_t(oy_.size()) ? oy_[ph + 1] : int64_t(ty_.size());
+    *lo = INT64_MAX;
+    *hi = INT64_MIN;
+    for (int64_t i = oy_[ph]; i < end; ++i) {
+      *lo = std::min(*lo, std::min(ty_[i].low, ty_[i].high));
+      *hi = std::max(*hi, std::max(ty_[i].low, ty_[i].high));
+    }
   }
 
   BinPlan bin(int64_t ph, int64_t pw) const {
