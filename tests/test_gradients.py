@@ -170,12 +170,13 @@ def test_roi_pool_gradient_of_a_roi_beyond_one_table():
 @pytest.mark.parametrize("case", MAX_CASES, ids=[c.id for c in MAX_CASES])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_gradient_of_maps_of_several_bands(case, dtype):
-    """Max mode's channel-last feature gradient of images of 32 MiB or more is zeroed
+    """roi_pool's channel-last feature gradient of images of 32 MiB or more is zeroed
     and summed in bands of 8 MiB of rows (cc/cpu/ffi_handlers.cc, max_band_rows;
     cc/cpu/kernels.h, backward_max_bands: 1024 rows of this float32 map, 512 of
     float64), each roi adding only the terms that land in the band: rois across a
     band's edge, tall ones across several, and winners on both sides of an edge must
-    give NCHW's bits (the channel-last copy, unbanded)."""
+    give NCHW's bits (the channel-last copy, unbanded). The other max-mode cases (their
+    samples bilinear) are not banded, and must agree too."""
     rng = np.random.default_rng(23)
     band = (8 << 20) // (256 * 8 * np.dtype(dtype).itemsize)
     h, w, size = 4 * band + 4, 256, (7, 7)

@@ -69,7 +69,9 @@ bool max_reads_planes(const RoiCall& s) {
 // NHWC backward (2 x 200 x 272 x 256 float32, 32 rows: 8.5 MiB): 45-48 ms
 // against 66-70 unbanded, 110 with 4 rows, 56-62 with 100. Images of less
 // than four bands are not banded: the mask head's (1.7 bands, both
-// threads' images in L3 at once) took 15% longer banded.
+// threads' images in L3 at once) took 15% longer banded. Nor are bilinear
+// samples' (four corners a winner, two rows): FPN legacy_max's backward
+// took 0-10% longer banded, roi_align's (max) 5% less.
 int64_t max_band_rows(const RoiCall& s, int64_t element_bytes) {
   constexpr int64_t kBandBytes = int64_t{8} << 20;
   return std::max<int64_t>(1, kBandBytes / (s.level[0].W * s.C * element_bytes));
@@ -301,10 +303,12 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
             I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1, n0, n1);
         }
       };
-      // Max mode's channel-last gradient of one level, four bands or more: in bands.
+      // Max mode's channel-last gradient of one level, four bands or more, one-cell
+      // samples: in bands.
       const int64_t band = max_band_rows(s, int64_t(sizeof(A)));
       const bool bands = in_place && channels_adjacent(s) && s.mode == PoolMode::kMax &&
-                         s.L == 1 && s.level[0].H >= 4 * band;
+                         separable_combination(s.op) == SampleKind::kCell && s.L == 1 &&
+                         s.level[0].H >= 4 * band;
       if (!images.empty())
         return parallel_for(pool, int64_t(images.size()) - 1, int64_t(images.size()) - 1,
                             [=](int64_t t0, int64_t t1) {
