@@ -1,0 +1,83 @@
+"""One operator on one of the bench's workloads, timed in loops: the jitted forward, the
+forward+backward (the feature gradient, jax.vjp under jit) and, with --backward, the
+backward alone (the jitted VJP of one recorded forward). Prints the median of each, every
+timed call after an untimed one. For A/B runs of two builds of the kernels, run it once
+per build in alternating processes, each build copied over the installed module with
+`cp --remove-destination` (a plain `cp` rewrites the module that a running process has
+mapped, and kills it).
+
+    python benchmarks/cpu_loops.py WORKLOAD LAYOUT OP [--repeats 7] [--dtype float32]
+                                   [--mode max] [--backward]
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_roialign._cli.bench import FUNCTIONS, channels_for, operator_arguments, to_layout
+from jax_roialign._cli.workloads import WORKLOADS, proposals
+from jax_roialign._src.operators import BY_NAME
+
+
+def median_ms(call, repeats):
+    jax.block_until_ready(call())
+    times = []
+    for _ in range(repeats):
+        jax.block_until_ready(call())  # untimed: each timed call follows one of its own
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("layout", choices=("NHWC", "NCHW"))
+    parser.add_argument("op", choices=sorted(FUNCTIONS))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--mode", help="the operator's pooling mode (roi_align: avg or max)")
+    parser.add_argument("--backward", action="store_true", help="also the backward alone")
+    args = parser.parse_args()
+
+    w = WORKLOADS[args.workload]
+    fn = FUNCTIONS[args.op]
+    op = BY_NAME[args.op]
+    n, _, h, wd = w.shape
+    c = channels_for(op, w)
+    out_c = c // (w.size * w.size) if op.position_sensitive else c
+    kwargs = dict(operator_arguments(fn, w), layout=args.layout)
+    if args.mode:
+        kwargs["mode"] = args.mode
+    rng = np.random.default_rng(0)  # the bench's inputs
+    f = rng.normal(size=(n, c, h, wd)).astype(np.float32)
+    rois = jnp.asarray(proposals(rng, n, h, wd, w.scale, w.rois))
+    cot = rng.normal(size=(w.rois, out_c, w.size, w.size)).astype(np.float32)
+    feats = jnp.asarray(to_layout(f, args.layout), args.dtype)
+    ct = jnp.asarray(to_layout(cot, args.layout), args.dtype)
+
+    forward = jax.jit(lambda x, r: fn(x, r, **kwargs))
+
+    @jax.jit
+    def forward_backward(x, r, g):
+        out, vjp = jax.vjp(lambda y: fn(y, r, **kwargs), x)
+        return out, vjp(g)[0]
+
+    times = {"forward": median_ms(lambda: forward(feats, rois), args.repeats),
+             "forward+backward": median_ms(lambda: forward_backward(feats, rois, ct),
+                                           args.repeats)}
+    if args.backward:
+        _, vjp = jax.vjp(lambda y: fn(y, rois, **kwargs), feats)
+        backward = jax.jit(lambda g: vjp(g)[0])
+        times["backward"] = median_ms(lambda: backward(ct), args.repeats)
+    label = " ".join([args.workload, args.layout, args.op, args.dtype] +
+                     ([f"mode={args.mode}"] if args.mode else []))
+    print(label + ": " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
