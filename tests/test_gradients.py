@@ -175,8 +175,8 @@ def test_max_gradient_of_maps_of_several_bands(case, dtype):
     cc/cpu/kernels.h, backward_max_bands: 1024 rows of this float32 map, 512 of
     float64), each roi adding only the terms that land in the band: rois across a
     band's edge, tall ones across several, and winners on both sides of an edge must
-    give NCHW's bits (the channel-last copy, unbanded). The other max-mode cases (their
-    samples bilinear) are not banded, and must agree too."""
+    give NCHW's bits (another path, unbanded). The other max-mode cases (their samples
+    bilinear) are not banded, and must agree too."""
     rng = np.random.default_rng(23)
     band = (8 << 20) // (256 * 8 * np.dtype(dtype).itemsize)
     h, w, size = 4 * band + 4, 256, (7, 7)
