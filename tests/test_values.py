@@ -127,6 +127,48 @@ def test_layouts_agree_bit_for_bit(case, size, map_shape):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_images_without_rois_among_copied_images(case):
+    """NCHW features whose channel-last copy pays (many rois on small maps, 40 output
+    channels: cc/cpu/ffi_handlers.cc, packing_pays) are copied one image at a time, only
+    the images that have rois, the rois visited image by image and the invalid ones
+    (zeros) first; the feature gradient is summed in such a copy (float32 NCHW, 16-bit in
+    both layouts) image by image, a roiless image's zeroed. With an image of no rois
+    between others and invalid rows among the valid: NHWC's bits (never copied) in
+    float32, the pure-JAX path's values in float64, float32's bits rounded in float16, and
+    zeros in the roiless image's gradient."""
+    rng = np.random.default_rng(31)
+    size, n, empty = (2, 3), 4, 2
+    # Features and cotangents exact in float16, so that every dtype sees the same values.
+    f = features(case, rng, size, "NCHW", n=n, c_out=40, h=6, w=7).astype(np.float16)
+    rows = edge_rois(n, 6, 7, 1.0, rng, count=30)[ORDINARY]
+    rows = np.insert(rows[rows[:, 0] != empty], [3, 9], [[-1, 1, 1, 4, 4], [7, 0, 0, 5, 5]],
+                     axis=0)
+
+    def run(impl, x, layout, dtype):
+        x = jnp.asarray(to_layout(x, layout), dtype)
+        rois = jnp.asarray(rows, jnp.float64 if dtype == jnp.float64 else jnp.float32)
+        out, vjp = jax.vjp(lambda y: case(impl, y, rois, size, 1.0, 2, True, layout), x)
+        nchw = out.shape if layout == "NCHW" else (len(rows), out.shape[3]) + out.shape[1:3]
+        ct = np.random.default_rng(3).normal(size=nchw).astype(np.float16)
+        grad = vjp(jnp.asarray(ct if layout == "NCHW" else np.moveaxis(ct, 1, -1), dtype))[0]
+        if layout == "NHWC":
+            out, grad = jnp.moveaxis(out, -1, 1), jnp.moveaxis(grad, -1, 1)
+        return np.asarray(out.astype(jnp.float64)), np.asarray(grad.astype(jnp.float64))
+
+    for got, want in zip(run("kernel", f, "NCHW", jnp.float64),
+                         run("reference", f, "NCHW", jnp.float64)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    out, grad = run("kernel", f, "NCHW", jnp.float32)
+    assert np.abs(grad[empty]).max() == 0 and np.abs(grad).max() > 0
+    for got, want in zip((out, grad), run("kernel", f, "NHWC", jnp.float32)):
+        np.testing.assert_array_equal(got, want)
+    for layout in LAYOUTS:
+        half = run("kernel", f, layout, jnp.float16)
+        for got, want in zip(half, (out, grad)):
+            np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float64))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_16bit_within_what_the_dtype_allows(case, dtype, layout):

@@ -102,34 +102,58 @@ std::array<T*, kMaxLevels> level_pointers(const LevelBuffers& b) {
   return p;
 }
 
-// The order in which the forward visits the rois: by image, level and the row
-// of the roi's middle bin, so that rois that read the same rows follow each
-// other and find them in cache. Each roi writes only its own outputs, so the
-// order changes no result.
+// The valid rois grouped by image: image n's at positions [begin[n],
+// begin[n + 1]) of `order`, the invalid ones (which read nothing) before
+// begin[0].
+struct RoiOrder {
+  std::vector<int64_t> order;
+  std::vector<int64_t> begin;
+};
+
+// The rois grouped by image, each image's in increasing order (`by_row`
+// false: the backward's, which sums each element's terms in roi order) or
+// by level and the row of the roi's middle bin (`by_row`: the forward's, so
+// that rois that read the same rows follow each other and find them in
+// cache; each roi writes only its own outputs, so the order changes no
+// result).
 template <typename G>
-std::shared_ptr<const std::vector<int64_t>> locality_order(const RoiCall& s, const G* rois,
-                                                           const int32_t* levels) {
+RoiOrder roi_order(const RoiCall& s, const G* rois, const int32_t* levels, bool by_row) {
+  int64_t rows = 1;  // keys per level
+  if (by_row)
+    for (int64_t l = 0; l < s.L; ++l) rows = std::max(rows, s.level[l].H + 1);
   std::vector<std::pair<int64_t, int64_t>> keyed(s.K);
   for (int64_t k = 0; k < s.K; ++k) {
     const RoiSampler<G> r = roi_sampler(s, rois, levels, k);
-    int64_t key = -1;  // invalid rois first: they only write zeros
+    int64_t key = -1;
     if (r.valid()) {
-      const BinSampler<G> b = bin_of(r, s.PH / 2, s.PW / 2);
-      const int64_t row = b.count() > 0 ? b.sample(0, nullptr).at[0] / r.W : 0;
-      key = (r.image * s.L + r.level) * (s.level[r.level].H + 1) + row;
+      int64_t row = 0;
+      if (by_row) {
+        const BinSampler<G> b = bin_of(r, s.PH / 2, s.PW / 2);
+        row = b.count() > 0 ? b.sample(0, nullptr).at[0] / r.W : 0;
+      }
+      key = ((r.image * s.L + (by_row ? r.level : 0)) * rows + row);
     }
     keyed[k] = {key, k};
   }
   std::stable_sort(keyed.begin(), keyed.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
-  auto order = std::make_shared<std::vector<int64_t>>(s.K);
-  for (int64_t k = 0; k < s.K; ++k) (*order)[k] = keyed[k].second;
-  return order;
+  RoiOrder o;
+  o.order.resize(s.K);
+  for (int64_t j = 0; j < s.K; ++j) o.order[j] = keyed[j].second;
+  o.begin.resize(s.N + 1);
+  int64_t j = 0;
+  while (j < s.K && keyed[j].first < 0) ++j;
+  for (int64_t n = 0; n < s.N; ++n) {  // the first position of image n or later
+    while (j < s.K && keyed[j].first / (s.L * rows) < n) ++j;
+    o.begin[n] = j;
+  }
+  o.begin[s.N] = s.K;
+  return o;
 }
 
 // forward and forward_selected: with a channel-last copy per task (tasks
-// split the channels) where it pays, else on the buffers as they are; the
-// rois in locality_order.
+// split the channels), one image at a time, where it pays, else on the
+// buffers as they are; the rois in roi_order.
 template <typename T>
 ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::AnyBuffer& rois,
                         const ffi::AnyBuffer& levels, T* out, int32_t* winner,
@@ -139,9 +163,9 @@ ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::
   const G* r = geometry<G>(rois);
   const int32_t* lv = level_indices(levels);
   const RoiCall s = c.s;
-  std::shared_ptr<const std::vector<int64_t>> order;
+  std::shared_ptr<const RoiOrder> order;
   try {
-    order = locality_order(s, r, lv);
+    order = std::make_shared<const RoiOrder>(roi_order(s, r, lv, true));
   } catch (const std::bad_alloc&) {
     return ready_future(ffi::Error(ffi::ErrorCode::kResourceExhausted,
                                    "jax_roialign: out of memory ordering the rois"));
@@ -151,13 +175,21 @@ ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::
     if (packing_pays(s))
       return parallel_for(pool, s.Cout, channel_tasks(pool, s), [=](int64_t c0, int64_t c1) {
         typename I::PackedFeatures packed(s, c0, c1);
-        packed.load(f.data());
-        I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, order->data(),
-                            0, s.K, c0, c1);
+        const int64_t* o = order->order.data();
+        const std::vector<int64_t>& begin = order->begin;
+        // The invalid rois (zeros; they read nothing), then image after image.
+        I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, o, 0, begin[0],
+                            c0, c1);
+        for (int64_t n = 0; n < s.N; ++n) {
+          if (begin[n] == begin[n + 1]) continue;
+          packed.load(f.data(), n);
+          I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, o, begin[n],
+                              begin[n + 1], c0, c1);
+        }
       });
     return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
       I::Kernels::forward(s, I::direct(s, f.data()), r, lv, out, winner, given, linear,
-                          order->data(), k0, k1, c0, c1);
+                          order->order.data(), k0, k1, c0, c1);
     });
   });
 }
@@ -192,7 +224,7 @@ ffi::Future ForwardSelected(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyB
 }
 
 // Zeroes input channels [ic0, ic1) of images [n0, n1) of every level of
-// `grad`, as XLA lays it out.
+// `grad`, as XLA lays it out (A{}: +0, all bits clear, for every element type).
 template <typename A>
 void zero_channels(const RoiCall& s, A* const* grad, int64_t ic0, int64_t ic1, int64_t n0,
                    int64_t n1) {
@@ -200,15 +232,15 @@ void zero_channels(const RoiCall& s, A* const* grad, int64_t ic0, int64_t ic1, i
     const int64_t hw = s.level[l].H * s.level[l].W;
     for (int64_t n = n0; n < n1; ++n) {
       if (ic0 == 0 && ic1 == s.C) {  // the image's whole block
-        std::fill_n(grad[l] + s.feature_offset(l, n, 0, 0), s.C * hw, A(0));
+        std::fill_n(grad[l] + s.feature_offset(l, n, 0, 0), s.C * hw, A{});
         continue;
       }
       if (s.layout == Layout::kNCHW) {
-        std::fill_n(grad[l] + s.feature_offset(l, n, ic0, 0), (ic1 - ic0) * hw, A(0));
+        std::fill_n(grad[l] + s.feature_offset(l, n, ic0, 0), (ic1 - ic0) * hw, A{});
         continue;
       }
       for (int64_t p = 0; p < hw; ++p)
-        std::fill_n(grad[l] + s.feature_offset(l, n, ic0, p), ic1 - ic0, A(0));
+        std::fill_n(grad[l] + s.feature_offset(l, n, ic0, p), ic1 - ic0, A{});
     }
   }
 }
@@ -219,23 +251,14 @@ void zero_channels(const RoiCall& s, A* const* grad, int64_t ic0, int64_t ic1, i
 // the even share. Tasks that own whole images share no cache line; a split
 // over channels makes the threads' writes meet in every pixel (NHWC), which
 // measured 1.15-2x slower (FPN roi_align, crop_and_resize backward).
-template <typename G>
-std::vector<int64_t> image_split(const RoiCall& s, const G* rois, const int32_t* levels,
-                                 int64_t tasks) {
+std::vector<int64_t> image_split(const RoiCall& s, const RoiOrder& rois, int64_t tasks) {
   if (tasks < 2 || s.N < tasks) return {};
-  std::vector<int64_t> count(s.N, 0);
-  int64_t total = 0;
-  for (int64_t k = 0; k < s.K; ++k) {
-    const RoiSampler<G> r = roi_sampler(s, rois, levels, k);
-    if (!r.valid()) continue;
-    ++count[r.image];
-    ++total;
-  }
+  const int64_t total = s.K - rois.begin[0];  // valid rois
   if (total == 0) return {};
   std::vector<int64_t> bounds{0};
   int64_t seen = 0, largest = 0, start = 0;
   for (int64_t n = 0; n < s.N; ++n) {
-    seen += count[n];
+    seen += rois.begin[n + 1] - rois.begin[n];
     const int64_t left = tasks - int64_t(bounds.size());  // cuts still to place
     // Cut after image n once the running count reaches the next task's share,
     // or where each later task needs every image left.
@@ -283,12 +306,16 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     const bool in_place = std::is_same_v<T, A> && (channels_adjacent(s) || max_reads_planes(s) ||
                                                    !packing_pays(s));
     const int64_t per_output = s.C / s.Cout;  // input channels per output channel
-    // In place, tasks own whole images where the rois allow (image_split).
+    // Each image's rois in order; in place, tasks own whole images where the
+    // rois allow (image_split).
+    std::shared_ptr<const RoiOrder> order;
     std::vector<int64_t> images;
     try {
-      if (in_place) images = image_split(s, r, lv, pool_threads(pool));
+      order = std::make_shared<const RoiOrder>(roi_order(s, r, lv, false));
+      if (in_place) images = image_split(s, *order, pool_threads(pool));
     } catch (const std::bad_alloc&) {
-      images.clear();  // the split over channels needs no memory
+      return ready_future(ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                                     "jax_roialign: out of memory ordering the rois"));
     }
     return with_kernels<T>([&](auto isa) {
       using I = decltype(isa);
@@ -297,10 +324,13 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
         if constexpr (std::is_same_v<T, A>) {
           zero_channels(s, grad.data(), c0 * per_output, c1 * per_output, n0, n1);
           const auto view = I::direct(s, grad.data());
+          const int64_t* ks = order->order.data() + order->begin[n0];
+          const int64_t count = order->begin[n1] - order->begin[n0];
           if (channels_adjacent(s))
-            I::Kernels::template backward_features<true>(s, ct, r, lv, w, view, c0, c1, n0, n1);
+            I::Kernels::template backward_features<true>(s, ct, r, lv, w, view, c0, c1, ks, count);
           else
-            I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1, n0, n1);
+            I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1, ks,
+                                                          count);
         }
       };
       // Max mode's channel-last gradient of one level, four bands or more, one-cell
@@ -322,11 +352,20 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
                             });
       return parallel_for(pool, s.Cout, pool_threads(pool), [=](int64_t c0, int64_t c1) {
         if (in_place) return in_buffers(c0, c1, 0, s.N);
+        // A channel-last copy of the task's channels, one image at a time.
         typename I::PackedGradient packed(s, c0, c1);
-        packed.zero();
-        I::Kernels::template backward_features<true>(s, ct, r, lv, w, packed.view(), c0, c1, 0,
-                                                     s.N);
-        packed.store(grad.data());
+        for (int64_t n = 0; n < s.N; ++n) {
+          const int64_t* ks = order->order.data() + order->begin[n];
+          const int64_t count = order->begin[n + 1] - order->begin[n];
+          if (count == 0) {
+            zero_channels(s, grad.data(), c0 * per_output, c1 * per_output, n, n + 1);
+            continue;
+          }
+          packed.zero(n);
+          I::Kernels::template backward_features<true>(s, ct, r, lv, w, packed.view(), c0, c1,
+                                                       ks, count);
+          packed.store(grad.data());
+        }
       });
     });
   });

@@ -40,6 +40,7 @@ struct View {
   E* level[kMaxLevels];
   const RoiCall* s;
   bool packed;           // a task's channel-last copy of output channels [c0, c0 + ncout)
+  int64_t image;         // packed: the one image it holds
   int64_t c0, ncout;
   int64_t nin;           // packed: input channels per pixel, ncout (x bins, position-sensitive)
   int64_t pixel;         // the step between pixels
@@ -53,9 +54,9 @@ struct View {
   // Pixel 0 of output channel c, bin `bin`, image n, level l.
   E* at(int64_t l, int64_t n, int64_t c, int64_t bin) const {
     if (!packed) return level[l] + s->feature_offset(l, n, s->input_channel(c, bin), 0);
-    const int64_t hw = s->level[l].H * s->level[l].W;
     const int64_t slot = position_sensitive(s->op) ? bin * ncout + (c - c0) : c - c0;
-    return level[l] + n * hw * nin + slot;
+    (void)n;  // packed: always `image`
+    return level[l] + slot;
   }
 };
 
@@ -70,10 +71,13 @@ View<E> direct_view(const RoiCall& s, E* const* level) {
   return v;
 }
 
-// A task's channel-last copy of output channels [c0, c1): the input channels
-// they read, ordered so that for each bin the output channels are adjacent.
-// Elements A: the features' own type (the forward's copy of the features,
-// exact) or the accumulation type (the backward's feature gradient).
+// A task's channel-last copy of output channels [c0, c1) of one image at a
+// time: the input channels they read, ordered so that for each bin the output
+// channels are adjacent. One image's copy, reused image after image, stays in
+// cache where the whole batch's would not (the small head: 8 images of 32
+// channels, 512 KiB each). Elements A: the features' own type (the forward's
+// copy of the features, exact) or the accumulation type (the backward's
+// feature gradient).
 template <typename A>
 class Packed {
  public:
@@ -81,6 +85,7 @@ class Packed {
     const int64_t per = position_sensitive(s.op) ? s.bins() : 1;
     view_.s = &s_;
     view_.packed = true;
+    view_.image = -1;
     view_.c0 = c0;
     view_.ncout = c1 - c0;
     view_.nin = view_.ncout * per;
@@ -92,45 +97,49 @@ class Packed {
       slot_[i] = per == 1 ? i : bin * view_.ncout + c;
     }
     int64_t total = 0;
-    for (int64_t l = 0; l < s.L; ++l) total += s.N * s.level[l].H * s.level[l].W * view_.nin;
+    for (int64_t l = 0; l < s.L; ++l) total += s.level[l].H * s.level[l].W * view_.nin;
     data_ = std::make_unique<TaskScratch<A>>(size_t(total));
-    for (int64_t l = 0, at = 0; l < s.L; at += s.N * s.level[l].H * s.level[l].W * view_.nin, ++l)
+    for (int64_t l = 0, at = 0; l < s.L; at += s.level[l].H * s.level[l].W * view_.nin, ++l)
       view_.level[l] = data_->get() + at;
   }
 
+  // The copy of the image last loaded (or zeroed).
   const View<A>& view() const { return view_; }
 
-  // Copies the task's input channels of `f` (as XLA lays them out) in.
+  // Copies the task's input channels of image n of `f` (as XLA lays them out) in.
   template <typename T>
-  void load(const T* const* f) {
-    for_images([&](int64_t l, int64_t n, int64_t hw, int64_t cs, int64_t ps, int64_t ic0) {
-      to_channel_last(view_.level[l] + n * hw * view_.nin, view_.nin, slot_.data(),
+  void load(const T* const* f, int64_t n) {
+    view_.image = n;
+    for_levels([&](int64_t l, int64_t hw, int64_t cs, int64_t ps, int64_t ic0) {
+      to_channel_last(view_.level[l], view_.nin, slot_.data(),
                       f[l] + s_.feature_offset(l, n, ic0, 0), cs, ps, view_.nin, hw);
     });
   }
-  // Copies the task's input channels out to `f`, rounded to T.
+  // Copies the task's input channels out to image `view().image` of `f`,
+  // rounded to T.
   template <typename T>
   void store(T* const* f) const {
-    for_images([&](int64_t l, int64_t n, int64_t hw, int64_t cs, int64_t ps, int64_t ic0) {
-      from_channel_last(f[l] + s_.feature_offset(l, n, ic0, 0), cs, ps,
-                        view_.level[l] + n * hw * view_.nin, view_.nin, slot_.data(),
-                        view_.nin, hw);
+    for_levels([&](int64_t l, int64_t hw, int64_t cs, int64_t ps, int64_t ic0) {
+      from_channel_last(f[l] + s_.feature_offset(l, view_.image, ic0, 0), cs, ps,
+                        view_.level[l], view_.nin, slot_.data(), view_.nin, hw);
     });
   }
-  void zero() {
+  // Zeroes the copy, as image n's.
+  void zero(int64_t n) {
+    view_.image = n;
     for (int64_t l = 0; l < s_.L; ++l)
-      std::fill_n(view_.level[l], s_.N * s_.level[l].H * s_.level[l].W * view_.nin, A(0));
+      std::fill_n(view_.level[l], s_.level[l].H * s_.level[l].W * view_.nin, A(0));
   }
 
  private:
   template <typename Fn>
-  void for_images(Fn fn) const {
+  void for_levels(Fn fn) const {
     const int64_t ic0 = view_.c0 * (view_.nin / std::max<int64_t>(view_.ncout, 1));
     for (int64_t l = 0; l < s_.L; ++l) {
       const int64_t hw = s_.level[l].H * s_.level[l].W;
       const int64_t cs = s_.layout == Layout::kNHWC ? 1 : hw;  // between input channels
       const int64_t ps = s_.layout == Layout::kNHWC ? s_.C : 1;
-      for (int64_t n = 0; n < s_.N; ++n) fn(l, n, hw, cs, ps, ic0);
+      fn(l, hw, cs, ps, ic0);
     }
   }
 
@@ -541,20 +550,21 @@ struct Kernels {
     stream_fence();  // forward_avg and forward_max may have streamed
   }
 
-  // Output channels [c0, c1) of images [n0, n1) of every level's gradient
-  // (accumulator typed, zeroed by the caller; the input channels those output
-  // channels read), the images' rois in order: each element sums its terms in
-  // (roi, bin, sample, corner) order, so the result is bit-identical run to
-  // run and for any thread count.
+  // Output channels [c0, c1) of every level's gradient (accumulator typed,
+  // zeroed by the caller; the input channels those output channels read):
+  // the terms of the `count` valid rois `ks`, in that order. Given each
+  // image's rois in increasing order, each element sums its terms in (roi,
+  // bin, sample, corner) order, so the result is bit-identical run to run and
+  // for any thread count.
   template <bool Unit>
   static void backward_features(const RoiCall& s, const T* ct, const G* rois,
                                 const int32_t* levels, const int32_t* winner, const View<A>& grad,
-                                int64_t c0, int64_t c1, int64_t n0, int64_t n1) {
+                                int64_t c0, int64_t c1, const int64_t* ks, int64_t count) {
     Workspace w;
     const int64_t step = tile_channels(s, c0, c1, backward_tile_element(s));
-    for (int64_t k = 0; k < s.K; ++k) {
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t k = ks[j];
       w.plan.build(s, rois, levels, k, false);
-      if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
       if constexpr (!Unit) {
         if (s.mode == PoolMode::kMax && backward_max_planes(s, ct, winner, grad, w, k, c0, c1))
           continue;
