@@ -4,10 +4,11 @@ backward alone (the jitted VJP of one recorded forward). Prints the median of ea
 timed call after an untimed one. For A/B runs of two builds of the kernels, run it once
 per build in alternating processes, each build copied over the installed module with
 `cp --remove-destination` (a plain `cp` rewrites the module that a running process has
-mapped, and kills it).
+mapped, and kills it). With --cold, each timed call follows a write of 128 MiB instead
+(the caches hold none of the inputs, as in a model whose other layers ran in between).
 
     python benchmarks/cpu_loops.py WORKLOAD LAYOUT OP [--repeats 7] [--dtype float32]
-                                   [--mode max] [--backward]
+                                   [--mode max] [--backward] [--cold]
 """
 
 import argparse
@@ -22,11 +23,14 @@ from jax_roialign._cli.workloads import WORKLOADS, proposals
 from jax_roialign._src.operators import BY_NAME
 
 
-def median_ms(call, repeats):
+def median_ms(call, repeats, evict=None):
     jax.block_until_ready(call())
     times = []
     for _ in range(repeats):
-        jax.block_until_ready(call())  # untimed: each timed call follows one of its own
+        if evict is None:
+            jax.block_until_ready(call())  # untimed: each timed call follows one of its own
+        else:
+            evict += 1.0
         start = time.perf_counter()
         jax.block_until_ready(call())
         times.append(time.perf_counter() - start)
@@ -42,6 +46,8 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--mode", help="the operator's pooling mode (roi_align: avg or max)")
     parser.add_argument("--backward", action="store_true", help="also the backward alone")
+    parser.add_argument("--cold", action="store_true",
+                        help="each timed call after a write of 128 MiB, not after a call")
     args = parser.parse_args()
 
     w = WORKLOADS[args.workload]
@@ -60,6 +66,7 @@ def main():
     feats = jnp.asarray(to_layout(f, args.layout), args.dtype)
     ct = jnp.asarray(to_layout(cot, args.layout), args.dtype)
 
+    evict = np.zeros(32 << 20, np.float32) if args.cold else None  # 128 MiB
     forward = jax.jit(lambda x, r: fn(x, r, **kwargs))
 
     @jax.jit
@@ -67,16 +74,16 @@ def main():
         out, vjp = jax.vjp(lambda y: fn(y, r, **kwargs), x)
         return out, vjp(g)[0]
 
-    times = {"forward": median_ms(lambda: forward(feats, rois), args.repeats),
+    times = {"forward": median_ms(lambda: forward(feats, rois), args.repeats, evict),
              "forward+backward": median_ms(lambda: forward_backward(feats, rois, ct),
-                                           args.repeats)}
+                                           args.repeats, evict)}
     if args.backward:
         _, vjp = jax.vjp(lambda y: fn(y, rois, **kwargs), feats)
         backward = jax.jit(lambda g: vjp(g)[0])
-        times["backward"] = median_ms(lambda: backward(ct), args.repeats)
+        times["backward"] = median_ms(lambda: backward(ct), args.repeats, evict)
     label = " ".join([args.workload, args.layout, args.op, args.dtype] +
-                     ([f"mode={args.mode}"] if args.mode else []))
-    print(label + ": " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()), flush=True)
+                     ([f"mode={args.mode}"] if args.mode else []) + (["cold"] if args.cold else []))
+    print(label + ": " + ", ".join(f"{k} {v:.3g} ms" for k, v in times.items()), flush=True)
 
 
 if __name__ == "__main__":
