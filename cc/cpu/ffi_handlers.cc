@@ -301,8 +301,8 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     // order. The outputs arrive uninitialised; a task accumulates in them
     // directly where they are accumulator typed and channel-last, where max
     // mode reads planes (max_reads_planes), or where a copy would not pay;
-    // else in a channel-last copy of its channels, rounded into them at the
-    // end (always split by channels).
+    // else in a channel-last copy of its channels, one image at a time,
+    // rounded into them after that image's rois (always split by channels).
     const bool in_place = std::is_same_v<T, A> && (channels_adjacent(s) || max_reads_planes(s) ||
                                                    !packing_pays(s));
     const int64_t per_output = s.C / s.Cout;  // input channels per output channel

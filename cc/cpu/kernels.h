@@ -51,11 +51,10 @@ struct View {
     const int64_t plane = s->layout == Layout::kNHWC ? 1 : s->level[l].H * s->level[l].W;
     return position_sensitive(s->op) ? plane * s->bins() : plane;
   }
-  // Pixel 0 of output channel c, bin `bin`, image n, level l.
+  // Pixel 0 of output channel c, bin `bin`, image n (packed: `image`), level l.
   E* at(int64_t l, int64_t n, int64_t c, int64_t bin) const {
     if (!packed) return level[l] + s->feature_offset(l, n, s->input_channel(c, bin), 0);
     const int64_t slot = position_sensitive(s->op) ? bin * ncout + (c - c0) : c - c0;
-    (void)n;  // packed: always `image`
     return level[l] + slot;
   }
 };
@@ -552,7 +551,8 @@ struct Kernels {
 
   // Output channels [c0, c1) of every level's gradient (accumulator typed,
   // zeroed by the caller; the input channels those output channels read):
-  // the terms of the `count` valid rois `ks`, in that order. Given each
+  // the terms of the valid rois among the `count` rois `ks`, in that order
+  // (invalid rois have none). Given each
   // image's rois in increasing order, each element sums its terms in (roi,
   // bin, sample, corner) order, so the result is bit-identical run to run and
   // for any thread count.
@@ -565,6 +565,7 @@ struct Kernels {
     for (int64_t j = 0; j < count; ++j) {
       const int64_t k = ks[j];
       w.plan.build(s, rois, levels, k, false);
+      if (!w.plan.valid()) continue;
       if constexpr (!Unit) {
         if (s.mode == PoolMode::kMax && backward_max_planes(s, ct, winner, grad, w, k, c0, c1))
           continue;
