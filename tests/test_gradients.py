@@ -175,12 +175,14 @@ def test_max_gradient_of_maps_of_several_bands(case, dtype):
     cc/cpu/kernels.h, backward_max_bands: 1024 rows of this float32 map, 512 of
     float64), each roi adding only the terms that land in the band: rois across a
     band's edge, tall ones across several, and winners on both sides of an edge must
-    give NCHW's bits (another path, unbanded). The other max-mode cases (their samples
+    give NCHW's bits (another path, unbanded). Three images, the first without rois,
+    and invalid rows among the rest: on two threads one task owns the first two
+    images, banded one after the other. The other max-mode cases (their samples
     bilinear) are not banded, and must agree too."""
     rng = np.random.default_rng(23)
     band = (8 << 20) // (256 * 8 * np.dtype(dtype).itemsize)
     h, w, size = 4 * band + 4, 256, (7, 7)
-    f = features(case, rng, size, "NCHW", n=2, c_out=8, h=h, w=w, dtype=dtype)
+    f = features(case, rng, size, "NCHW", n=3, c_out=8, h=h, w=w, dtype=dtype)
     k = 120
     x1 = rng.uniform(-4, w - 8, k)
     y1 = rng.uniform(-4, h - 8, k)
@@ -188,7 +190,9 @@ def test_max_gradient_of_maps_of_several_bands(case, dtype):
     tall[::10] = rng.uniform(band / 2, 3 * band, len(tall[::10]))  # across several bands
     edges = band * rng.integers(1, 5, len(y1[1::4]))
     y1[1::4] = edges + rng.uniform(-4, 4, len(edges)) - tall[1::4] / 2  # across one
-    rois = np.stack([rng.integers(0, 2, k), x1, y1, x1 + rng.uniform(2, 60, k), y1 + tall], 1)
+    image = 1 + rng.integers(0, 2, k)  # images 1 and 2
+    image[5::40] = -1  # invalid rows: no terms
+    rois = np.stack([image, x1, y1, x1 + rng.uniform(2, 60, k), y1 + tall], 1)
 
     def grad(layout):
         x = jnp.asarray(to_layout(f, layout))
@@ -199,6 +203,7 @@ def test_max_gradient_of_maps_of_several_bands(case, dtype):
         return np.asarray(g if layout == "NCHW" else jnp.moveaxis(g, -1, 1))
 
     nhwc = grad("NHWC")
+    assert not nhwc[0].any()
     for edge in range(band, h, band):  # terms on both sides of each edge
         assert np.abs(nhwc[:, :, edge - 8:edge]).max() > 0, edge
         assert np.abs(nhwc[:, :, edge:edge + 8]).max() > 0, edge

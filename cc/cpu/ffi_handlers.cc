@@ -108,6 +108,12 @@ std::array<T*, kMaxLevels> level_pointers(const LevelBuffers& b) {
 struct RoiOrder {
   std::vector<int64_t> order;
   std::vector<int64_t> begin;
+
+  RoiList invalid() const { return {order.data(), begin[0]}; }
+  // The rois of images [n0, n1).
+  RoiList images(int64_t n0, int64_t n1) const {
+    return {order.data() + begin[n0], begin[n1] - begin[n0]};
+  }
 };
 
 // The rois grouped by image, each image's in increasing order (`by_row`
@@ -175,21 +181,19 @@ ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::
     if (packing_pays(s))
       return parallel_for(pool, s.Cout, channel_tasks(pool, s), [=](int64_t c0, int64_t c1) {
         typename I::PackedFeatures packed(s, c0, c1);
-        const int64_t* o = order->order.data();
-        const std::vector<int64_t>& begin = order->begin;
         // The invalid rois (zeros; they read nothing), then image after image.
-        I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, o, 0, begin[0],
-                            c0, c1);
+        I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear,
+                            order->invalid(), c0, c1);
         for (int64_t n = 0; n < s.N; ++n) {
-          if (begin[n] == begin[n + 1]) continue;
+          const RoiList image = order->images(n, n + 1);
+          if (image.count == 0) continue;
           packed.load(f.data(), n);
-          I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, o, begin[n],
-                              begin[n + 1], c0, c1);
+          I::Kernels::forward(s, packed.view(), r, lv, out, winner, given, linear, image, c0, c1);
         }
       });
     return split_rows_channels(pool, s, [=](int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
       I::Kernels::forward(s, I::direct(s, f.data()), r, lv, out, winner, given, linear,
-                          order->order.data(), k0, k1, c0, c1);
+                          RoiList{order->order.data() + k0, k1 - k0}, c0, c1);
     });
   });
 }
@@ -324,13 +328,11 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
         if constexpr (std::is_same_v<T, A>) {
           zero_channels(s, grad.data(), c0 * per_output, c1 * per_output, n0, n1);
           const auto view = I::direct(s, grad.data());
-          const int64_t* ks = order->order.data() + order->begin[n0];
-          const int64_t count = order->begin[n1] - order->begin[n0];
+          const RoiList list = order->images(n0, n1);
           if (channels_adjacent(s))
-            I::Kernels::template backward_features<true>(s, ct, r, lv, w, view, c0, c1, ks, count);
+            I::Kernels::template backward_features<true>(s, ct, r, lv, w, view, c0, c1, list);
           else
-            I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1, ks,
-                                                          count);
+            I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1, list);
         }
       };
       // Max mode's channel-last gradient of one level, four bands or more, one-cell
@@ -343,10 +345,13 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
         return parallel_for(pool, int64_t(images.size()) - 1, int64_t(images.size()) - 1,
                             [=](int64_t t0, int64_t t1) {
                               if constexpr (std::is_same_v<T, A>) {
-                                if (bands)
-                                  return I::Kernels::backward_max_bands(
-                                      s, ct, r, lv, w, I::direct(s, grad.data()), images[t0],
-                                      images[t1], band);
+                                if (bands) {
+                                  for (int64_t n = images[t0]; n < images[t1]; ++n)
+                                    I::Kernels::backward_max_bands(
+                                        s, ct, r, lv, w, I::direct(s, grad.data()), n,
+                                        order->images(n, n + 1), band);
+                                  return;
+                                }
                               }
                               in_buffers(0, s.Cout, images[t0], images[t1]);
                             });
@@ -355,15 +360,14 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
         // A channel-last copy of the task's channels, one image at a time.
         typename I::PackedGradient packed(s, c0, c1);
         for (int64_t n = 0; n < s.N; ++n) {
-          const int64_t* ks = order->order.data() + order->begin[n];
-          const int64_t count = order->begin[n + 1] - order->begin[n];
-          if (count == 0) {
+          const RoiList image = order->images(n, n + 1);
+          if (image.count == 0) {
             zero_channels(s, grad.data(), c0 * per_output, c1 * per_output, n, n + 1);
             continue;
           }
           packed.zero(n);
           I::Kernels::template backward_features<true>(s, ct, r, lv, w, packed.view(), c0, c1,
-                                                       ks, count);
+                                                       image);
           packed.store(grad.data());
         }
       });

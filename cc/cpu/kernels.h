@@ -1,5 +1,5 @@
 // The five CPU kernels behind every operator's primitives (kernel_list.h),
-// each over a range of rois and output channels so that the handlers can
+// each over a list (or a range) of rois and output channels so that the handlers can
 // split work across threads:
 //
 //   forward            out = op(features)                (max: and the winners)
@@ -507,20 +507,19 @@ struct Kernels {
     }
   }
 
-  // Rows [k0, k1), output channels [c0, c1). Max mode either finds the
-  // winners (`winner` written, unless null) or, with `given`, evaluates given
-  // winners.
-  // `linear`: forward_selected, the linear part (no fill).
+  // The rois `list`, in its order (each roi writes only its own outputs: the
+  // order changes no result), output channels [c0, c1). Max mode either
+  // finds the winners (`winner` written, unless null) or, with `given`,
+  // evaluates given winners. `linear`: forward_selected, the linear part (no fill).
   template <typename E>
-  // `order`: the rois in the order to visit them (positions [k0, k1) of it).
   static void forward(const RoiCall& s, const View<E>& f, const G* rois, const int32_t* levels,
-                      T* out, int32_t* winner, const int32_t* given, bool linear,
-                      const int64_t* order, int64_t k0, int64_t k1, int64_t c0, int64_t c1) {
+                      T* out, int32_t* winner, const int32_t* given, bool linear, RoiList list,
+                      int64_t c0, int64_t c1) {
     const A fill = linear ? A(0) : A(s.fill);
     Workspace w;
     const bool unit = f.channel_step(0) == 1;  // the same on every level
-    for (int64_t j = k0; j < k1; ++j) {
-      const int64_t k = order[j];
+    for (int64_t j = 0; j < list.count; ++j) {
+      const int64_t k = list.index[j];
       w.plan.build(s, rois, levels, k, false);
       if (!w.plan.valid()) {
         zero_rows(s, out, winner, k, c0, c1);
@@ -551,19 +550,18 @@ struct Kernels {
 
   // Output channels [c0, c1) of every level's gradient (accumulator typed,
   // zeroed by the caller; the input channels those output channels read):
-  // the terms of the valid rois among the `count` rois `ks`, in that order
-  // (invalid rois have none). Given each
-  // image's rois in increasing order, each element sums its terms in (roi,
-  // bin, sample, corner) order, so the result is bit-identical run to run and
-  // for any thread count.
+  // the terms of the valid rois in `list`, in its order (invalid rois have
+  // none). Given each image's rois in increasing order, each element sums its
+  // terms in (roi, bin, sample, corner) order, so the result is bit-identical
+  // run to run and for any thread count.
   template <bool Unit>
   static void backward_features(const RoiCall& s, const T* ct, const G* rois,
                                 const int32_t* levels, const int32_t* winner, const View<A>& grad,
-                                int64_t c0, int64_t c1, const int64_t* ks, int64_t count) {
+                                int64_t c0, int64_t c1, RoiList list) {
     Workspace w;
     const int64_t step = tile_channels(s, c0, c1, backward_tile_element(s));
-    for (int64_t j = 0; j < count; ++j) {
-      const int64_t k = ks[j];
+    for (int64_t j = 0; j < list.count; ++j) {
+      const int64_t k = list.index[j];
       w.plan.build(s, rois, levels, k, false);
       if (!w.plan.valid()) continue;
       if constexpr (!Unit) {
@@ -576,35 +574,36 @@ struct Kernels {
   }
 
   // backward_features in max mode for all output channels where they are
-  // adjacent (NHWC, the gradient in place, one level), images [n0, n1), in
-  // bands of `band` map rows: each band zeroed, then every roi that reaches
-  // it adds the terms whose cells lie in it. A winner's add is a lone
-  // element's, a cache line each; a band that fits the cache keeps them from
-  // missing where the whole gradient does not. Each element gets the same
-  // terms in the same order as backward_features adds them.
+  // adjacent (NHWC, the gradient in place, one level), image n, whose rois
+  // are `list` (in increasing order), in bands of `band` map rows: each band
+  // zeroed, then every roi that reaches it adds the terms whose cells lie in
+  // it. A winner's add is a lone element's, a cache line each; a band that
+  // fits the cache keeps them from missing where the whole gradient does
+  // not. Each element gets the same terms in the same order as
+  // backward_features adds them.
   static void backward_max_bands(const RoiCall& s, const T* ct, const G* rois,
                                  const int32_t* levels, const int32_t* winner,
-                                 const View<A>& grad, int64_t n0, int64_t n1, int64_t band) {
+                                 const View<A>& grad, int64_t n, RoiList list, int64_t band) {
     Workspace w;
     const int64_t H = s.level[0].H, W = s.level[0].W;
-    // Each roi's first and last rows; none for rois outside [n0, n1).
-    std::vector<int64_t> first(s.K, INT64_MAX), last(s.K, INT64_MIN);
-    for (int64_t k = 0; k < s.K; ++k) {
-      w.plan.build(s, rois, levels, k, false);
-      if (!w.plan.valid() || w.plan.image() < n0 || w.plan.image() >= n1) continue;
+    // Each listed roi's first and last rows; none for an invalid roi.
+    std::vector<int64_t> first(list.count, INT64_MAX), last(list.count, INT64_MIN);
+    for (int64_t j = 0; j < list.count; ++j) {
+      w.plan.build(s, rois, levels, list.index[j], false);
+      if (!w.plan.valid()) continue;
       for (int64_t ph = 0; ph < s.PH; ++ph) {
         int64_t lo, hi;
         w.plan.rows(ph, &lo, &hi);
-        first[k] = std::min(first[k], lo);
-        last[k] = std::max(last[k], hi);
+        first[j] = std::min(first[j], lo);
+        last[j] = std::max(last[j], hi);
       }
     }
     for (int64_t r0 = 0; r0 < H; r0 += band) {
       const int64_t r1 = std::min(H, r0 + band);
-      for (int64_t n = n0; n < n1; ++n)
-        std::fill_n(grad.level[0] + s.feature_offset(0, n, 0, r0 * W), (r1 - r0) * W * s.C, A(0));
-      for (int64_t k = 0; k < s.K; ++k) {
-        if (last[k] < r0 || first[k] >= r1) continue;
+      std::fill_n(grad.level[0] + s.feature_offset(0, n, 0, r0 * W), (r1 - r0) * W * s.C, A(0));
+      for (int64_t j = 0; j < list.count; ++j) {
+        if (last[j] < r0 || first[j] >= r1) continue;
+        const int64_t k = list.index[j];
         w.plan.build(s, rois, levels, k, false);
         backward_roi<true>(s, ct, winner, grad, w, k, 0, s.Cout, r0, r1);
       }

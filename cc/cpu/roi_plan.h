@@ -17,6 +17,15 @@
 
 namespace jax_roialign::cpu {
 
+// Rois by index, in the order a kernel visits them: `count` indices from
+// `index` (the handlers' rois grouped by image, ffi_handlers.cc's
+// roi_order). A type of its own, so that no pair of integers (a range's
+// first and last; a 0, the null pointer, and a count) passes for one.
+struct RoiList {
+  const int64_t* index;
+  int64_t count;
+};
+
 // One bin of a roi: its windows (the enumerated entries along y and x), the
 // avg divisor and the max-mode tie rule.
 struct BinPlan {

@@ -97,17 +97,18 @@ void check(Op op, PoolMode mode, Layout layout, int64_t levels = 1) {
   const bool unit = features.channel_step(0) == 1;
   std::vector<int64_t> order(size_t(s.K));
   for (int64_t k = 0; k < s.K; ++k) order[size_t(k)] = k;
-  Cpu::forward(s, features, rois.data(), lv, out.data(), win.data(), nullptr, false, order.data(),
-               0, s.K, 0, s.Cout);
+  const cpu::RoiList all{order.data(), s.K};
+  Cpu::forward(s, features, rois.data(), lv, out.data(), win.data(), nullptr, false, all, 0,
+               s.Cout);
   expect(Cuda::forward(s, fl, rois.data(), lv, out2.data(), win2.data(), nullptr) == 0 &&
              out == out2 && (mode == PoolMode::kAvg || win == win2),
          "forward", s);
   if (unit)
     Cpu::backward_features<true>(s, ct.data(), rois.data(), lv, win.data(), grad_view, 0, s.Cout,
-                                 order.data(), s.K);
+                                 all);
   else
     Cpu::backward_features<false>(s, ct.data(), rois.data(), lv, win.data(), grad_view, 0, s.Cout,
-                                  order.data(), s.K);
+                                  all);
   for (bool deterministic : {true, false}) {
     bool ok = Cuda::backward_features(s, ct.data(), rois.data(), lv, win.data(), gl,
                                       deterministic, nullptr) == 0;
