@@ -1,4 +1,4 @@
-"""One operator on one of the bench's workloads, timed in loops: the jitted forward, the
+"""One ops-suite operator on one of the bench's single maps, timed in loops: the jitted forward, the
 forward+backward (the feature gradient, jax.vjp under jit) and, with --backward, the
 backward alone (the jitted VJP of one recorded forward). Prints the median of each, every
 timed call after an untimed one. For A/B runs of two builds of the kernels, run it once
@@ -20,7 +20,11 @@ import numpy as np
 
 from jax_roialign._cli.bench import FUNCTIONS, channels_for, operator_arguments, to_layout
 from jax_roialign._cli.workloads import WORKLOADS, proposals
-from jax_roialign._src.operators import BY_NAME
+from jax_roialign._src.operators import BY_NAME, OPERATORS
+
+# What it runs: the ops suite's operators (the bench's single-map boxes) on single maps.
+OPS = [op.name for op in OPERATORS if op.bench]
+MAPS = [name for name, w in WORKLOADS.items() if w.levels == 1]
 
 
 def median_ms(call, repeats, evict=None):
@@ -39,9 +43,9 @@ def median_ms(call, repeats, evict=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("workload", choices=MAPS)
     parser.add_argument("layout", choices=("NHWC", "NCHW"))
-    parser.add_argument("op", choices=sorted(FUNCTIONS))
+    parser.add_argument("op", choices=OPS)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--mode", help="the operator's pooling mode (roi_align: avg or max)")
