@@ -12,6 +12,12 @@ Then roi_align's forward+backward, called back to back and after an idle second 
 time, the way an interleaved benchmark calls it after a slower single-threaded peer: on
 a VM whose balloon driver reports freed memory to the host, the outputs' pages then
 come back from the host, and a call can take several times longer.
+
+Last, calls of well under a millisecond (the small head's roi_align forward, NHWC, and
+XLA's own elementwise op on the same features) timed one by one, the first 8 after
+other work: none, a one-thread write of 64 MiB (a peer's call, or the layers of a model
+between two of ours), 10 ms idle. The medians per position show how many calls XLA's
+threads take to reach their steady state again.
 """
 
 import argparse
@@ -81,6 +87,38 @@ def main():
             ts.append(time.perf_counter() - t0)
         print(f"{np.median(ts) * 1e3:8.1f} ms  (calls {' '.join(f'{t * 1e3:.0f}' for t in ts)})"
               f"  roi_align forward+backward, {gap:.0f} s idle before each call")
+
+    warm_up(args.repeats)
+
+
+def warm_up(repeats):
+    w = WORKLOADS["head"]
+    n, c, h, wd = w.shape
+    rng = np.random.default_rng(0)
+    f = jnp.asarray(rng.normal(size=(n, h, wd, c)).astype(np.float32))
+    r = jnp.asarray(proposals(rng, n, h, wd, w.scale, w.rois))
+    pool = jax.jit(lambda x, r: jra.roi_align(x, r, w.size, w.scale, w.sampling, True,
+                                              layout="NHWC"))
+    tanh = jax.jit(lambda x: jnp.tanh(x) * 2 + 1)
+    big = np.ones(1 << 24, np.float32)
+    before = {"nothing": lambda: None, "a write of 64 MiB": lambda: big.__iadd__(1.0),
+              "10 ms idle": lambda: time.sleep(0.01)}
+    print(f"calls 1-8 after other work, median of {5 * repeats} sequences (ms):")
+    for name, call in (("head roi_align forward", lambda: pool(f, r)),
+                       ("XLA's tanh(x) * 2 + 1 on its features", lambda: tanh(f))):
+        jax.block_until_ready(call())
+        for what, disturb in before.items():
+            seqs = []
+            for _ in range(5 * repeats):
+                disturb()
+                seq = []
+                for _ in range(8):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(call())
+                    seq.append(time.perf_counter() - t0)
+                seqs.append(seq)
+            medians = np.median(np.array(seqs), axis=0) * 1e3
+            print(f"  {' '.join(f'{t:5.2f}' for t in medians)}  {name}, after {what}")
 
 
 if __name__ == "__main__":
