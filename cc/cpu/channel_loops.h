@@ -786,9 +786,9 @@ inline void to_channel_last(A* dst, int64_t stride, const int64_t* slot, const E
   // once, 128 planes or more, 16 and 128 measured within each other's spread).
   const int64_t bytes = cs * int64_t(sizeof(E)), window = int64_t{1} << 16;
   const int64_t group = window / std::gcd(bytes % window + window, window) < m ? 8 : m;
-  const int64_t kTile = group < m ? 128 : 16;
-  for (int64_t p0 = 0; p0 < hw; p0 += kTile) {
-    const int64_t np = std::min(kTile, hw - p0);
+  const int64_t tile = group < m ? 128 : 16;
+  for (int64_t p0 = 0; p0 < hw; p0 += tile) {
+    const int64_t np = std::min(tile, hw - p0);
     if (identity) {  // whole pixel runs: no slot lookups
       for (int64_t i0 = 0; i0 < m; i0 += group)
         transpose(dst + p0 * stride + i0, stride, src + i0 * cs + p0, cs,
