@@ -16,8 +16,8 @@ come back from the host, and a call can take several times longer.
 Last, calls of well under a millisecond (the small head's roi_align forward, NHWC, and
 XLA's own elementwise op on the same features) timed one by one, the first 8 after
 other work: none, a one-thread write of 64 MiB (a peer's call, or the layers of a model
-between two of ours), 10 ms idle. The medians per position show how many calls XLA's
-threads take to reach their steady state again.
+between two of ours), 10 ms idle. The medians per position show how many calls each
+takes to reach its steady state again.
 """
 
 import argparse
