@@ -96,6 +96,15 @@ class RoiPlan {
     return b;
   }
 
+  // Separable plans: bin b's taps along y (b.gy.count of them) and x
+  // (b.gx.count); its samples are RoiSampler<G>::combined<combination()>(
+  // y[a], x[e], width()), row-major, as samples() produces them.
+  bool separable() const { return roi_.separable(); }
+  SampleKind combination() const { return roi_.combination(); }
+  int64_t width() const { return roi_.W; }
+  const AxisTap<G>* y_taps(const BinPlan& b) const { return ty_.data() + oy_[b.ph]; }
+  const AxisTap<G>* x_taps(const BinPlan& b) const { return tx_.data() + ox_[b.pw]; }
+
   // Samples [i0, i1) of bin b into out[0, i1 - i0) (row-major over the
   // enumerated entries, as BinSampler::sample); their slopes into d if given
   // (the plan must have been built with slopes).
