@@ -8,7 +8,11 @@ mapped, and kills it). With --cold, each timed call follows a write of 128 MiB i
 (the caches hold none of the inputs, as in a model whose other layers ran in between).
 
     python benchmarks/cpu_loops.py WORKLOAD LAYOUT OP [--repeats 7] [--dtype float32]
-                                   [--mode max] [--backward] [--cold]
+                                   [--mode max] [--backward] [--cold] [--rois K]
+
+With --rois K, the workload's first K proposals only (small calls: with few rois a call
+runs on one thread, cc/cpu/ffi_handlers.cc threads_for; JAX_ROIALIGN_SERIAL_WORK=0 in
+the environment makes it split them over the pool as larger calls do).
 """
 
 import argparse
@@ -52,6 +56,7 @@ def main():
     parser.add_argument("--backward", action="store_true", help="also the backward alone")
     parser.add_argument("--cold", action="store_true",
                         help="each timed call after a write of 128 MiB, not after a call")
+    parser.add_argument("--rois", type=int, help="only the first ROIS of the workload's rois")
     args = parser.parse_args()
 
     w = WORKLOADS[args.workload]
@@ -67,6 +72,8 @@ def main():
     f = rng.normal(size=(n, c, h, wd)).astype(np.float32)
     rois = jnp.asarray(proposals(rng, n, h, wd, w.scale, w.rois))
     cot = rng.normal(size=(w.rois, out_c, w.size, w.size)).astype(np.float32)
+    if args.rois is not None:
+        rois, cot = rois[:args.rois], cot[:args.rois]
     feats = jnp.asarray(to_layout(f, args.layout), args.dtype)
     ct = jnp.asarray(to_layout(cot, args.layout), args.dtype)
 
@@ -86,7 +93,8 @@ def main():
         backward = jax.jit(lambda g: vjp(g)[0])
         times["backward"] = median_ms(lambda: backward(ct), args.repeats, evict)
     label = " ".join([args.workload, args.layout, args.op, args.dtype] +
-                     ([f"mode={args.mode}"] if args.mode else []) + (["cold"] if args.cold else []))
+                     ([f"mode={args.mode}"] if args.mode else []) + (["cold"] if args.cold else []) +
+                     ([f"rois={args.rois}"] if args.rois is not None else []))
     print(label + ": " + ", ".join(f"{k} {v:.3g} ms" for k, v in times.items()), flush=True)
 
 

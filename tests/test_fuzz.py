@@ -428,9 +428,13 @@ def test_kernels_agree_with_reference(case, data):
 # The child of test_same_bits_on_any_number_of_threads: it narrows its CPU affinity
 # before jax starts (XLA sizes its intra-op pool, the pool the kernels split work over,
 # by the CPUs the process may run on; --xla_cpu_multi_thread_eigen does not change it),
-# then writes thread_results(...) to the file named.
+# sets the work under which a call runs on one thread (JAX_ROIALIGN_SERIAL_WORK,
+# cc/cpu/ffi_handlers.cc; "default": left unset), then writes thread_results(...) to
+# the file named.
 _THREADS_CHILD = """
 import os, sys
+if sys.argv[4] != "default":
+    os.environ["JAX_ROIALIGN_SERIAL_WORK"] = sys.argv[4]
 os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[2])])
 sys.path.insert(0, sys.argv[3])
 import test_fuzz
@@ -468,18 +472,24 @@ def thread_results(path):
                     reason="needs Linux (affinity, /proc) and two CPUs")
 def test_same_bits_on_any_number_of_threads(tmp_path):
     """The CPU kernels split rows or channels over XLA's intra-op pool, each task writing
-    its own elements in a fixed order: one thread and all of them give the same bits."""
+    its own elements in a fixed order: one thread and all of them give the same bits.
+    These calls are small enough that by default each runs on one thread; the first two
+    runs make every call split (JAX_ROIALIGN_SERIAL_WORK=0), the third leaves the
+    default, which must give the same bits too."""
+    cpus = len(os.sched_getaffinity(0))
     runs = {}
-    for cpus in (1, len(os.sched_getaffinity(0))):
-        path = tmp_path / f"{cpus}.npz"
-        subprocess.run([sys.executable, "-c", _THREADS_CHILD, str(path), str(cpus),
-                        os.path.dirname(__file__)], check=True, timeout=600)
-        runs[cpus] = dict(np.load(path))
-    one, many = runs.values()
-    assert one.pop("pool") == 1 and many.pop("pool") == len(os.sched_getaffinity(0))
-    assert one.keys() == many.keys()
-    for key in one:
-        np.testing.assert_array_equal(one[key], many[key], err_msg=key)
+    for n, serial in ((1, "0"), (cpus, "0"), (cpus, "default")):
+        path = tmp_path / f"{n}-{serial}.npz"
+        subprocess.run([sys.executable, "-c", _THREADS_CHILD, str(path), str(n),
+                        os.path.dirname(__file__), serial], check=True, timeout=600)
+        runs[n, serial] = dict(np.load(path))
+    pools = {key: run.pop("pool") for key, run in runs.items()}
+    assert pools == {(1, "0"): 1, (cpus, "0"): cpus, (cpus, "default"): cpus}
+    one = runs[1, "0"]
+    for key, run in runs.items():
+        assert run.keys() == one.keys()
+        for name in one:
+            np.testing.assert_array_equal(run[name], one[name], err_msg=f"{key}: {name}")
 
 
 # ------------------------------------------------------------------ the campaign's findings

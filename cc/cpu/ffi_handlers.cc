@@ -3,7 +3,9 @@
 // set, split the work over XLA's intra-op pool.
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <new>
 #include <utility>
@@ -77,16 +79,43 @@ int64_t max_band_rows(const RoiCall& s, int64_t element_bytes) {
   return std::max<int64_t>(1, kBandBytes / (s.level[0].W * s.C * element_bytes));
 }
 
+// Work under this many units runs on one thread (the calling one; parallel.h):
+// a unit is one corner of a sample read for 16 channels (or for one, where
+// the channels are not adjacent and not copied), about a nanosecond. Waking
+// a second core cost 20-60 us a call on the 2-core VM of benchmarks/README.md
+// ("Small calls on one thread"). JAX_ROIALIGN_SERIAL_WORK overrides it (0:
+// always split, as the tests of splits do).
+constexpr double kSerialWork = 16384;
+
+double serial_work() {
+  static const double work = [] {
+    const char* e = std::getenv("JAX_ROIALIGN_SERIAL_WORK");
+    return e && *e ? std::strtod(e, nullptr) : kSerialWork;
+  }();
+  return work;
+}
+
+// Threads worth using for the call: the pool's, or one for small work.
+int64_t threads_for(ffi::ThreadPool& pool, const RoiCall& s) {
+  const double per_axis = s.sampling_ratio > 0 ? double(s.sampling_ratio) : 2.0;
+  const double corners = separable_combination(s.op) == SampleKind::kCell ? 1.0 : 4.0;
+  const double channels = channels_adjacent(s) || packing_pays(s)
+                              ? std::ceil(double(s.Cout) / 16.0)
+                              : double(s.Cout);
+  const double work = double(s.K) * double(s.bins()) * per_axis * per_axis * corners * channels;
+  return work < serial_work() ? 1 : pool_threads(pool);
+}
+
 // Tasks for a split over output channels.
 int64_t channel_tasks(ffi::ThreadPool& pool, const RoiCall& s) {
-  return std::max<int64_t>(1, std::min(pool_threads(pool), s.Cout / kTaskChannels));
+  return std::max<int64_t>(1, std::min(threads_for(pool, s), s.Cout / kTaskChannels));
 }
 
 // Splits rows x channels into about `threads` tasks: rows when there are
 // enough of them, else channels.
 template <typename Body>
 ffi::Future split_rows_channels(ffi::ThreadPool& pool, const RoiCall& s, Body body) {
-  const int64_t threads = pool_threads(pool);
+  const int64_t threads = threads_for(pool, s);
   if (s.K >= threads || s.Cout == 1)
     return parallel_for(pool, s.K, threads,
                         [s, body](int64_t k0, int64_t k1) { body(k0, k1, int64_t{0}, s.Cout); });
@@ -205,7 +234,7 @@ ffi::Future run_forward(ffi::ThreadPool& pool, const CheckedCall& c, const ffi::
   const G* r = geometry<G>(rois);
   const int32_t* lv = level_indices(levels);
   const RoiCall s = c.s;
-  const int64_t threads = pool_threads(pool);
+  const int64_t threads = threads_for(pool, s);
   const bool dealt = !packing_pays(s) && (s.K >= threads || s.Cout == 1);
   std::shared_ptr<const RoiOrder> order;
   std::shared_ptr<const DealtRois> tasks;
@@ -361,7 +390,7 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     std::vector<int64_t> images;
     try {
       order = std::make_shared<const RoiOrder>(roi_order(s, r, lv, false));
-      if (in_place) images = image_split(s, *order, pool_threads(pool));
+      if (in_place) images = image_split(s, *order, threads_for(pool, s));
     } catch (const std::bad_alloc&) {
       return ready_future(ffi::Error(ffi::ErrorCode::kResourceExhausted,
                                      "jax_roialign: out of memory ordering the rois"));
@@ -400,7 +429,7 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
                               }
                               in_buffers(0, s.Cout, images[t0], images[t1]);
                             });
-      return parallel_for(pool, s.Cout, pool_threads(pool), [=](int64_t c0, int64_t c1) {
+      return parallel_for(pool, s.Cout, threads_for(pool, s), [=](int64_t c0, int64_t c1) {
         if (in_place) return in_buffers(c0, c1, 0, s.N);
         // A channel-last copy of the task's channels, one image at a time.
         typename I::PackedGradient packed(s, c0, c1);
@@ -471,7 +500,7 @@ ffi::Future BackwardBoxes(ffi::ThreadPool pool, ffi::AnyBuffer rois, ffi::AnyBuf
     // Each task owns whole rows of grad_rois.
     return with_kernels<T>([&](auto isa) {
       using I = decltype(isa);
-      return parallel_for(pool, s.K, pool_threads(pool), [=](int64_t k0, int64_t k1) {
+      return parallel_for(pool, s.K, threads_for(pool, s), [=](int64_t k0, int64_t k1) {
         I::Kernels::backward_boxes(s, I::direct(s, f.data()), r, lv, ct, w, g, k0, k1);
       });
     });
