@@ -82,7 +82,7 @@ int64_t max_band_rows(const RoiCall& s, int64_t element_bytes) {
 // Work under this many units runs on one thread (the calling one; parallel.h):
 // a unit is one corner of a sample read for 16 channels (or for one, where
 // the channels are not adjacent and not copied), about a nanosecond. Waking
-// a second core cost 20-60 us a call on the 2-core VM of benchmarks/README.md
+// a second core cost 15-75 us a call on the 2-core VM of benchmarks/README.md
 // ("Small calls on one thread"). JAX_ROIALIGN_SERIAL_WORK overrides it (0:
 // always split, as the tests of splits do).
 constexpr double kSerialWork = 16384;
