@@ -38,14 +38,22 @@ bool channels_adjacent(const RoiCall& s) {
 
 // Whether a task's channel-last copy of its channels (kernels.h's Packed)
 // pays: the channels are not adjacent as laid out, there are enough to
-// vectorise over, and the samples' reads outnumber the cells the copy moves.
+// vectorise over, and the samples' reads outnumber a quarter of the cells the
+// copy moves (a read without the copy is one strided element per channel; a
+// copied cell, channels moved in runs). Measured (benchmarks/README.md, "small
+// calls"): the small head's NCHW roi_align on 16 rois, 2.6 cells per read,
+// 5.5-5.7 -> 0.7-1.0 ms forward+backward copied, its roi_pool's forward
+// 1.3-1.4 -> 0.4 ms; the mask head's roi_align on 4 rois, 2.2, within the
+// spread either way.
+constexpr double kReadsPerCell = 0.25;
+
 bool packing_pays(const RoiCall& s) {
   if (channels_adjacent(s) || s.Cout < kTaskChannels / 2) return false;
   const double per_axis = s.sampling_ratio > 0 ? double(s.sampling_ratio) : 2.0;
   const double reads = double(s.K) * double(s.bins()) * per_axis * per_axis * 4.0;
   double cells = 0;
   for (int64_t l = 0; l < s.L; ++l) cells += double(s.N) * double(s.level[l].H * s.level[l].W);
-  return reads >= cells;
+  return reads >= kReadsPerCell * cells;
 }
 
 // Whether max mode's backward reads its cotangents and winners as laid out
