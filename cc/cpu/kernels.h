@@ -245,8 +245,9 @@ struct Kernels {
   // Measured on one thread (a task's rois of the small head's one channel,
   // the C4 head's 5 forward and 3 backward; best of 20-200 calls): one
   // channel, ps_roi_pool 1.3-1.5x faster, ps_roi_align's forward 1.45x, its
-  // backward 1.05x; ps_roi_pool's 5 and 3 channels 1.1-2x; ps_roi_align's
-  // (bilinear) 1.0-1.5x slower, so left to chunks.
+  // backward 1.05x; ps_roi_pool's 5 and 3 channels 0.9-2.5x, faster in 14 of
+  // 16 alternating pairs; ps_roi_align's (bilinear) 1.0-1.5x slower, so left
+  // to chunks.
   template <bool Unit>
   static bool from_registers(const RoiPlan<G>& plan, int64_t n) {
     return plan.separable() &&
