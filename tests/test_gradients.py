@@ -115,10 +115,11 @@ MAX_CASES = [c for c in CASES if c.mode == "max"]
 @pytest.mark.parametrize("case", MAX_CASES, ids=[c.id for c in MAX_CASES])
 def test_max_gradient_when_the_outputs_outnumber_the_features(case):
     """Max mode's feature gradient where the outputs hold at least 8 times the features'
-    elements, as in a C4 head (cc/cpu/ffi_handlers.cc, max_reads_planes): roi_pool's
-    one-cell samples then take NCHW cotangents and winners as laid out, channel after
-    channel, into the gradient in place; the others keep the channel-last copy. float64:
-    the pure-JAX path's values; float32: NHWC's bits (a separate path)."""
+    elements, as in a C4 head, over too few channels for a channel-last copy
+    (cc/cpu/call_paths.h, gradient_in_place): roi_pool's one-cell samples take NCHW
+    cotangents and winners as laid out, channel after channel, into the gradient in
+    place (cc/cpu/kernels.h, backward_max_planes). float64: the pure-JAX path's values;
+    float32: NHWC's bits (a separate path)."""
     rng = np.random.default_rng(21)
     h, w, size = 6, 7, (7, 7)
     f = features(case, rng, size, "NCHW", n=1, c_out=5, h=h, w=w)
@@ -142,7 +143,7 @@ def test_max_gradient_when_the_outputs_outnumber_the_features(case):
 
 
 def test_roi_pool_gradient_of_a_roi_beyond_one_table():
-    """roi_pool's NCHW gradient in place (max_reads_planes) with one roi of more cells
+    """roi_pool's NCHW gradient in place (backward_max_planes) with one roi of more cells
     than the CPU backward tables at once (65536: kRoiTableSamples in cc/cpu/kernels.h),
     among many small ones: that roi takes the per-bin path, the others the table's, and
     the gradient has the bits of NHWC's (one channel: the same memory, another path)."""
@@ -167,22 +168,67 @@ def test_roi_pool_gradient_of_a_roi_beyond_one_table():
     assert np.count_nonzero(nchw) >= 49
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_roi_pool_gradient_bits_against_a_loop(dtype, layout):
+    """roi_pool's feature gradient, bit for bit, against a loop in `dtype` that adds each
+    cotangent at its winner, roi after roi, bin after bin (the kernels' order). The
+    winner is found by value: every (image, channel) holds distinct nonzero values, so
+    an output names its cell (an empty bin's 0 names none). 37 channels (whole vectors
+    and a remainder in every build); NHWC's gradient in place and NCHW's channel-last
+    copy both add a bin's winners cell by cell where the bin has few cells
+    (cc/cpu/channel_loops.h, add_winners_by_sample), else channel by channel: the rois'
+    bins hold 1 to about 50 cells."""
+    rng = np.random.default_rng(31)
+    n, c, h, w, size = 2, 37, 48, 48, (7, 7)
+    f = np.stack([rng.permutation(h * w).reshape(h, w) - (h * w) / 2 + 0.5
+                  for _ in range(n * c)]).reshape(n, c, h, w).astype(dtype)
+    side = np.concatenate([rng.uniform(1, 8, 15), rng.uniform(8, 48, 15)])
+    x1, y1 = rng.uniform(-2, w - 4, 30), rng.uniform(-2, h - 4, 30)
+    rois = np.stack([rng.integers(0, n, 30), x1, y1, x1 + side, y1 + side[::-1]], 1)
+    ct = rng.normal(size=(30, c) + size).astype(dtype)
+    x = jnp.asarray(to_layout(f, layout))
+    out, vjp = jax.vjp(lambda y: jra.roi_pool(y, jnp.asarray(rois, dtype), size, 1.0,
+                                              layout=layout), x)
+    g = vjp(jnp.asarray(to_layout(ct, layout)))[0]
+    g = np.asarray(g if layout == "NCHW" else jnp.moveaxis(g, -1, 1))
+    out = np.asarray(out if layout == "NCHW" else jnp.moveaxis(out, -1, 1))
+
+    where = [{v: divmod(i, w) for i, v in enumerate(f[b, ch].ravel())}
+             for b in range(n) for ch in range(c)]
+    expected = np.zeros_like(f)
+    cells = set()
+    for k in range(len(rois)):
+        b = int(rois[k, 0])
+        for ph in range(size[0]):
+            for pw in range(size[1]):
+                for ch in range(c):
+                    at = where[b * c + ch].get(out[k, ch, ph, pw])
+                    if at is not None:
+                        expected[b, ch, at[0], at[1]] += ct[k, ch, ph, pw]
+                        cells.add(at)
+    assert len(cells) > 500
+    np.testing.assert_array_equal(g, expected)
+
+
 @pytest.mark.parametrize("case", MAX_CASES, ids=[c.id for c in MAX_CASES])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_gradient_of_maps_of_several_bands(case, dtype):
     """roi_pool's channel-last feature gradient of images of 32 MiB or more is zeroed
     and summed in bands of 8 MiB of rows (cc/cpu/ffi_handlers.cc, max_band_rows;
-    cc/cpu/kernels.h, backward_max_bands: 1024 rows of this float32 map, 512 of
+    cc/cpu/kernels.h, backward_max_bands: 390 rows of this float32 map, 195 of
     float64), each roi adding only the terms that land in the band: rois across a
     band's edge, tall ones across several, and winners on both sides of an edge must
-    give NCHW's bits (another path, unbanded). Three images, the first without rois,
+    give NCHW's bits (another path, unbanded). 21 channels: whole vectors and a
+    remainder in every build. Three images, the first without rois,
     and invalid rows among the rest: on two threads one task owns the first two
     images, banded one after the other. The other max-mode cases (their samples
     bilinear) are not banded, and must agree too."""
     rng = np.random.default_rng(23)
-    band = (8 << 20) // (256 * 8 * np.dtype(dtype).itemsize)
+    channels = 21
+    band = (8 << 20) // (256 * channels * np.dtype(dtype).itemsize)
     h, w, size = 4 * band + 4, 256, (7, 7)
-    f = features(case, rng, size, "NCHW", n=3, c_out=8, h=h, w=w, dtype=dtype)
+    f = features(case, rng, size, "NCHW", n=3, c_out=channels, h=h, w=w, dtype=dtype)
     k = 120
     x1 = rng.uniform(-4, w - 8, k)
     y1 = rng.uniform(-4, h - 8, k)
@@ -198,7 +244,7 @@ def test_max_gradient_of_maps_of_several_bands(case, dtype):
         x = jnp.asarray(to_layout(f, layout))
         out, vjp = jax.vjp(lambda y: case("kernel", y, jnp.asarray(rois, dtype), size, 1.0, 2,
                                           True, layout), x)
-        ct = np.random.default_rng(3).normal(size=(k, 8) + size).astype(dtype)
+        ct = np.random.default_rng(3).normal(size=(k, channels) + size).astype(dtype)
         g = vjp(jnp.asarray(to_layout(ct, layout)))[0]
         return np.asarray(g if layout == "NCHW" else jnp.moveaxis(g, -1, 1))
 

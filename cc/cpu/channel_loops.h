@@ -619,6 +619,55 @@ inline void scatter_samples_block(A* img, const A* g, const Sample<G>* p, int64_
   }
 }
 
+// Max mode's backward for one bin over n adjacent channels, sample by
+// sample: for each of the bin's `count` samples i, the channels whose winner
+// win[c] is i add g[c] * weight / 1 at each of its kCorners corners in turn
+// (offsets cell[i * kCorners + j], weights weight[...]; those outside
+// [p0, p1) skipped where kBanded): scatter_winners' terms, bit for bit; the
+// rest keep their value. A channel has one winner per bin, so each element
+// gets its terms in scatter_winners' order. A vector of channels per corner
+// rather than a scattered element per channel and corner: fewer
+// instructions where the bin has few samples.
+template <int kCorners, bool kBanded, typename A, typename C>
+inline void add_winners_by_sample(A* img, const C* g, const int32_t* win, const int64_t* cell,
+                                  const A* weight, int64_t count, int64_t n, int64_t p0,
+                                  int64_t p1) {
+  using Vec = typename Vector<A>::type;
+  using Lane = std::conditional_t<sizeof(A) == 8, int64_t, int32_t>;
+  constexpr int kLanes = kLanesOf<A>;
+  typedef Lane Lanes __attribute__((vector_size(kVectorBytes)));
+  typedef int32_t Wins __attribute__((vector_size(kLanes * 4)));
+  auto inside = [&](int64_t at) { return !kBanded || (at >= p0 && at < p1); };
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    const Vec gv = load_vector(g + c);
+    Wins wi;
+    std::memcpy(&wi, win + c, sizeof wi);
+    const Lanes wv = __builtin_convertvector(wi, Lanes);
+    for (int64_t i = 0; i < count; ++i) {
+      const Lanes mine = wv == Lane(i);
+      for (int j = 0; j < kCorners; ++j) {
+        const int64_t at = cell[i * kCorners + j];
+        if (!inside(at)) continue;
+        A* q = img + at + c;
+        Vec d;
+        std::memcpy(&d, q, sizeof d);
+        d = mine ? d + gv * weight[i * kCorners + j] / A(1) : d;
+        std::memcpy(q, &d, sizeof d);
+      }
+    }
+  }
+  for (; c < n; ++c) {
+    const int32_t i = win[c];
+    if (i < 0 || i >= count) continue;
+    const A gc = load_element<A>(g[c]);
+    for (int j = 0; j < kCorners; ++j) {
+      const int64_t at = cell[i * kCorners + j];
+      if (inside(at)) img[at + c] += gc * weight[i * kCorners + j] / A(1);
+    }
+  }
+}
+
 #if JRA_CPU_F16C
 // Eight elements at q as floats, exactly (load_element's values): 4-byte
 // types as their bits, float16 with F16C, bfloat16 shifted into place.

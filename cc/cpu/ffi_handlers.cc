@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../ffi_contract.h"
+#include "call_paths.h"
 #include "handlers.h"
 #include "instruction_sets.h"
 #include "parallel.h"
@@ -25,66 +26,6 @@ namespace {
 template <typename Fn>
 ffi::Future dispatch_cpu(ffi::DataType dtype, Fn&& fn) {
   return dispatch_float(dtype, fn, [](ffi::Error e) { return ready_future(std::move(e)); });
-}
-
-// Output channels a task should have at least: a few vectors' worth.
-constexpr int64_t kTaskChannels = 16;
-
-// Whether consecutive output channels are adjacent in the features as XLA
-// lays them out (channel-last, not position-sensitive).
-bool channels_adjacent(const RoiCall& s) {
-  return s.layout == Layout::kNHWC && !position_sensitive(s.op);
-}
-
-// Whether a task's channel-last copy of its channels (kernels.h's Packed)
-// pays: the channels are not adjacent as laid out, there are enough to
-// vectorise over, and the samples' reads outnumber a quarter of the cells the
-// copy moves (a read without the copy is one strided element per channel; a
-// copied cell, channels moved in runs). Measured (benchmarks/README.md, "small
-// calls"): the small head's NCHW roi_align on 16 rois, 2.6 cells per read,
-// 5.5-5.7 -> 0.7-1.0 ms forward+backward copied, its roi_pool's forward
-// 1.3-1.4 -> 0.4 ms; the mask head's roi_align on 4 rois, 2.2, within the
-// spread either way.
-constexpr double kReadsPerCell = 0.25;
-
-bool packing_pays(const RoiCall& s) {
-  if (channels_adjacent(s) || s.Cout < kTaskChannels / 2) return false;
-  const double per_axis = s.sampling_ratio > 0 ? double(s.sampling_ratio) : 2.0;
-  const double reads = double(s.K) * double(s.bins()) * per_axis * per_axis * 4.0;
-  double cells = 0;
-  for (int64_t l = 0; l < s.L; ++l) cells += double(s.N) * double(s.level[l].H * s.level[l].W);
-  return reads >= kReadsPerCell * cells;
-}
-
-// Whether max mode's backward reads its cotangents and winners as laid out
-// (NCHW, one-cell samples: kernels.h's backward_max_planes, the gradient in
-// place) rather than transposing them into channel-last tiles for a
-// channel-last copy of the gradient. The copy's scatter is denser (a bin's
-// cells hold all its channels' winners), the transposes cost what the
-// outputs hold. Measured (roi_pool backward): with the outputs 30x the
-// gradient's elements (the C4 head) the planes took two thirds of the
-// time, at 1.4x (the mask head) one and a half times it.
-bool max_reads_planes(const RoiCall& s) {
-  if (s.mode != PoolMode::kMax || s.layout != Layout::kNCHW || position_sensitive(s.op) ||
-      separable_combination(s.op) != SampleKind::kCell)
-    return false;
-  double cells = 0;
-  for (int64_t l = 0; l < s.L; ++l) cells += double(s.level_size(l));
-  return double(s.K) * double(s.Cout) * double(s.bins()) >= 8.0 * cells;
-}
-
-// Map rows per band of max mode's in-place channel-last gradient
-// (kernels.h's backward_max_bands): about 8 MiB, a quarter of this
-// machine's L3 for each of its two threads. Measured on the FPN roi_pool
-// NHWC backward (2 x 200 x 272 x 256 float32, 32 rows: 8.5 MiB): 45-48 ms
-// against 66-70 unbanded, 110 with 4 rows, 56-62 with 100. Images of less
-// than four bands are not banded: the mask head's (1.7 bands, both
-// threads' images in L3 at once) took 15% longer banded. Nor are bilinear
-// samples' (four corners a winner, two rows): FPN legacy_max's backward
-// took 0-10% longer banded, roi_align's (max) 5% less.
-int64_t max_band_rows(const RoiCall& s, int64_t element_bytes) {
-  constexpr int64_t kBandBytes = int64_t{8} << 20;
-  return std::max<int64_t>(1, kBandBytes / (s.level[0].W * s.C * element_bytes));
 }
 
 // Work under this many units runs on one thread (the calling one; parallel.h):
@@ -385,12 +326,10 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     // channels, hence of the input channels they read, on every level: no two
     // tasks touch the same element, and each element sums its terms in roi
     // order. The outputs arrive uninitialised; a task accumulates in them
-    // directly where they are accumulator typed and channel-last, where max
-    // mode reads planes (max_reads_planes), or where a copy would not pay;
-    // else in a channel-last copy of its channels, one image at a time,
+    // directly where they are accumulator typed and channel-last or a copy
+    // would not pay (gradient_in_place); else in a channel-last copy of its channels, one image at a time,
     // rounded into them after that image's rois (always split by channels).
-    const bool in_place = std::is_same_v<T, A> && (channels_adjacent(s) || max_reads_planes(s) ||
-                                                   !packing_pays(s));
+    const bool in_place = gradient_in_place(s, std::is_same_v<T, A>);
     const int64_t per_output = s.C / s.Cout;  // input channels per output channel
     // Each image's rois in order; in place, tasks own whole images where the
     // rois allow (image_split).
@@ -417,12 +356,8 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
             I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1, list);
         }
       };
-      // Max mode's channel-last gradient of one level, four bands or more, one-cell
-      // samples: in bands.
       const int64_t band = max_band_rows(s, int64_t(sizeof(A)));
-      const bool bands = in_place && channels_adjacent(s) && s.mode == PoolMode::kMax &&
-                         separable_combination(s.op) == SampleKind::kCell && s.L == 1 &&
-                         s.level[0].H >= 4 * band;
+      const bool bands = in_place && max_in_bands(s, band);
       if (!images.empty())
         return parallel_for(pool, int64_t(images.size()) - 1, int64_t(images.size()) - 1,
                             [=](int64_t t0, int64_t t1) {
