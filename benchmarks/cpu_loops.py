@@ -31,6 +31,28 @@ OPS = [op.name for op in OPERATORS if op.bench]
 MAPS = [name for name, w in WORKLOADS.items() if w.levels == 1]
 
 
+def inputs(workload, op_name, layout, mode=None, rois=None):
+    """The bench's inputs for one operator on one single map (the first `rois` boxes, if
+    given): its function, keyword arguments, features (N, C, H, W) float32, boxes (K, 5)
+    and an output cotangent (K, C_out, PH, PW) float32, as NumPy arrays."""
+    w = WORKLOADS[workload]
+    fn = FUNCTIONS[op_name]
+    op = BY_NAME[op_name]
+    n, _, h, wd = w.shape
+    c = channels_for(op, w)
+    out_c = c // (w.size * w.size) if op.position_sensitive else c
+    kwargs = dict(operator_arguments(fn, w), layout=layout)
+    if mode:
+        kwargs["mode"] = mode
+    rng = np.random.default_rng(0)  # the bench's inputs
+    f = rng.normal(size=(n, c, h, wd)).astype(np.float32)
+    boxes = proposals(rng, n, h, wd, w.scale, w.rois)
+    cot = rng.normal(size=(w.rois, out_c, w.size, w.size)).astype(np.float32)
+    if rois is not None:
+        boxes, cot = boxes[:rois], cot[:rois]
+    return fn, kwargs, f, boxes, cot
+
+
 def median_ms(call, repeats, evict=None):
     jax.block_until_ready(call())
     times = []
@@ -59,21 +81,8 @@ def main():
     parser.add_argument("--rois", type=int, help="only the first ROIS of the workload's rois")
     args = parser.parse_args()
 
-    w = WORKLOADS[args.workload]
-    fn = FUNCTIONS[args.op]
-    op = BY_NAME[args.op]
-    n, _, h, wd = w.shape
-    c = channels_for(op, w)
-    out_c = c // (w.size * w.size) if op.position_sensitive else c
-    kwargs = dict(operator_arguments(fn, w), layout=args.layout)
-    if args.mode:
-        kwargs["mode"] = args.mode
-    rng = np.random.default_rng(0)  # the bench's inputs
-    f = rng.normal(size=(n, c, h, wd)).astype(np.float32)
-    rois = jnp.asarray(proposals(rng, n, h, wd, w.scale, w.rois))
-    cot = rng.normal(size=(w.rois, out_c, w.size, w.size)).astype(np.float32)
-    if args.rois is not None:
-        rois, cot = rois[:args.rois], cot[:args.rois]
+    fn, kwargs, f, rois, cot = inputs(args.workload, args.op, args.layout, args.mode, args.rois)
+    rois = jnp.asarray(rois)
     feats = jnp.asarray(to_layout(f, args.layout), args.dtype)
     ct = jnp.asarray(to_layout(cot, args.layout), args.dtype)
 
