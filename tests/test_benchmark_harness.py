@@ -45,9 +45,8 @@ def test_harness_computes_the_module_results(harness, tmp_path, op, layout, mode
                        jnp.asarray(to_layout(f, layout)))
     grad = vjp(jnp.asarray(to_layout(cot, layout)))[0]
     for which, expected in (("forward", out), ("backward", grad)):
-        isa, ms, checksum = call.run(harness, which, 1)
+        isa, _, checksum = call.run(harness, which, 1)
         assert isa == cpu_instruction_set()
-        assert ms >= 0
         total = np.asarray(expected, np.float64).sum()
         assert total != 0
         np.testing.assert_allclose(checksum, total, rtol=1e-12)

@@ -327,8 +327,9 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     // tasks touch the same element, and each element sums its terms in roi
     // order. The outputs arrive uninitialised; a task accumulates in them
     // directly where they are accumulator typed and channel-last or a copy
-    // would not pay (gradient_in_place); else in a channel-last copy of its channels, one image at a time,
-    // rounded into them after that image's rois (always split by channels).
+    // would not pay (gradient_in_place); else in a channel-last copy of its
+    // channels, one image at a time, rounded into them after that image's
+    // rois (always split by channels).
     const bool in_place = gradient_in_place(s, std::is_same_v<T, A>);
     const int64_t per_output = s.C / s.Cout;  // input channels per output channel
     // Each image's rois in order; in place, tasks own whole images where the
