@@ -21,14 +21,16 @@ def outputs():
     results = {}
     rng = np.random.default_rng(7)
     for case in CASES:
-        # 69 output channels: whole register blocks (128 bytes: 32 float32 channels,
-        # four vectors in the baseline and AVX2 builds, two in the AVX-512 build) and a
-        # remainder; many rois on a small map, so that the packed copy pays in NCHW;
+        # 101 output channels: whole register blocks (128 bytes: 32 float32 channels,
+        # four vectors in the baseline and AVX2 builds, two in the AVX-512 build; in
+        # the AVX-512 build, max mode and the avg backward take a wide block of 256
+        # bytes first, then one of 128) and a remainder; many rois on a small map, so
+        # that the packed copy pays in NCHW;
         # sampling_ratio 9 gives 81 samples a bin (more than a 64-sample chunk).
         size = (2, 3)
         for layout in LAYOUTS:
             for dtype in DTYPES:
-                f = jnp.asarray(features(case, rng, size, layout, n=2, c_out=69, h=6, w=7),
+                f = jnp.asarray(features(case, rng, size, layout, n=2, c_out=101, h=6, w=7),
                                 dtype)
                 rows = edge_rois(2, 6, 7, 0.5, rng, count=40)
                 rows = jnp.asarray(rows, jnp.float64 if dtype == "float64" else jnp.float32)

@@ -176,14 +176,16 @@ struct Kernels {
 
   // Channels of [c0, c1) one roi's channel-last tile of outputs (or
   // cotangents) takes at a time: all where outputs are channel-last (NHWC: no
-  // tile), else as many whole register blocks as fit kTileBytes (at least
-  // one) at `element` bytes per channel and bin. Each output sums the same
-  // terms in the same order either way.
-  static int64_t tile_channels(const RoiCall& s, int64_t c0, int64_t c1, int64_t element) {
+  // tile), else as many whole register blocks of `block` channels (kBlock's,
+  // kWideBlock's: the loops' first) as fit kTileBytes (at least one) at
+  // `element` bytes per channel and bin. Each output sums the same terms in
+  // the same order either way.
+  static int64_t tile_channels(const RoiCall& s, int64_t c0, int64_t c1, int64_t element,
+                               int64_t block) {
     const int64_t n = c1 - c0;
     if (n < 2 || s.output_offset(0, c0 + 1, 0) - s.output_offset(0, c0, 0) == 1) return n;
     const int64_t fit = kTileBytes / (s.bins() * element);
-    return std::max<int64_t>(kBlock<A>, fit / kBlock<A> * kBlock<A>);
+    return std::max<int64_t>(block, fit / block * block);
   }
 
   // forward_max's and forward_given's tile bytes per channel and bin: an
@@ -255,10 +257,11 @@ struct Kernels {
   }
 
   // Bin b's samples in chunks of kChunk, each produced into w.samples: per
-  // chunk [i0, i1), block(c, i0, i1) for each whole register block of
-  // channels from `first` on (Unit only), then tail(c, i0, i1) for the
-  // channels [c, n) left, if any.
-  template <bool Unit, typename Block, typename Tail>
+  // chunk [i0, i1), block(c, i0, i1, width) for each whole register block of
+  // channels from `first` on (Unit only; `width` channels, an
+  // integral_constant: kFirst's blocks, then kBlock's), then tail(c, i0, i1)
+  // for the channels [c, n) left, if any.
+  template <bool Unit, int64_t kFirst, typename Block, typename Tail>
   __attribute__((always_inline)) static void each_chunk(Workspace& w, const BinPlan& b,
                                                         int64_t first, int64_t n, Block&& block,
                                                         Tail&& tail) {
@@ -266,8 +269,13 @@ struct Kernels {
       const int64_t i1 = std::min(b.count(), i0 + kChunk);
       w.plan.samples(b, i0, i1, w.samples, nullptr);
       int64_t c = first;
-      if constexpr (Unit)
-        for (; c + kBlock<A> <= n; c += kBlock<A>) block(c, i0, i1);
+      if constexpr (Unit) {
+        for (; c + kFirst <= n; c += kFirst)
+          block(c, i0, i1, std::integral_constant<int64_t, kFirst>{});
+        if constexpr (kFirst != kBlock<A>)
+          for (; c + kBlock<A> <= n; c += kBlock<A>)
+            block(c, i0, i1, std::integral_constant<int64_t, kBlock<A>>{});
+      }
       if (c < n) tail(c, i0, i1);
     }
   }
@@ -322,9 +330,9 @@ struct Kernels {
             });
           }
         } else {
-          each_chunk<Unit>(
+          each_chunk<Unit, kBlock<A>>(
               w, b, done, n,
-              [&](int64_t c, int64_t i0, int64_t i1) {
+              [&](int64_t c, int64_t i0, int64_t i1, auto) {
                 add_samples_block(acc + c, img + c, w.samples, i1 - i0, f.pixel);
               },
               [&](int64_t c, int64_t i0, int64_t i1) {
@@ -411,20 +419,25 @@ struct Kernels {
           // comes after every row (kAfterAll; the product would overflow).
           const int64_t first_after =
               outside && b.outside_from < b.gy.count ? b.outside_from * b.gx.count : kNever;
-          for (; done + kBlock<A> <= n; done += kBlock<A>)
-            max_block<T, A>(o + done, wo ? wo + done : nullptr, img + done, w.samples, b.count(),
-                      f.pixel, outside, first_after, stream);
+          auto blocks = [&](auto width) {
+            constexpr int64_t kWidth = decltype(width)::value;
+            for (; done + kWidth <= n; done += kWidth)
+              max_block<T, A, kWidth>(o + done, wo ? wo + done : nullptr, img + done, w.samples,
+                                      b.count(), f.pixel, outside, first_after, stream);
+          };
+          blocks(std::integral_constant<int64_t, kWideBlock<A>>{});
+          blocks(std::integral_constant<int64_t, kBlock<A>>{});
           if (done == n) continue;
         }
         if (track) std::fill_n(arg + done, n - done, -1);
         else std::fill_n(best + done, n - done, std::numeric_limits<A>::quiet_NaN());
         auto run = [&](auto tracking) {
           constexpr bool kTrack = decltype(tracking)::value;
-          each_chunk<Unit>(
+          each_chunk<Unit, kWideBlock<A>>(
               w, b, done, n,
-              [&](int64_t c, int64_t i0, int64_t i1) {
-                max_samples_block<kTrack>(best + c, arg + c, img + c, w.samples, int32_t(i0),
-                                          i1 - i0, f.pixel);
+              [&](int64_t c, int64_t i0, int64_t i1, auto width) {
+                max_samples_block<kTrack, decltype(width)::value>(
+                    best + c, arg + c, img + c, w.samples, int32_t(i0), i1 - i0, f.pixel);
               },
               [&](int64_t c, int64_t i0, int64_t i1) {
                 for (int64_t i = 0; i < i1 - i0; ++i)
@@ -584,18 +597,18 @@ struct Kernels {
         continue;
       }
       if (s.mode == PoolMode::kMax && given) {
-        const int64_t step = tile_channels(s, c0, c1, max_tile_element(given));
+        const int64_t step = tile_channels(s, c0, c1, max_tile_element(given), kBlock<A>);
         for (int64_t a = c0; a < c1; a += step)
           forward_given(s, f, w, out, given, k, a, std::min(c1, a + step));
       } else if (s.mode == PoolMode::kMax) {
-        const int64_t step = tile_channels(s, c0, c1, max_tile_element(winner));
+        const int64_t step = tile_channels(s, c0, c1, max_tile_element(winner), kWideBlock<A>);
         for (int64_t a = c0; a < c1; a += step) {
           const int64_t b = std::min(c1, a + step);
           if (unit) forward_max<true>(s, f, w, out, winner, k, a, b);
           else forward_max<false>(s, f, w, out, winner, k, a, b);
         }
       } else {
-        const int64_t step = tile_channels(s, c0, c1, int64_t(sizeof(A)));
+        const int64_t step = tile_channels(s, c0, c1, int64_t(sizeof(A)), kBlock<A>);
         for (int64_t a = c0; a < c1; a += step) {
           const int64_t b = std::min(c1, a + step);
           if (unit) forward_avg<true>(s, f, w, out, k, a, b, fill);
@@ -617,7 +630,10 @@ struct Kernels {
                                 const int32_t* levels, const int32_t* winner, const View<A>& grad,
                                 int64_t c0, int64_t c1, RoiList list) {
     Workspace w;
-    const int64_t step = tile_channels(s, c0, c1, backward_tile_element(s));
+    // Max mode's backward adds channel by channel or sample by sample (scatter_winners), avg
+    // mode's in blocks (scatter_samples_block).
+    const int64_t block = s.mode == PoolMode::kMax ? kBlock<A> : kWideBlock<A>;
+    const int64_t step = tile_channels(s, c0, c1, backward_tile_element(s), block);
     for (int64_t j = 0; j < list.count; ++j) {
       const int64_t k = list.index[j];
       w.plan.build(s, rois, levels, k, false);
@@ -768,11 +784,11 @@ struct Kernels {
             });
           continue;
         }
-        each_chunk<Unit>(
+        each_chunk<Unit, kWideBlock<A>>(
             w, b, 0, n,
-            [&](int64_t c, int64_t i0, int64_t i1) {
-              scatter_samples_block(img + c, g + c, w.samples, i1 - i0, divisor, exact, inv,
-                                    grad.pixel);
+            [&](int64_t c, int64_t i0, int64_t i1, auto width) {
+              scatter_samples_block<decltype(width)::value>(img + c, g + c, w.samples, i1 - i0,
+                                                            divisor, exact, inv, grad.pixel);
             },
             [&](int64_t c, int64_t i0, int64_t i1) {
               for (int64_t i = 0; i < i1 - i0; ++i)
