@@ -912,9 +912,22 @@ inline void to_channel_last(A* dst, int64_t stride, const int64_t* slot, const E
   for (int64_t p0 = 0; p0 < hw; p0 += tile) {
     const int64_t np = std::min(tile, hw - p0);
     if (identity) {  // whole pixel runs: no slot lookups
-      for (int64_t i0 = 0; i0 < m; i0 += group)
+      for (int64_t i0 = 0; i0 < m; i0 += group) {
+        // The group's next runs prefetched first: the planes are read as m
+        // interleaved streams, more than the hardware prefetchers follow.
+        // Measured on one thread (benchmarks/cpu_kernels.py, an Intel Xeon):
+        // the FPN level's NCHW roi_align forward 71-74 -> 56-57 ms, the mask
+        // head's 20.0-20.4 -> 18.8-19.1; the C4 and small heads' within their
+        // spread.
+        if (p0 + tile < hw) {
+          const int64_t bytes = std::min(tile, hw - p0 - tile) * int64_t(sizeof(E));
+          for (int64_t i = i0; i < std::min(m, i0 + group); ++i)
+            for (int64_t b = 0; b < bytes; b += 64)
+              __builtin_prefetch(reinterpret_cast<const char*>(src + i * cs + p0 + tile) + b);
+        }
         transpose(dst + p0 * stride + i0, stride, src + i0 * cs + p0, cs,
                   std::min(group, m - i0), np);
+      }
       continue;
     }
     for (int64_t i = 0; i < m; ++i) {
