@@ -778,13 +778,13 @@ inline void transpose(D* __restrict dst, int64_t ds, const S* __restrict src, in
 #endif
 #if JRA_CPU_VECTOR_BYTES == 64  // the avx512 build
   if constexpr (kBits) {
-    // Rows [i, i + 16) x columns [j, j + 16). Within each 128-bit lane L,
-    // as tile8: u[4g + q] holds column 4L + q of rows 4g-4g+3. Column 4L + q
-    // is then lane L of u[q], u[4 + q], u[8 + q], u[12 + q]: a 4 x 4
-    // transpose of lanes.
     // The masked forms, all lanes set (GCC 12's unmasked ones pass the
     // builtins an "undefined" register that -Wuninitialized reports).
     constexpr __mmask16 kAll = 0xFFFF;
+    // Rows [i, i + 16) x columns [j, j + 16). Within each 128-bit lane L,
+    // as tile8: u[4g + q] holds column 4L + q of rows 4g to 4g + 3. Column
+    // 4L + q is then lane L of u[q], u[4 + q], u[8 + q], u[12 + q]: a 4 x 4
+    // transpose of lanes.
     auto tile16 = [&](int64_t i, int64_t j) {
       const float* s = reinterpret_cast<const float*>(src + i * ss + j);
       float* d = reinterpret_cast<float*>(dst + j * ds + i);
@@ -914,11 +914,11 @@ inline void to_channel_last(A* dst, int64_t stride, const int64_t* slot, const E
     if (identity) {  // whole pixel runs: no slot lookups
       for (int64_t i0 = 0; i0 < m; i0 += group) {
         // The group's next runs prefetched first: the planes are read as m
-        // interleaved streams, more than the hardware prefetchers follow.
-        // Measured on one thread (benchmarks/cpu_kernels.py, an Intel Xeon):
-        // the FPN level's NCHW roi_align forward 71-74 -> 56-57 ms, the mask
-        // head's 20.0-20.4 -> 18.8-19.1; the C4 and small heads' within their
-        // spread.
+        // interleaved streams, more than the hardware prefetchers appear to
+        // follow. Measured on one thread (benchmarks/cpu_kernels.py, an Intel
+        // Xeon): the FPN level's NCHW roi_align forward 71-74 -> 56-57 ms, the
+        // mask head's 20.0-20.4 -> 18.8-19.1; the C4 and small heads' within
+        // their spread.
         if (p0 + tile < hw) {
           const int64_t bytes = std::min(tile, hw - p0 - tile) * int64_t(sizeof(E));
           for (int64_t i = i0; i < std::min(m, i0 + group); ++i)
