@@ -18,14 +18,15 @@ from cpu_builds import BELOW, run_capped
 STREAM_BYTES = 32 << 20  # cc/cpu/channel_loops.h, kStreamBytes
 
 
-def roi_align_rows(dtype, layout="NHWC"):
-    """roi_align whose (K, 7, 7, 256) output is just over the threshold. In NCHW each
-    roi's channel-last tile is transposed, then streamed out as one run; the NHWC output
-    (written straight) must have its bits."""
+def roi_align_rows(dtype, layout="NHWC", channels=256):
+    """roi_align whose (K, 7, 7, channels) output is just over the threshold. In NCHW
+    each roi's channel-last tile is transposed and streamed out 16 channels at a time
+    (250 channels: the last group has 10); the NHWC output (written straight) must have
+    its bits."""
     rng = np.random.default_rng(0)
     item = np.dtype(dtype).itemsize
-    k = STREAM_BYTES // (7 * 7 * 256 * item) + 3
-    f = jnp.asarray(rng.normal(size=(2, 24, 30, 256)), dtype)
+    k = STREAM_BYTES // (7 * 7 * channels * item) + 3
+    f = jnp.asarray(rng.normal(size=(2, 24, 30, channels)), dtype)
     lo = rng.uniform(-4, 80, size=(k, 2))
     size = rng.uniform(1, 60, size=(k, 2))
     rois = np.concatenate([rng.integers(0, 2, size=(k, 1)), lo, lo + size], 1)
@@ -37,7 +38,7 @@ def roi_align_rows(dtype, layout="NHWC"):
     def pool_nchw(r):
         out = jra.roi_align(jnp.moveaxis(f, -1, 1), r, (7, 7), 0.25, 2, True, layout="NCHW")
         return jnp.moveaxis(out, 1, -1)
-    return (pool if layout == "NHWC" else pool_nchw), rois, k * 49 * 256 * item
+    return (pool if layout == "NHWC" else pool_nchw), rois, k * 49 * channels * item
 
 
 def roi_pool_rows(layout="NHWC", tangent=False, dtype="float32"):
@@ -82,6 +83,9 @@ def crop_rows():
 CASES = {"roi_align float32": lambda: roi_align_rows("float32"),
          "roi_align float64": lambda: roi_align_rows("float64"),
          "roi_align float32 NCHW": lambda: roi_align_rows("float32", "NCHW"),
+         "roi_align float32 250 channels": lambda: roi_align_rows("float32", channels=250),
+         "roi_align float32 250 channels NCHW":
+             lambda: roi_align_rows("float32", "NCHW", channels=250),
          # 16-bit outputs: rounded in registers, stored (streamed) as half vectors.
          "roi_align float16": lambda: roi_align_rows("float16"),
          "roi_align bfloat16": lambda: roi_align_rows("bfloat16"),

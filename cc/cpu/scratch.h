@@ -1,8 +1,9 @@
-// Large per-task scratch buffers (a task's channel-last copy of the
-// features). A fresh buffer's pages fault in on first touch, one per 4 KiB
-// page, which for a feature map's copy costs about as much as the copy: so a
-// thread keeps its largest buffer (up to kKeptBytes) for its next task, and a
-// new buffer is aligned and advised for transparent huge pages on Linux.
+// Per-task scratch: large buffers (a task's channel-last copy of the
+// features), and cache-line-aligned vectors (LineVector). A fresh large
+// buffer's pages fault in on first touch, one per 4 KiB page, which for a
+// feature map's copy costs about as much as the copy: so a thread keeps its
+// largest buffer (up to kKeptBytes) for its next task, and a new buffer is
+// aligned and advised for transparent huge pages on Linux.
 #ifndef JAX_ROIALIGN_CC_CPU_SCRATCH_H_
 #define JAX_ROIALIGN_CC_CPU_SCRATCH_H_
 
@@ -11,6 +12,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -90,6 +92,26 @@ class TaskScratch {
   Scratch<unsigned char> own_;
   A* data_ = nullptr;
 };
+
+// An allocator of cache-line-aligned (64-byte) storage: for a task's per-roi
+// tiles, whose whole-vector loads and stores then split no cache line.
+template <typename T>
+struct LineAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  LineAllocator() = default;
+  template <typename U>
+  LineAllocator(const LineAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
+  template <typename U>
+  bool operator==(const LineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const LineAllocator<U>&) const { return false; }
+};
+
+template <typename T>
+using LineVector = std::vector<T, LineAllocator<T>>;
 
 }  // namespace jax_roialign::cpu
 
