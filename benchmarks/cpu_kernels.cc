@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -29,8 +30,27 @@ using namespace jax_roialign;
 
 namespace {
 
-std::vector<float> read_floats(const std::string& path, size_t count) {
-  std::vector<float> v(count);
+// Buffers aligned as XLA's CPU buffers are (64 bytes), so that the kernels
+// take the paths they take under XLA where those depend on alignment. Not
+// cc/'s LineVector: the tree timed --against may predate it.
+template <typename T>
+struct XlaAligned {
+  using value_type = T;
+  XlaAligned() = default;
+  template <typename U>
+  XlaAligned(const XlaAligned<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
+  bool operator==(const XlaAligned&) const { return true; }
+  bool operator!=(const XlaAligned&) const { return false; }
+  static constexpr std::align_val_t kAlign{64};
+};
+
+template <typename T>
+using Buffer = std::vector<T, XlaAligned<T>>;
+
+Buffer<float> read_floats(const std::string& path, size_t count) {
+  Buffer<float> v(count);
   std::ifstream in(path, std::ios::binary);
   in.read(reinterpret_cast<char*>(v.data()), std::streamsize(count * sizeof(float)));
   if (!in || in.gcount() != std::streamsize(count * sizeof(float))) {
@@ -40,7 +60,7 @@ std::vector<float> read_floats(const std::string& path, size_t count) {
   return v;
 }
 
-double checksum(const std::vector<float>& v) {
+double checksum(const Buffer<float>& v) {
   double sum = 0;
   for (float x : v) sum += double(x);
   return sum;
@@ -73,11 +93,11 @@ int main(int argc, char** argv) {
   s.Cout = position_sensitive(s.op) ? s.C / s.bins() : s.C;
   s.L = 1;
 
-  const std::vector<float> features = read_floats(dir + "/features.f32", size_t(s.level_size(0)));
-  const std::vector<float> rois = read_floats(dir + "/rois.f32", size_t(s.K * 5));
+  const Buffer<float> features = read_floats(dir + "/features.f32", size_t(s.level_size(0)));
+  const Buffer<float> rois = read_floats(dir + "/rois.f32", size_t(s.K * 5));
   const size_t outputs = size_t(s.K * s.Cout * s.bins());
-  std::vector<float> out(outputs), grad(features.size()), cotangent;
-  std::vector<int32_t> winners;
+  Buffer<float> out(outputs), grad(features.size()), cotangent;
+  Buffer<int32_t> winners;
   if (!forward) cotangent = read_floats(dir + "/cotangent.f32", outputs);
 
   // The rois image by image, each image's in increasing order: the order the

@@ -115,12 +115,16 @@ class Packed {
     });
   }
   // Copies the task's input channels out to image `view().image` of `f`,
-  // rounded to T.
+  // rounded to T: streamed where `f` (every image, channel and level) is
+  // kStreamBytes or more.
   template <typename T>
   void store(T* const* f) const {
+    int64_t bytes = 0;
+    for (int64_t l = 0; l < s_.L; ++l) bytes += s_.level_size(l) * int64_t(sizeof(T));
     for_levels([&](int64_t l, int64_t hw, int64_t cs, int64_t ps, int64_t ic0) {
       from_channel_last(f[l] + s_.feature_offset(l, view_.image, ic0, 0), cs, ps,
-                        view_.level[l], view_.nin, slot_.data(), view_.nin, hw);
+                        view_.level[l], view_.nin, slot_.data(), view_.nin, hw,
+                        bytes >= kStreamBytes);
     });
   }
   // Zeroes the copy, as image n's.
