@@ -363,13 +363,13 @@ struct Kernels {
   // of outputs or winners of channels [c0, c0 + n) to their places in `out`:
   // transposed in cache where the channels' bins are one run, else element by
   // element. Outputs of kStreamBytes or more go 16 channels at a time through
-  // `staged` (16 x bins elements, a multiple of 64 bytes: stays in L1), each
-  // group then streamed as one run. Measured on one thread (an Intel Xeon,
-  // benchmarks/cpu_kernels.py), against the whole tile transposed into an
-  // unaligned `staged` first: the C4 head's NCHW roi_align forward 1.13-1.15x
-  // faster, roi_pool's 1.20x, the mask head's 1.10-1.11x; the FPN level's
-  // within 3%. Aligned buffers alone did not move it; 32 channels a group
-  // matched 16, 64 were slower.
+  // `staged` (16 x bins elements, in L1; for 4-byte elements a multiple of 64
+  // bytes), each group then streamed as one run. Measured on one thread (an
+  // Intel Xeon, benchmarks/cpu_kernels.py), against the whole tile transposed
+  // into an unaligned `staged` first: the C4 head's NCHW roi_align forward
+  // 1.13-1.15x faster, roi_pool's 1.18-1.20x, the mask head's 1.10-1.11x;
+  // the FPN level's within 3%. Aligned buffers alone did not move it; 32
+  // channels a group matched 16, 64 were slower.
   template <typename D>
   static void write_tile(const RoiCall& s, D* out, const D* tile, LineVector<D>& staged,
                          int64_t k, int64_t c0, int64_t n) {

@@ -94,7 +94,8 @@ class TaskScratch {
 };
 
 // An allocator of cache-line-aligned (64-byte) storage: for a task's per-roi
-// tiles, whose whole-vector loads and stores then split no cache line.
+// tiles, whose vector loads and stores at multiples of 64 bytes from the
+// start then split no cache line.
 template <typename T>
 struct LineAllocator {
   using value_type = T;
