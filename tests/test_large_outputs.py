@@ -123,7 +123,6 @@ def test_large_output_has_the_bits_of_small_ones_in_the_other_builds(isa):
                timeout=600)
 
 
-
 def feature_gradient(op, f, ct, rois, layout="NCHW"):
     def fn(v):
         if op == "roi_pool":
