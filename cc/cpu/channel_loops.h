@@ -906,13 +906,14 @@ inline void to_channel_last(A* dst, int64_t stride, const int64_t* slot, const E
   bool identity = true;
   for (int64_t i = 0; i < m; ++i) identity &= slot[i] == i;
   // Planes are transposed kGroup at a time, in runs of kRun pixels (128
-  // bytes of float32: a pair of lines). Measured on one
-  // thread (benchmarks/cpu_kernels.py, an Intel Xeon) against all planes at
-  // once in 16-pixel runs (or 8 in 128-pixel runs, for planes a power of two
-  // apart): the NCHW roi_align forward of the FPN level 64-67 -> 49-54 ms,
-  // the mask head's roi_pool 13.7-14.9 -> 11.0-12.7, the small head's
-  // 2.0-2.1 -> 1.8-1.9; the C4 head's within its spread. 16 or 64 planes,
-  // or runs of 16, 64 or 128 pixels, measured slower on one or more of them.
+  // bytes of float32: a pair of lines). Measured on one thread
+  // (benchmarks/cpu_kernels.py, an Intel Xeon) against all planes at once in
+  // 16-pixel runs (8 at a time in 128-pixel runs where the planes are a power
+  // of two apart), the NCHW forward: the FPN level's roi_align 1.15x faster,
+  // its roi_pool 1.12x, the mask head's 1.16x and 1.19x, the small head's
+  // roi_align 1.10x; the C4 head's 0.98x, within its spread. 16 or 64 planes
+  // at a time measured within 32's spread; runs of 16, 64 or 128 pixels,
+  // slower on the FPN level.
   constexpr int64_t kGroup = 32, kRun = 32;
   const int64_t group = std::min(kGroup, m), tile = kRun;
   for (int64_t p0 = 0; p0 < hw; p0 += tile) {
