@@ -1,5 +1,5 @@
 """Forward outputs of at least 32 MiB take the CPU kernels' large-output path (and NCHW
-feature gradients as large their streamed copy back: the last test): their
+feature gradients of 16 MiB or more their streamed copy back: the last test): their
 buffers are advised for huge pages and their register blocks are written with streaming
 stores (cc/cpu/channel_loops.h, kStreamBytes), and max mode's winners too where the
 forward records them; 16-bit outputs as half vectors. No test elsewhere reaches that
@@ -17,6 +17,7 @@ import jax_roialign as jra
 from cpu_builds import BELOW, run_capped
 
 STREAM_BYTES = 32 << 20  # cc/cpu/channel_loops.h, kStreamBytes
+STREAM_GRADIENT_BYTES = 16 << 20  # cc/cpu/channel_loops.h, kStreamGradientBytes
 
 
 def roi_align_rows(dtype, layout="NHWC", channels=256):
@@ -133,23 +134,23 @@ def feature_gradient(op, f, ct, rois, layout="NCHW"):
 
 @pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
 def test_large_nchw_gradient_has_the_bits_of_small_ones(op):
-    """An NCHW feature gradient of 32 MiB or more is summed in a channel-last copy, then
+    """An NCHW feature gradient of 16 MiB or more is summed in a channel-last copy, then
     written back to its planes with streaming stores (the AVX-512 build's 16 x 16
     tiles; cc/cpu/channel_loops.h, from_channel_last): it must have the bits of each
-    half of its channels' gradient (under the threshold, written back plainly) and of
-    the NHWC gradient."""
+    quarter of its channels' gradient (under the threshold, written back plainly) and
+    of the NHWC gradient."""
     rng = np.random.default_rng(3)
     f = rng.normal(size=(2, 256, 128, 136)).astype(np.float32)
-    assert f.nbytes >= STREAM_BYTES and f[:, :128].nbytes < STREAM_BYTES
+    assert f.nbytes >= STREAM_GRADIENT_BYTES and f[:, :64].nbytes < STREAM_GRADIENT_BYTES
     k = 64
     lo = rng.uniform(-4, 500, size=(k, 2))
     rois = jnp.asarray(np.concatenate(
         [rng.integers(0, 2, size=(k, 1)), lo, lo + rng.uniform(1, 200, (k, 2))], 1), jnp.float32)
     ct = rng.normal(size=(k, 256, 7, 7)).astype(np.float32)
     whole = feature_gradient(op, f, ct, rois)
-    halves = [feature_gradient(op, f[:, c], ct[:, c], rois)
-              for c in (slice(0, 128), slice(128, 256))]
-    np.testing.assert_array_equal(whole, np.concatenate(halves, 1))
+    quarters = [feature_gradient(op, f[:, c:c + 64], ct[:, c:c + 64], rois)
+                for c in range(0, 256, 64)]
+    np.testing.assert_array_equal(whole, np.concatenate(quarters, 1))
     nhwc = feature_gradient(op, f.transpose(0, 2, 3, 1), ct.transpose(0, 2, 3, 1), rois, "NHWC")
     np.testing.assert_array_equal(whole, nhwc.transpose(0, 3, 1, 2))
     assert np.count_nonzero(whole) > whole.size // 100  # roi_pool: a cell per bin and channel

@@ -331,6 +331,18 @@ inline bool exact_reciprocal(A d) {
 // that stream end with stream_fence().
 constexpr int64_t kStreamBytes = int64_t{32} << 20;
 
+// An NCHW feature gradient summed in channel-last copies (kernels.h's Packed)
+// is copied back into its planes with streaming stores from this size, below
+// kStreamBytes: the copy writes many planes' runs interleaved, and a plain
+// store first reads each line. Measured through jax on two threads (a jitted
+// backward, then a jitted sum of the gradient's squares; medians of 20 calls,
+// an Intel Xeon): the mask head's NCHW roi_align backward (a 27.9 MB gradient)
+// 11.7-11.8 (once 17.9) -> 9.4-9.6 ms streamed, with its reader 11.8-15.6
+// -> 10.7-10.9; its roi_pool's 11.7-12.5 -> 9.7-10.5, with its reader
+// 11.3-12.6 -> 11.0-12.1. The small head's (8.4 MB) streamed: the backward
+// unchanged, with its reader 1.8-2.1 -> 2.2-3.3 ms.
+constexpr int64_t kStreamGradientBytes = int64_t{16} << 20;
+
 // Stores the vector v at q: streaming when asked, on x86-64, and q is aligned
 // to the vector; plainly otherwise.
 template <typename A, typename Vec>
@@ -948,11 +960,9 @@ inline void to_channel_last(A* dst, int64_t stride, const int64_t* slot, const E
 // The inverse, rounding to the storage type: the image's channel i at pixel p
 // (dst[i * cs + p * ps]) = src[p * stride + slot[i]]. `stream`: planes are
 // written with streaming stores where transpose takes them (a gradient of
-// kStreamBytes or more): the copy writes m planes' runs interleaved, and
-// without them each line is first read. Measured on one thread
+// kStreamGradientBytes or more). Measured on one thread
 // (benchmarks/cpu_kernels.py, an Intel Xeon): the FPN level's NCHW roi_align
-// backward 78 -> 44-49 ms; the mask head's (a 28 MB gradient, under the
-// threshold) 22.2 -> 17.6 when streamed too.
+// backward 78 -> 44-49 ms; the mask head's (a 28 MB gradient) 22.2 -> 17.6.
 template <typename T, typename A>
 inline void from_channel_last(T* dst, int64_t cs, int64_t ps, const A* src, int64_t stride,
                               const int64_t* slot, int64_t m, int64_t hw, bool stream) {

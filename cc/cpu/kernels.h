@@ -116,7 +116,7 @@ class Packed {
   }
   // Copies the task's input channels out to image `view().image` of `f`,
   // rounded to T: streamed where `f` (every image, channel and level) is
-  // kStreamBytes or more.
+  // kStreamGradientBytes or more.
   template <typename T>
   void store(T* const* f) const {
     int64_t bytes = 0;
@@ -124,7 +124,7 @@ class Packed {
     for_levels([&](int64_t l, int64_t hw, int64_t cs, int64_t ps, int64_t ic0) {
       from_channel_last(f[l] + s_.feature_offset(l, view_.image, ic0, 0), cs, ps,
                         view_.level[l], view_.nin, slot_.data(), view_.nin, hw,
-                        bytes >= kStreamBytes);
+                        bytes >= kStreamGradientBytes);
     });
   }
   // Zeroes the copy, as image n's.
