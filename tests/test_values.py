@@ -106,8 +106,8 @@ def test_layouts_agree_bit_for_bit(case, size, map_shape):
     it fits, in channel ranges that fit where the whole does not, and straight to the
     output where not even one register block fits; NHWC outputs always straight. The
     feature gradient reads NCHW cotangents through the same tiles. NCHW features are copied
-    channel-last 32 planes at a time in runs of 32 pixels: 69 channels leave a group of 5,
-    20 x 25 pixels a run of 20, and 32 x 32 maps' planes are a power of two apart."""
+    channel-last 32 planes at a time in runs of 32 pixels: 69 channels leave a short last
+    group, 20 x 25 pixels a run of 20, and 32 x 32 maps' planes are a power of two apart."""
     rng = np.random.default_rng(12)
     h, w = map_shape
     f = features(case, rng, size, "NCHW", n=2, c_out=69, h=h, w=w, dtype=np.float32)
