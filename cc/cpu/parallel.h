@@ -36,10 +36,15 @@ ffi::Error run_chunk(const Body& body, int64_t begin, int64_t end) {
   }
 }
 
-// Runs body(begin, end) over `tasks` contiguous chunks of [0, n) on the pool
-// and returns a Future that completes when all have run (with the error of a
-// chunk that failed). Each chunk writes disjoint output, so results do not
-// depend on the number of threads.
+// Runs body(begin, end) over `tasks` contiguous chunks of [0, n) and returns
+// a Future that completes when all have run (with the error of a chunk that
+// failed): the first chunks on the pool, the last on the calling thread, which
+// would otherwise wait idle while one more pool thread wakes up. Measured
+// through jax (two threads, medians of 500-1000 calls, three rounds against
+// all chunks on the pool): the small head's ps_roi_pool (NCHW), ps_roi_align
+// and roi_align (NHWC) forwards 4-19% faster in 7 of 9 pairs, 2-6% slower
+// in two; the mask head's and the FPN level's within their spread. Each chunk writes disjoint
+// output, so results do not depend on the number of threads.
 template <typename Body>
 ffi::Future parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t tasks, Body body) {
   if (n <= 0) return ready_future();
@@ -47,12 +52,13 @@ ffi::Future parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t tasks, Body b
   if (tasks == 1) return ready_future(run_chunk(body, int64_t{0}, n));
   ffi::CountDownPromise done(tasks);
   ffi::Future future(done);
-  for (int64_t t = 0; t < tasks; ++t) {
+  for (int64_t t = 0; t < tasks - 1; ++t) {
     const int64_t begin = n * t / tasks, end = n * (t + 1) / tasks;
     pool.Schedule([done, body, begin, end]() mutable {
       done.CountDown(1, run_chunk(body, begin, end));
     });
   }
+  done.CountDown(1, run_chunk(body, n * (tasks - 1) / tasks, n));
   return future;
 }
 
