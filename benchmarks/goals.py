@@ -8,7 +8,7 @@ those bytes take (within reach only where the rois leave part of the map unread)
 that asks 60-100% leaves little room for anything but the bytes. The position-sensitive
 operators read each input channel only in its own bins' regions, so their rois can read
 far less than the whole map the floor counts: their "asks" can overstate
-(`benchmarks/distinct_reads.py` counts the cache lines ps_roi_align's rois read).
+(`benchmarks/distinct_reads.py` counts the cache lines their rois read).
 
     OPS=roi_align,roi_pool,ps_roi_align,ps_roi_pool
     python -m jax_roialign bench --workload fpn,c4,mask --ops $OPS --layout NHWC,NCHW \\
@@ -177,7 +177,8 @@ def report(rows, out=sys.stdout):
     line("ratio goals (float32): the peer's time over ours; 'asks': floor time over the "
          "time the goal allows")
     line(f"{'row':<40}{'ours ms':>10}{'peer ms':>10}{'x':>9}{'goal':>7}{'asks':>8}  peer")
-    for c in ratio_checks(rows):
+    checks = ratio_checks(rows)
+    for c in checks:
         if c.run is None:
             line(f"{c.what:<40}{'not measured':>36}{c.goal:>7.1f}x{'':>8}  {c.other}")
             continue
@@ -186,8 +187,7 @@ def report(rows, out=sys.stdout):
         mark = "held" if c.held else "MISSED"
         line(f"{c.what:<40}{c.ours_ms:>10.2f}{c.other_ms:>10.2f}{c.times:>8.2f}x"
              f"{c.goal:>6.1f}x{100 * c.asks:>7.0f}%  {c.other} {mark}{tag(c.run)}")
-    if any(c.run is not None and c.what.split(" ")[2] in POSITION_SENSITIVE
-           for c in ratio_checks(rows)):
+    if any(c.run is not None and c.what.split(" ")[2] in POSITION_SENSITIVE for c in checks):
         line(f"({', '.join(POSITION_SENSITIVE)}: each input channel read only in its bins' "
              f"regions, so 'asks' can overstate)")
     (_, least) = FLOOR_GOAL
@@ -208,7 +208,7 @@ def report(rows, out=sys.stdout):
         measured += 1
         held += ok
         line(f"{what:<48}{single:>9.2f}{t:>9.2f} ms  {'held' if ok else 'MISSED'}{tag(run)}")
-    beyond = [c for c in ratio_checks(rows) if c.run is not None and c.asks > 1]
+    beyond = [c for c in checks if c.run is not None and c.asks > 1]
     line(f"\n{held} of {measured} measured goal rows held; ratio rows asking more than the "
          f"floor: {len(beyond)}")
     return held, measured
