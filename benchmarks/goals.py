@@ -33,10 +33,11 @@ import json
 import sys
 from typing import NamedTuple
 
-OURS, REFERENCE, TORCHVISION = "jax_roialign", "reference", "torchvision"
-MEASURES = ("forward", "forward_backward")
+from jax_roialign._cli.bench import MEASURES, OURS, REFERENCE
+from jax_roialign._cli.peers import TORCHVISION
+
 LAYOUTS = ("NHWC", "NCHW")
-STANDARD = ("fpn", "c4", "mask")
+STANDARD = ("fpn", "c4", "mask")  # the order: its table's rows print so
 OTHER_OPS = ("roi_pool", "ps_roi_align", "ps_roi_pool")
 HALF = ("float16", "bfloat16")
 POSITION_SENSITIVE = ("ps_roi_align", "ps_roi_pool")
