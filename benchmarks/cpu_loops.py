@@ -11,7 +11,7 @@ mapped, and kills it). With --cold, each timed call follows a write of 128 MiB i
                                    [--mode max] [--backward] [--cold] [--rois K]
 
 With --rois K, the workload's first K proposals only (small calls: with few rois a call
-runs on one thread, cc/cpu/ffi_handlers.cc threads_for; JAX_ROIALIGN_SERIAL_WORK=0 in
+runs on one thread, cc/cpu/handler_common.h threads_for; JAX_ROIALIGN_SERIAL_WORK=0 in
 the environment makes it split them over the pool as larger calls do).
 """
 

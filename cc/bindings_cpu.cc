@@ -6,8 +6,9 @@
 
 #include "bindings.h"
 #include "cpu/handlers.h"
+#include "cpu/instruction_sets.h"
 
 NB_MODULE(_cpu, m) {
   JRA_BINDINGS_BODY(m, JRA_KERNEL_CAPSULE_CPU)
-  m.def("instruction_set", []() { return std::string(jax_roialign::cpu::kernel_instruction_set()); });
+  m.def("instruction_set", []() { return std::string(jax_roialign::cpu::instruction_set()); });
 }

@@ -429,7 +429,7 @@ def test_kernels_agree_with_reference(case, data):
 # before jax starts (XLA sizes its intra-op pool, the pool the kernels split work over,
 # by the CPUs the process may run on; --xla_cpu_multi_thread_eigen does not change it),
 # sets the work under which a call runs on one thread (JAX_ROIALIGN_SERIAL_WORK,
-# cc/cpu/ffi_handlers.cc; "default": left unset), then writes thread_results(...) to
+# cc/cpu/handler_common.h; "default": left unset), then writes thread_results(...) to
 # the file named.
 _THREADS_CHILD = """
 import os, sys
@@ -445,7 +445,8 @@ test_fuzz.thread_results(sys.argv[1])
 def thread_results(path):
     """Every case's forward, feature and box gradients, float32 and float16, split by
     rows (33 rois), by images (the same rois alternating between the two images: the
-    feature gradient's tasks then own whole images, cc/cpu/ffi_handlers.cc image_split)
+    feature gradient's tasks then own whole images,
+    cc/cpu/backward_features_handler.cc image_split)
     and by channels (1 roi, 8 channels), and the size of XLA's pool."""
     jax.config.update("jax_enable_x64", True)
     rng = np.random.default_rng(21)

@@ -215,7 +215,7 @@ def test_roi_pool_gradient_bits_against_a_loop(dtype, layout):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_gradient_of_maps_of_several_bands(case, dtype):
     """roi_pool's channel-last feature gradient of images of 32 MiB or more is zeroed
-    and summed in bands of 8 MiB of rows (cc/cpu/ffi_handlers.cc, max_band_rows;
+    and summed in bands of 8 MiB of rows (cc/cpu/call_paths.h, max_band_rows;
     cc/cpu/kernels.h, backward_max_bands: 390 rows of this float32 map, 195 of
     float64), each roi adding only the terms that land in the band: rois across a
     band's edge, tall ones across several, and winners on both sides of an edge must

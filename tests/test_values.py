@@ -129,7 +129,7 @@ def test_layouts_agree_bit_for_bit(case, size, map_shape):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_images_without_rois_among_copied_images(case):
     """NCHW features whose channel-last copy pays (many rois on small maps, 40 output
-    channels: cc/cpu/ffi_handlers.cc, packing_pays) are copied one image at a time, only
+    channels: cc/cpu/call_paths.h, packing_pays) are copied one image at a time, only
     the images that have rois, the rois visited image by image and the invalid ones
     (zeros) first; the feature gradient is summed in such a copy (float32 NCHW, 16-bit in
     both layouts) image by image, a roiless image's zeroed. With an image of no rois

@@ -1,7 +1,7 @@
 // The CPU handlers' choices of path for a call, from its shape alone
-// (ffi_handlers.cc): whether a task copies its channels channel-last, where
-// the feature gradient accumulates, whether max mode's gradient is summed in
-// bands. Shared with benchmarks/cpu_kernels.cc, which times the kernels on
+// (forward_handlers.cc, backward_features_handler.cc): whether a task copies
+// its channels channel-last, where the feature gradient accumulates, whether
+// max mode's gradient is summed in bands. Shared with benchmarks/cpu_kernels.cc, which times the kernels on
 // the paths the handlers choose.
 #pragma once
 

@@ -18,7 +18,7 @@
 namespace jax_roialign::cpu {
 
 // Rois by index, in the order a kernel visits them: `count` indices from
-// `index` (the handlers' rois grouped by image, ffi_handlers.cc's
+// `index` (the handlers' rois grouped by image, handler_common.h's
 // roi_order). A type of its own, so that no pair of integers (a range's
 // first and last; a 0, the null pointer, and a count) passes for one.
 struct RoiList {
