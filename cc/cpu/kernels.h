@@ -284,6 +284,59 @@ struct Kernels {
     }
   }
 
+  // Bins one_channel_rows sums in step.
+  static constexpr int64_t kBinsInStep = 8;
+
+  // Avg mode, one roi, one output channel c0 (a position-sensitive operator's,
+  // each bin in a plane of its own; or a map of one channel), a separable plan
+  // whose samples combine as K. A bin's sum is a chain of dependent adds, one
+  // per sample; a row's bins share their y taps, so up to kBinsInStep of them
+  // are summed in step, one chain each: per y tap, the x taps all of them
+  // have, bin after bin, then each bin's others. Each bin still adds its
+  // samples in RoiPlan::samples' order (row-major), so its bits are unchanged.
+  template <SampleKind K, typename E>
+  static void one_channel_rows(const RoiCall& s, const View<E>& f, Workspace& w, T* out,
+                               int64_t k, int64_t c0, A fill) {
+    const int64_t l = w.plan.level(), W = w.plan.width();
+    for (int64_t ph = 0; ph < s.PH; ++ph)
+      for (int64_t pw0 = 0; pw0 < s.PW; pw0 += kBinsInStep) {
+        const int64_t m = std::min(kBinsInStep, s.PW - pw0);
+        A sum[kBinsInStep];
+        const E* img[kBinsInStep];
+        const AxisTap<G>* tx[kBinsInStep];
+        int64_t nx[kBinsInStep];
+        const BinPlan first = w.plan.bin(ph, pw0);
+        const AxisTap<G>* ty = w.plan.y_taps(first);
+        int64_t common = INT64_MAX;
+        for (int64_t j = 0; j < m; ++j) {
+          const BinPlan b = w.plan.bin(ph, pw0 + j);
+          sum[j] = A(0);
+          img[j] = f.at(l, w.plan.image(), c0, ph * s.PW + pw0 + j);
+          tx[j] = w.plan.x_taps(b);
+          nx[j] = b.gx.count;
+          common = std::min(common, nx[j]);
+        }
+        for (int64_t a = 0; a < first.gy.count; ++a) {
+          for (int64_t e = 0; e < common; ++e)
+            for (int64_t j = 0; j < m; ++j)
+              add_sample<true>(&sum[j], img[j],
+                               RoiSampler<G>::template combined<K>(ty[a], tx[j][e], W), f.pixel,
+                               1, 1);
+          for (int64_t j = 0; j < m; ++j)
+            for (int64_t e = common; e < nx[j]; ++e)
+              add_sample<true>(&sum[j], img[j],
+                               RoiSampler<G>::template combined<K>(ty[a], tx[j][e], W), f.pixel,
+                               1, 1);
+        }
+        for (int64_t j = 0; j < m; ++j) {
+          const BinPlan b = w.plan.bin(ph, pw0 + j);
+          const int64_t bin = ph * s.PW + pw0 + j;
+          out[s.output_offset(k, c0, bin)] =
+              store_element<T>(b.count() == 0 ? fill : sum[j] / A(b.divisor));
+        }
+      }
+  }
+
   // Avg mode, one roi: channels [c0, c1) innermost, each bin's sums in `acc`.
   // `fill`: the value of a bin without samples (the forward's; 0 for its linear part).
   // Outputs whose channels are not adjacent (NCHW) go through the roi's
@@ -294,6 +347,17 @@ struct Kernels {
   static void forward_avg(const RoiCall& s, const View<E>& f, Workspace& w, T* out, int64_t k,
                           int64_t c0, int64_t c1, A fill) {
     const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l), bins = s.bins();
+    if (n == 1 && w.plan.separable()) {
+      switch (w.plan.combination()) {
+        case SampleKind::kCell:
+          return one_channel_rows<SampleKind::kCell>(s, f, w, out, k, c0, fill);
+        case SampleKind::kLerp:
+          return one_channel_rows<SampleKind::kLerp>(s, f, w, out, k, c0, fill);
+        case SampleKind::kBilinear:
+        case SampleKind::kEmpty:
+          return one_channel_rows<SampleKind::kBilinear>(s, f, w, out, k, c0, fill);
+      }
+    }
     const int64_t out_os =
         n > 1 ? s.output_offset(k, c0 + 1, 0) - s.output_offset(k, c0, 0) : 1;
     const bool tiled = out_os != 1 && bins * n * int64_t(sizeof(T)) <= kTileBytes;
@@ -322,17 +386,9 @@ struct Kernels {
         }
         std::fill_n(acc, n, A(0));
         if (from_registers<Unit>(w.plan, n)) {
-          if (n == 1) {  // a position-sensitive operator's one output channel
-            A sum = A(0);
-            each_sample(w.plan, b, [&](const Sample<G>& p) {
-              add_sample<true>(&sum, img, p, f.pixel, 1, 1);
-            });
-            acc[0] = sum;
-          } else {
-            each_sample(w.plan, b, [&](const Sample<G>& p) {
-              add_sample<Unit>(acc, img, p, f.pixel, cs, n);
-            });
-          }
+          each_sample(w.plan, b, [&](const Sample<G>& p) {
+            add_sample<Unit>(acc, img, p, f.pixel, cs, n);
+          });
         } else {
           each_chunk<Unit, kBlock<A>>(
               w, b, done, n,
