@@ -90,16 +90,17 @@ def test_float32_equals_float32_loop(case, layout):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_one_output_channel_in_rows_of_bins(case, layout):
-    """One output channel (a position-sensitive operator's, or a one-channel map's): the
-    CPU forward sums up to 8 bins of a row in step, one chain of adds per bin
-    (cc/cpu/kernels.h, one_channel_rows), each bin's samples in their order, so float32
+@pytest.mark.parametrize("c_out", [1, 3])
+def test_few_output_channels_in_rows_of_bins(case, layout, c_out):
+    """Few output channels (a position-sensitive operator's, or a map's): the CPU
+    forward sums up to 8 bins of a row in step, a chain of adds per bin and channel
+    (cc/cpu/kernels.h, few_channel_rows), each bin's samples in their order, so float32
     is still the float32 oracle's bits. Rows of 11 bins (a step of 8, then 3) whose
     windows differ in width (cells: x counts that differ within a step) and are empty
     (rois outside and of zero size), on a map of 23 columns."""
     rng = np.random.default_rng(31)
     size = (3, 11)
-    f = features(case, rng, size, layout, c_out=1, h=9, w=23, dtype=np.float32)
+    f = features(case, rng, size, layout, c_out=c_out, h=9, w=23, dtype=np.float32)
     rois = edge_rois(2, 9, 23, 1.0, rng).astype(np.float32)
     for sr in ((-1, 2) if case.sampling else (-1,)):
         for aligned in case.aligned_values():

@@ -284,57 +284,88 @@ struct Kernels {
     }
   }
 
-  // Bins one_channel_rows sums in step.
+  // Bins few_channel_rows sums in step, and the most channels it takes.
   static constexpr int64_t kBinsInStep = 8;
+  static constexpr int64_t kFewChannels = 8;
+  // Several channels of one-cell samples (ps_roi_pool's) are summed in step
+  // where a pixel's channels are not adjacent (NCHW) and the roi's middle bin
+  // has this many cells or more. Measured, 5 channels, one thread
+  // (benchmarks/README.md): the FPN level's NCHW 1.3x faster, its NHWC 0.9x
+  // (each bin a different part of the same pixels' lines); the C4 head's
+  // windows of 1-3 cells a side 0.97-1.0x.
+  static constexpr int64_t kInStepCells = 4;
 
-  // Avg mode, one roi, one output channel c0 (a position-sensitive operator's,
-  // each bin in a plane of its own; or a map of one channel), a separable plan
-  // whose samples combine as K. A bin's sum is a chain of dependent adds, one
-  // per sample; a row's bins share their y taps, so up to kBinsInStep of them
-  // are summed in step, one chain each: per y tap, the x taps all of them
-  // have, bin after bin, then each bin's others. Each bin still adds its
-  // samples in RoiPlan::samples' order (row-major), so its bits are unchanged.
-  template <SampleKind K, typename E>
-  static void one_channel_rows(const RoiCall& s, const View<E>& f, Workspace& w, T* out,
-                               int64_t k, int64_t c0, A fill) {
-    const int64_t l = w.plan.level(), W = w.plan.width();
+  // Avg mode, one roi, output channels [c0, c0 + n), n <= kFewChannels (a
+  // position-sensitive operator's few, each bin in planes of its own; a map
+  // of few channels), adjacent if Unit, a separable plan whose samples
+  // combine as K. A bin's sum of a channel is a chain of dependent adds, one
+  // per sample, and few channels make few chains; a row's bins share their y
+  // taps, so up to kBinsInStep of them are summed in step, n chains each: per
+  // y tap, the x taps all of them have, bin after bin, then each bin's
+  // others. Each bin still adds its samples in RoiPlan::samples' order
+  // (row-major), so its bits are unchanged.
+  // kOne: n is 1, known when compiled (the chains' sums then stay in registers).
+  template <bool Unit, SampleKind K, bool kOne, typename E>
+  static void few_channel_rows(const RoiCall& s, const View<E>& f, Workspace& w, T* out,
+                               int64_t k, int64_t c0, int64_t n, A fill) {
+    if constexpr (kOne) n = 1;
+    const int64_t l = w.plan.level(), W = w.plan.width(), cs = f.channel_step(l);
     for (int64_t ph = 0; ph < s.PH; ++ph)
       for (int64_t pw0 = 0; pw0 < s.PW; pw0 += kBinsInStep) {
         const int64_t m = std::min(kBinsInStep, s.PW - pw0);
-        A sum[kBinsInStep];
+        A sum[kBinsInStep][kFewChannels];
         const E* img[kBinsInStep];
         const AxisTap<G>* tx[kBinsInStep];
         int64_t nx[kBinsInStep];
+        A divisor[kBinsInStep];
+        bool empty[kBinsInStep];
         const BinPlan first = w.plan.bin(ph, pw0);
         const AxisTap<G>* ty = w.plan.y_taps(first);
         int64_t common = INT64_MAX;
         for (int64_t j = 0; j < m; ++j) {
           const BinPlan b = w.plan.bin(ph, pw0 + j);
-          sum[j] = A(0);
+          std::fill_n(sum[j], n, A(0));
           img[j] = f.at(l, w.plan.image(), c0, ph * s.PW + pw0 + j);
           tx[j] = w.plan.x_taps(b);
           nx[j] = b.gx.count;
           common = std::min(common, nx[j]);
+          divisor[j] = A(b.divisor);
+          empty[j] = b.count() == 0;
         }
+        auto add = [&](int64_t j, int64_t a, int64_t e) {
+          const Sample<G> p = RoiSampler<G>::template combined<K>(ty[a], tx[j][e], W);
+          if constexpr (kOne) add_sample<true>(sum[j], img[j], p, f.pixel, 1, 1);
+          else add_sample<Unit>(sum[j], img[j], p, f.pixel, cs, n);
+        };
         for (int64_t a = 0; a < first.gy.count; ++a) {
           for (int64_t e = 0; e < common; ++e)
-            for (int64_t j = 0; j < m; ++j)
-              add_sample<true>(&sum[j], img[j],
-                               RoiSampler<G>::template combined<K>(ty[a], tx[j][e], W), f.pixel,
-                               1, 1);
+            for (int64_t j = 0; j < m; ++j) add(j, a, e);
           for (int64_t j = 0; j < m; ++j)
-            for (int64_t e = common; e < nx[j]; ++e)
-              add_sample<true>(&sum[j], img[j],
-                               RoiSampler<G>::template combined<K>(ty[a], tx[j][e], W), f.pixel,
-                               1, 1);
+            for (int64_t e = common; e < nx[j]; ++e) add(j, a, e);
         }
         for (int64_t j = 0; j < m; ++j) {
-          const BinPlan b = w.plan.bin(ph, pw0 + j);
           const int64_t bin = ph * s.PW + pw0 + j;
-          out[s.output_offset(k, c0, bin)] =
-              store_element<T>(b.count() == 0 ? fill : sum[j] / A(b.divisor));
+          for (int64_t c = 0; c < n; ++c)
+            out[s.output_offset(k, c0 + c, bin)] =
+                store_element<T>(empty[j] ? fill : sum[j][c] / divisor[j]);
         }
       }
+  }
+
+  // few_channel_rows for the plan's combination.
+  template <bool Unit, bool kOne, typename E>
+  static void few_channel_rows_as(const RoiCall& s, const View<E>& f, Workspace& w, T* out,
+                                  int64_t k, int64_t c0, int64_t n, A fill) {
+    switch (w.plan.combination()) {
+      case SampleKind::kCell:
+        return few_channel_rows<Unit, SampleKind::kCell, kOne>(s, f, w, out, k, c0, n, fill);
+      case SampleKind::kLerp:
+        return few_channel_rows<Unit, SampleKind::kLerp, kOne>(s, f, w, out, k, c0, n, fill);
+      case SampleKind::kBilinear:
+      case SampleKind::kEmpty:
+        return few_channel_rows<Unit, SampleKind::kBilinear, kOne>(s, f, w, out, k, c0, n,
+                                                                    fill);
+    }
   }
 
   // Avg mode, one roi: channels [c0, c1) innermost, each bin's sums in `acc`.
@@ -347,17 +378,12 @@ struct Kernels {
   static void forward_avg(const RoiCall& s, const View<E>& f, Workspace& w, T* out, int64_t k,
                           int64_t c0, int64_t c1, A fill) {
     const int64_t n = c1 - c0, l = w.plan.level(), cs = f.channel_step(l), bins = s.bins();
-    if (n == 1 && w.plan.separable()) {
-      switch (w.plan.combination()) {
-        case SampleKind::kCell:
-          return one_channel_rows<SampleKind::kCell>(s, f, w, out, k, c0, fill);
-        case SampleKind::kLerp:
-          return one_channel_rows<SampleKind::kLerp>(s, f, w, out, k, c0, fill);
-        case SampleKind::kBilinear:
-        case SampleKind::kEmpty:
-          return one_channel_rows<SampleKind::kBilinear>(s, f, w, out, k, c0, fill);
-      }
-    }
+    if (n == 1 && w.plan.separable())
+      return few_channel_rows_as<Unit, true>(s, f, w, out, k, c0, n, fill);
+    if (n <= kFewChannels && w.plan.separable() &&
+        (w.plan.combination() != SampleKind::kCell ||
+         (f.pixel == 1 && w.plan.bin(s.PH / 2, s.PW / 2).count() >= kInStepCells)))
+      return few_channel_rows_as<Unit, false>(s, f, w, out, k, c0, n, fill);
     const int64_t out_os =
         n > 1 ? s.output_offset(k, c0 + 1, 0) - s.output_offset(k, c0, 0) : 1;
     const bool tiled = out_os != 1 && bins * n * int64_t(sizeof(T)) <= kTileBytes;
