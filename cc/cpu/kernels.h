@@ -288,11 +288,11 @@ struct Kernels {
   static constexpr int64_t kBinsInStep = 8;
   static constexpr int64_t kFewChannels = 8;
   // Several channels of one-cell samples (ps_roi_pool's) are summed in step
-  // where a pixel's channels are not adjacent (NCHW) and the roi's middle bin
-  // has this many cells or more. Measured, 5 channels, one thread
-  // (benchmarks/README.md): the FPN level's NCHW 1.3x faster, its NHWC 0.9x
-  // (each bin a different part of the same pixels' lines); the C4 head's
-  // windows of 1-3 cells a side 0.97-1.0x.
+  // in NCHW features (a bin's cells adjacent along rows of its planes) where
+  // the roi's middle bin has this many cells or more. Measured, 5 channels, one thread
+  // (benchmarks/README.md): the FPN level's NCHW 1.3x faster, its NHWC 0.9x;
+  // the C4 head's (windows of 1-3 cells a side) 0.97-1.0x, every roi in step
+  // 0.9-0.97x.
   static constexpr int64_t kInStepCells = 4;
 
   // Avg mode, one roi, output channels [c0, c0 + n), n <= kFewChannels (a
