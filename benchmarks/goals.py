@@ -24,6 +24,11 @@ ours); the small head's also against the pure-JAX reference; the half-precision 
 compares our own float16 and bfloat16 rows with float32's of the same run. Goal rows a
 run did not measure are listed as such, so that a partial run cannot read as met. The
 legacy layers and max mode of roi_align have no peer in the bench and no row here.
+
+Given several rounds (every round's files at once: `goals.py r1_*.json r2_*.json`), each
+goal row is checked in every run that measured it, and a last table lists the rows whose
+verdict differs between runs: on a shared machine a row within about 25% of its goal
+can hold in one round and miss in the next, and only a row held in every round holds.
 """
 
 from __future__ import annotations
@@ -166,8 +171,25 @@ def half_checks(rows):
     return out
 
 
+def verdicts_by_row(checks, floors, halves):
+    """{row: [held, ...]}, a verdict per run that measured the row, over the three
+    tables (a ratio row is named with its peer: the small head has two)."""
+    by_row = {}
+    for c in checks:
+        if c.run is not None:
+            by_row.setdefault(f"{c.what} against {c.other}", []).append(c.held)
+    for what, run, _, ok in floors:
+        if run is not None:
+            by_row.setdefault(f"{what} floor", []).append(ok)
+    for what, _, _, _, ok in halves:
+        by_row.setdefault(f"{what} against float32", []).append(ok)
+    return by_row
+
+
 def report(rows, out=sys.stdout):
-    """Prints the three tables and a summary; returns (held, measured) over all goals."""
+    """Prints the three tables and a summary (and, where a row was measured in more
+    than one run, which rows' verdicts differ between runs); returns (held, measured)
+    over all goals and runs."""
     runs = len({r["run"] for r in rows})
     tag = (lambda run: f"  run {run}") if runs > 1 else (lambda run: "")
     held = measured = 0
@@ -212,6 +234,16 @@ def report(rows, out=sys.stdout):
     beyond = [c for c in checks if c.run is not None and c.asks > 1]
     line(f"\n{held} of {measured} measured goal rows held; ratio rows asking more than the "
          f"floor: {len(beyond)}")
+    by_row = verdicts_by_row(checks, floor_checks(rows), half)
+    repeated = {row: v for row, v in by_row.items() if len(v) > 1}
+    if repeated:
+        always = sum(all(v) for v in repeated.values())
+        never = sum(not any(v) for v in repeated.values())
+        mixed = {row: v for row, v in repeated.items() if any(v) and not all(v)}
+        line(f"\nover runs: of {len(repeated)} rows measured in more than one run, {always} "
+             f"held in every run, {never} in none, {len(mixed)} in some:")
+        for row, v in mixed.items():
+            line(f"  {row}: held in {sum(v)} of {len(v)}")
     return held, measured
 
 

@@ -136,3 +136,40 @@ def test_position_sensitive_rows_say_the_floor_can_overstate():
     goals.report([row("mask", "NCHW", "roi_pool", impl, forward=t, forward_floor=1.0)
                   for impl, t in ((goals.OURS, 1.5), (TV, 2.0))], out)
     assert "bins' regions" not in out.getvalue()
+
+
+def test_rows_whose_verdict_differs_between_runs():
+    # Two rounds of the same rows: the FPN NHWC forward 32x then 25x against 30x (held in
+    # one of two), its NCHW forward 15x twice against 20x (in none), the head's
+    # forward+backward against the reference 2x twice (in every run).
+    rows = []
+    for run, (fpn_nhwc, fpn_nchw) in enumerate([(10.0, 20.0), (12.8, 20.0)]):
+        rows += [row("fpn", "NHWC", "roi_align", goals.OURS, run=run, forward=fpn_nhwc,
+                     forward_floor=6.0),
+                 row("fpn", "NHWC", "roi_align", TV, run=run, forward=320.0, forward_floor=6.0),
+                 row("fpn", "NCHW", "roi_align", goals.OURS, run=run, forward=fpn_nchw,
+                     forward_floor=6.0),
+                 row("fpn", "NCHW", "roi_align", TV, run=run, forward=300.0, forward_floor=6.0),
+                 row("head", "NHWC", "roi_align", goals.OURS, run=run, forward_backward=1.0,
+                     forward_backward_floor=0.1),
+                 row("head", "NHWC", "roi_align", goals.REFERENCE, run=run,
+                     forward_backward=2.0, forward_backward_floor=0.1)]
+    by_row = goals.verdicts_by_row(goals.ratio_checks(rows), goals.floor_checks(rows),
+                                   goals.half_checks(rows))
+    assert by_row == {
+        "fpn NHWC roi_align forward against torchvision": [True, False],
+        "fpn NCHW roi_align forward against torchvision": [False, False],
+        "head NHWC roi_align forward+backward against reference": [True, True],
+        # The floor goal: 6 / 10 then 6 / 12.8 of the floor, against 50%.
+        "fpn NHWC roi_align forward floor": [True, False]}
+    out = io.StringIO()
+    goals.report(rows, out)
+    text = out.getvalue()
+    assert ("over runs: of 4 rows measured in more than one run, 1 held in every run, "
+            "1 in none, 2 in some:") in text
+    assert "  fpn NHWC roi_align forward against torchvision: held in 1 of 2" in text
+    assert "fpn NCHW roi_align forward against torchvision: held" not in text
+    # One run: no such table.
+    out = io.StringIO()
+    goals.report([r for r in rows if r["run"] == 0], out)
+    assert "over runs" not in out.getvalue()
