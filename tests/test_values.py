@@ -112,6 +112,40 @@ def test_few_output_channels_in_rows_of_bins(case, layout, c_out):
                 np.testing.assert_array_equal(got, want)
 
 
+MAX_CASES = [c for c in CASES if c.config.get("mode") == "max" or c.op_name in
+             ("roi_pool", "legacy_max")]
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=[c.id for c in MAX_CASES])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_max_mode_in_every_register_block(case, layout):
+    """Max mode's forward takes its channels in register blocks (cc/cpu/channel_loops.h):
+    in the AVX-512 build 64 float32 channels at a time (kWideBlock), then 32 (kBlock),
+    then the rest one by one; bins of more samples than a chunk (64) through memory, the
+    others in registers. 229 output channels (3 x 64 + 32 + 5) on a 24 x 30 map in 2 x 2
+    bins (up to 180 cells a bin) and small ones: each channel's winner is the float32
+    oracle's (its first largest sample), with winners recorded (a differentiated
+    forward) or not, in both layouts (NCHW: the channel-last copy, many rois on the
+    map)."""
+    rng = np.random.default_rng(37)
+    size = (2, 2)
+    f = features(case, rng, size, layout, c_out=229, h=24, w=30, dtype=np.float32)
+    rois = edge_rois(2, 24, 30, 1.0, rng, count=12).astype(np.float32)
+    for sr in ((-1, 2) if case.sampling else (-1,)):
+        for aligned in case.aligned_values():
+            want = case.loop(f, rois, size, 1.0, sr, aligned, layout, dtype=np.float32)
+            got = case("kernel", f, rois, size, 1.0, sr, aligned, layout)
+            recorded, _ = jax.vjp(
+                lambda x, sr=sr, aligned=aligned: case("kernel", x, rois, size, 1.0, sr,
+                                                       aligned, layout), jnp.asarray(f))
+            if case.op_name.startswith("legacy"):  # see test_float32_equals_float32_loop
+                np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+                np.testing.assert_allclose(recorded, want, rtol=2e-6, atol=2e-6)
+            else:
+                np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(recorded, want)
+
+
 # (7, 7) outputs of 69 channels (whole register blocks and a remainder) fit the CPU
 # kernels' per-roi tile (cc/cpu/kernels.h, kTileBytes: 256 KiB); (32, 32) ones fit it 64
 # channels at a time (tile_channels), then 5; (48, 48) ones not even one register block
