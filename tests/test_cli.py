@@ -301,6 +301,28 @@ def test_interleaved_settles_each_timed_call():
     assert (a.calls, b.calls) == (2, 2)
 
 
+def test_interleaved_settles_short_calls_by_time(monkeypatch):
+    """With `settle_ms`, untimed calls go on until they have taken that long: a short
+    callable gets many, a long one `settle` alone (on a clock each call advances by its
+    callable's cost, so that the counts are exact)."""
+    now = [0.0]
+    monkeypatch.setattr(_timing.time, "perf_counter", lambda: now[0])
+    calls = []
+
+    def fn(name, ms):
+        def call():
+            calls.append(name)
+            now[0] += ms / 1e3
+        return call
+
+    short, long_ = _timing.interleaved([fn("s", 2.0), fn("l", 30.0)], repeats=1, settle=1,
+                                       settle_ms=10.0)
+    # First calls, then s: 5 untimed calls (10 ms) and a timed one; l: 1 untimed (30 ms
+    # already over 10) and a timed one.
+    assert calls == ["s", "l"] + ["s"] * 6 + ["l"] * 2
+    assert (short.ms, long_.ms) == (pytest.approx(2.0), pytest.approx(30.0))
+
+
 def test_interleaved_budget_and_progress():
     class Count:
         done = 0

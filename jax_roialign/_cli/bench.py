@@ -20,11 +20,13 @@ the forward output also returned so that neither half can be optimised away), un
 INTERLEAVED (`timing.interleaved`): on a shared machine the load drifts, and only ratios
 measured side by side hold. Each time is the median of `--repeats` calls after one
 warm-up call (which includes compilation), fewer when they exceed `--budget` seconds.
-Each timed call follows `--settle` untimed calls of the same implementation (default
-1): every implementation is timed in its steady state, as a training loop calls it,
-not in the state the others' calls leave it in (on a VM that returns freed memory to
-its host, a call after an idle second, such as a slow peer's call, can take several
-times longer: benchmarks/cpu_memory_effects.py).
+Each timed call follows untimed calls of the same implementation, at least `--settle`
+(default 1) and `--settle-ms` milliseconds of them (default 50): every implementation is
+timed in its steady state, as a training loop calls it, not in the state the others'
+calls leave it in (on a VM that returns freed memory to its host, a call after an idle
+second, such as a slow peer's call, can take several times longer, and a call of a
+millisecond stays slow for several more: benchmarks/cpu_memory_effects.py,
+benchmarks/README.md "How many calls settle").
 Each group's first row is the one its ratios ("x") are taken against; outputs are
 checked against the first row computing the same operator ("max |diff|" of the forward).
 
@@ -74,6 +76,10 @@ from .workloads import (CROP_SIZE, SUITES, WORKLOADS, Workload, normalised_boxes
 OURS, REFERENCE = "jax_roialign", "reference"
 PEERS = (OURS, REFERENCE, TORCHVISION, TENSORFLOW)
 MEASURES = ("forward", "forward_backward")
+#: The default --settle-ms: untimed calls of an implementation take at least this long
+#: before each of its timed calls (timing.interleaved; measured in benchmarks/README.md,
+#: "How many calls settle").
+SETTLE_MS = 50.0
 GBPS_DEFINITION = ("minimal bytes / time; forward: features read + rois read + output "
                    "written; forward+backward: that + output gradient read + feature "
                    "gradient written")
@@ -468,7 +474,7 @@ def measure_group(block, group, args, rates, progress):
         live = [i for i, t in enumerate(timers) if t[m] is not None]
         progress.advance(calls * (len(timers) - len(live)))
         timed = interleaved([timers[i][m] for i in live], args.repeats, args.budget, progress,
-                            args.settle)
+                            args.settle, args.settle_ms)
         outputs = {}
         for i, t in zip(live, timed):
             row = rows[i]
@@ -584,6 +590,13 @@ def load():
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
+def settling(calls, ms):
+    """The untimed calls before each timed one, in words (the header's)."""
+    if ms <= 0:
+        return f"{calls} untimed call{'s' if calls != 1 else ''}"
+    return f"untimed calls (at least {calls}, and {ms:g} ms of them)"
+
+
 def _names(value, allowed, what):
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in names if v not in allowed]
@@ -616,6 +629,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settle", type=int, default=1,
                    help="untimed calls of an implementation right before each of its timed "
                         "calls (default 1; 0: every call follows the other implementations')")
+    p.add_argument("--settle-ms", type=float, default=SETTLE_MS,
+                   help="and more untimed calls until they have taken this many milliseconds "
+                        f"(default {SETTLE_MS:g}: a call of a millisecond stays slow for several "
+                        "more after another implementation's; 0: --settle calls alone)")
     p.add_argument("--budget", type=float, default=10.0,
                    help="seconds per implementation and measurement after which fewer than "
                         "--repeats calls are timed (marked *; ~ when the first call, which "
@@ -669,8 +686,7 @@ def run(args) -> int:
     log(f"jax_roialign {m['jax_roialign']}, jax {m['jax']}, backend {m['backend']}, kernels for: "
         f"{kernels or 'none'}; {m['cpu']}, {m['cores']} cores; "
         f"median of {args.repeats} calls after a warm-up, ms; implementations interleaved, "
-        f"each timed call after {args.settle} untimed one{'s' if args.settle != 1 else ''} "
-        f"of its own")
+        f"each timed call after {settling(args.settle, args.settle_ms)} of its own")
     log(f"the {OURS} rows run {path_taken(m['backend'])}")
     problem = missing_kernels(m["backend"])
     if problem:
@@ -743,6 +759,7 @@ def run(args) -> int:
             + ", ".join(f"{v:.2f}" for v in m["load_at_end"]))
     if args.json:
         print(json.dumps(dict(machine=m, repeats=args.repeats, settle=args.settle,
+                              settle_ms=args.settle_ms,
                               budget_s=args.budget,
                               suites=suites, layouts=layouts, dtypes=dtypes,
                               gbps_definition=GBPS_DEFINITION,

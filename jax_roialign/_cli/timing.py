@@ -73,7 +73,7 @@ class Timed(NamedTuple):
     error: BaseException | None = None  # what the callable raised (then no time)
 
 
-def interleaved(fns, repeats, budget_s=float("inf"), progress=None, settle=0):
+def interleaved(fns, repeats, budget_s=float("inf"), progress=None, settle=0, settle_ms=0.0):
     """Times callables against each other in one process, interleaved: first each one's
     first call (it compiles; its result is kept) in turn, then rounds in which every
     callable that has fewer than `repeats` timed calls and has not spent `budget_s`
@@ -83,11 +83,14 @@ def interleaved(fns, repeats, budget_s=float("inf"), progress=None, settle=0):
     do not. A callable that raises gets its error and is called no more; the others go
     on. A first call over the budget is taken alone (0 timed calls), as `median_ms`.
 
-    `settle` untimed calls of the same callable precede each timed call, back to back:
-    each callable is then timed in its steady state, as a loop (a training step) calls
-    it, not after the others' calls have left its threads idle. On a VM that hands freed
-    memory back to its host, the first call after an idle second can take several times
-    longer (benchmarks/cpu_memory_effects.py). The budget counts the timed calls only.
+    Untimed calls of the same callable precede each timed call, back to back: at least
+    `settle`, and more until they have taken `settle_ms` milliseconds. Each callable is
+    then timed in its steady state, as a loop (a training step) calls it, not in the
+    state the others' calls left the machine in. On a VM that hands freed memory back to
+    its host, the first call after an idle second can take several times longer
+    (benchmarks/cpu_memory_effects.py), and a call of a millisecond can stay slow for
+    several more after another implementation's call: a count of calls alone settles
+    long calls but not short ones. The budget counts the timed calls only.
 
     `progress` advances by one per call and by the calls skipped, so that each callable
     counts 1 + `repeats`. Returns a list of `Timed`, one per callable."""
@@ -114,8 +117,10 @@ def interleaved(fns, repeats, budget_s=float("inf"), progress=None, settle=0):
             if not wanted(i):
                 continue
             try:
-                for _ in range(settle):
+                settled, begun = 0, time.perf_counter()
+                while settled < settle or (time.perf_counter() - begun) * 1e3 < settle_ms:
                     fns[i]()
+                    settled += 1
                 t = time.perf_counter()
                 fns[i]()
                 times[i].append((time.perf_counter() - t) * 1e3)
