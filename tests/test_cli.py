@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 import zlib
 
 import jax.numpy as jnp
@@ -306,7 +307,7 @@ def test_interleaved_settles_short_calls_by_time(monkeypatch):
     callable gets many, a long one `settle` alone (on a clock each call advances by its
     callable's cost, so that the counts are exact)."""
     now = [0.0]
-    monkeypatch.setattr(_timing.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(_timing, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     calls = []
 
     def fn(name, ms):
