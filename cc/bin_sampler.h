@@ -80,8 +80,9 @@ struct RoiSampler {
   JRA_HD bool separable() const { return op != Op::kRoiAlignRotated; }
 
   // The in-window entries of bin p along `axis` (0: y, 1: x), bounded as
-  // sample_grid.h says.
-  JRA_HD GridAxis window(int axis, int64_t p) const {
+  // sample_grid.h says. Inlined: returned from a call, a window came back
+  // through memory in pieces and was read back whole (a stalled store forward).
+  JRA_HD_INLINE GridAxis window(int axis, int64_t p) const {
     const int64_t extent = axis == 0 ? H : W;
     switch (op) {
       case Op::kRoiAlign:

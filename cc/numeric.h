@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
-// JRA_HD_INLINE: also inlined on the host, where a call per sample would cost
-// more than the sample (the compiler's own choice is JRA_HD's).
+// JRA_HD_INLINE: also inlined on the host, where a call per sample (or per
+// bin) would cost more than its work (the compiler's own choice is JRA_HD's).
 #if defined(__CUDACC__)
 #define JRA_HD __host__ __device__ __forceinline__
 #define JRA_HD_INLINE JRA_HD

@@ -184,25 +184,32 @@ class RoiPlan {
             std::vector<AxisTap<G>>& taps, std::vector<G>& dpos, std::vector<Line>& lines) {
     w.resize(bins);
     off.resize(bins);
-    taps.clear();
-    dpos.clear();
-    lines.clear();
+    int64_t total = 0;
     for (int64_t p = 0; p < bins; ++p) {
       w[p] = roi_.window(a, p);
-      if (!roi_.separable()) {
-        const RotatedGeometry<G>& r = roi_.geo.rotated;
-        off[p] = int64_t(lines.size());
-        for (int64_t j = 0; j < w[p].count; ++j)
-          lines.push_back(a == 0 ? r.row(p, w[p].index(j)) : r.column(p, w[p].index(j)));
-        continue;
-      }
-      off[p] = int64_t(taps.size());
-      for (int64_t j = 0; j < w[p].count; ++j) {
-        G d[kMaxBoxCoords];
-        taps.push_back(roi_.tap(a, p, w[p], j, slopes_ ? d : nullptr));
-        if (slopes_) dpos.insert(dpos.end(), d, d + kMaxBoxCoords);
-      }
+      off[p] = total;
+      total += w[p].count;
     }
+    if (!roi_.separable()) {
+      const RotatedGeometry<G>& r = roi_.geo.rotated;
+      taps.clear();
+      dpos.clear();
+      lines.resize(total);
+      for (int64_t p = 0; p < bins; ++p)
+        for (int64_t j = 0; j < w[p].count; ++j)
+          lines[off[p] + j] = a == 0 ? r.row(p, w[p].index(j)) : r.column(p, w[p].index(j));
+      return;
+    }
+    // Sized first and written in place, not pushed back: a pushed tap goes
+    // through the stack in pieces and is read back whole, a stalled store
+    // forward per tap (13% of the small head's roi_align forward, one thread).
+    lines.clear();
+    taps.resize(total);
+    dpos.resize(slopes_ ? total * kMaxBoxCoords : 0);
+    for (int64_t p = 0; p < bins; ++p)
+      for (int64_t j = 0; j < w[p].count; ++j)
+        taps[off[p] + j] =
+            roi_.tap(a, p, w[p], j, slopes_ ? &dpos[(off[p] + j) * kMaxBoxCoords] : nullptr);
   }
 
   RoiSampler<G> roi_{};
