@@ -615,15 +615,16 @@ struct Kernels {
                            A* weight) {
     if constexpr (kCorners == 1) {
       // One cell per sample (uniform_corners() == 1: separable, SampleKind::kCell):
-      // cell_sample's offset and weight 1 straight from the taps, not through
-      // whole samples (22% of the small head's roi_pool backward, one thread).
+      // each cell_sample built straight from the bin's taps, not through
+      // RoiPlan::samples (22% of the small head's roi_pool backward, one thread).
       const AxisTap<G>* ty = w.plan.y_taps(b);
       const AxisTap<G>* tx = w.plan.x_taps(b);
       const int64_t W = w.plan.width(), cols = b.gx.count;
       for (int64_t a = 0; a < b.gy.count; ++a, cell += cols, weight += cols)
         for (int64_t e = 0; e < cols; ++e) {
-          cell[e] = (ty[a].low * W + tx[e].low) * pixel;
-          weight[e] = A(1);
+          const Sample<G> s = cell_sample<G>(ty[a].low, tx[e].low, W);
+          cell[e] = s.at[0] * pixel;
+          weight[e] = A(s.w[0]);
         }
       return;
     }
