@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
           copy.zero(n);
           I::Kernels::template backward_features<true>(s, cotangent.data(), rois.data(),
                                                        nullptr, win, copy.view(), 0, s.Cout,
-                                                       image(n));
+                                                       image(n), 0, s.bins());
           copy.store(g);
         }
       } else if (bands) {
@@ -160,11 +160,12 @@ int main(int argc, char** argv) {
         std::fill(grad.begin(), grad.end(), 0.0f);
         if (adjacent)
           I::Kernels::template backward_features<true>(s, cotangent.data(), rois.data(), nullptr,
-                                                       win, I::direct(s, g), 0, s.Cout, all);
+                                                       win, I::direct(s, g), 0, s.Cout, all, 0,
+                                                       s.bins());
         else
           I::Kernels::template backward_features<false>(s, cotangent.data(), rois.data(),
                                                         nullptr, win, I::direct(s, g), 0, s.Cout,
-                                                        all);
+                                                        all, 0, s.bins());
       }
     };
     call();  // untimed: first touches of the outputs and the copies

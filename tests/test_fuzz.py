@@ -18,6 +18,7 @@ under ASan + UBSan (a lower budget, no comparisons with the reference).
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -447,22 +448,24 @@ def thread_results(path):
     rows (33 rois), by images (the same rois alternating between the two images: the
     feature gradient's tasks then own whole images,
     cc/cpu/backward_features_handler.cc image_split)
-    and by channels (1 roi, 8 channels), and the size of XLA's pool."""
+    and by channels (1 roi, 8 channels; a position-sensitive operator's feature
+    gradient by bins instead, in both layouts), and the size of XLA's pool."""
     jax.config.update("jax_enable_x64", True)
     rng = np.random.default_rng(21)
     results = {}
     for case in CASES:
-        for dtype in (np.float32, jnp.float16):
-            f = jnp.asarray(features(case, rng, (3, 3), "NHWC", n=2, c_out=8, h=11, w=13))
+        layouts = ("NHWC", "NCHW") if case.op.position_sensitive else ("NHWC",)
+        for dtype, layout in itertools.product((np.float32, jnp.float16), layouts):
+            f = jnp.asarray(features(case, rng, (3, 3), layout, n=2, c_out=8, h=11, w=13))
             f = f.astype(dtype)
             rows = jnp.asarray(edge_rois(2, 11, 13, 1.0, rng, count=24))
             balanced = rows.at[:, 0].set(jnp.arange(rows.shape[0]) % 2)
             for split, r in (("rows", rows), ("images", balanced), ("channels", rows[:1])):
-                fn = lambda x, b: case("kernel", x, b, (3, 3), 1.0, 2, True, "NHWC")
+                fn = lambda x, b: case("kernel", x, b, (3, 3), 1.0, 2, True, layout)
                 out, vjp = jax.vjp(jax.jit(fn), f, r)
                 gf, gr = vjp(jnp.asarray(rng.normal(size=out.shape)).astype(out.dtype))
                 for name, x in (("out", out), ("gf", gf), ("gr", gr)):
-                    key = f"{case.id}/{np.dtype(dtype).name}/{split}/{name}"
+                    key = f"{case.id}/{np.dtype(dtype).name}/{layout}/{split}/{name}"
                     results[key] = np.asarray(jnp.asarray(x).astype(jnp.float64))
     pool = sum(open(f"/proc/self/task/{t}/comm").read().strip() == "tf_XLAEigen"
                for t in os.listdir("/proc/self/task"))

@@ -27,6 +27,26 @@ void zero_channels(const RoiCall& s, A* const* grad, int64_t ic0, int64_t ic1, i
   }
 }
 
+// Zeroes the input channels of bins [b0, b1) of a position-sensitive
+// operator (input channel c * bins + bin of every output channel c), in every
+// image and level of `grad`, as XLA lays it out.
+template <typename A>
+void zero_bins(const RoiCall& s, A* const* grad, int64_t b0, int64_t b1) {
+  for (int64_t l = 0; l < s.L; ++l) {
+    const int64_t hw = s.level[l].H * s.level[l].W;
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t c = 0; c < s.Cout; ++c) {
+        const int64_t ic = s.input_channel(c, b0);
+        if (s.layout == Layout::kNCHW) {
+          std::fill_n(grad[l] + s.feature_offset(l, n, ic, 0), (b1 - b0) * hw, A{});
+          continue;
+        }
+        for (int64_t p = 0; p < hw; ++p)
+          std::fill_n(grad[l] + s.feature_offset(l, n, ic, p), b1 - b0, A{});
+      }
+  }
+}
+
 // Image boundaries b[0] = 0 < ... < b[tasks] = N for a feature gradient split
 // over images, each range holding about its share of the valid rois; empty
 // where there are fewer images than tasks or no split stays within 1.5x of
@@ -77,10 +97,10 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
     const auto grad = level_pointers<T>(c.features);
     for (int64_t l = 0; l < s.L; ++l)
       advise_huge_pages(grad[l], size_t(s.N * s.level[l].H * s.level[l].W * s.C) * sizeof(T));
-    // Each task owns whole images (image_split) or a block of output
-    // channels, hence of the input channels they read, on every level: no two
-    // tasks touch the same element, and each element sums its terms in roi
-    // order. The outputs arrive uninitialised; a task accumulates in them
+    // Each task owns whole images (image_split), a block of bins (a
+    // position-sensitive operator's, in place) or a block of output channels,
+    // hence of the input channels they read, on every level: no two tasks
+    // touch the same element, and each element sums its terms in roi order. The outputs arrive uninitialised; a task accumulates in them
     // directly where they are accumulator typed and channel-last or a copy
     // would not pay (gradient_in_place); else in a channel-last copy of its
     // channels, one image at a time, rounded into them after that image's
@@ -107,9 +127,11 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
           const auto view = I::direct(s, grad.data());
           const RoiList list = order->images(n0, n1);
           if (channels_adjacent(s))
-            I::Kernels::template backward_features<true>(s, ct, r, lv, w, view, c0, c1, list);
+            I::Kernels::template backward_features<true>(s, ct, r, lv, w, view, c0, c1, list, 0,
+                                                         s.bins());
           else
-            I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1, list);
+            I::Kernels::template backward_features<false>(s, ct, r, lv, w, view, c0, c1, list, 0,
+                                                          s.bins());
         }
       };
       const int64_t band = max_band_rows(s, int64_t(sizeof(A)));
@@ -128,6 +150,19 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
                               }
                               in_buffers(0, s.Cout, images[t0], images[t1]);
                             });
+      // A position-sensitive operator's bins read input channels of their
+      // own: tasks that own bins own their input channels, with every output
+      // channel's work split evenly, where a split over its few output
+      // channels would not be (the C4 head's 5: 2 and 3).
+      if (in_place && position_sensitive(s.op))
+        return parallel_for(pool, s.bins(), threads_for(pool, s), [=](int64_t b0, int64_t b1) {
+          if constexpr (std::is_same_v<T, A>) {
+            zero_bins(s, grad.data(), b0, b1);
+            I::Kernels::template backward_features<false>(s, ct, r, lv, w,
+                                                          I::direct(s, grad.data()), 0, s.Cout,
+                                                          order->images(0, s.N), b0, b1);
+          }
+        });
       return parallel_for(pool, s.Cout, threads_for(pool, s), [=](int64_t c0, int64_t c1) {
         if (in_place) return in_buffers(c0, c1, 0, s.N);
         // A channel-last copy of the task's channels, one image at a time.
@@ -140,7 +175,7 @@ ffi::Future BackwardFeatures(ffi::ThreadPool pool, ffi::AnyBuffer cotangent, ffi
           }
           packed.zero(n);
           I::Kernels::template backward_features<true>(s, ct, r, lv, w, packed.view(), c0, c1,
-                                                       image);
+                                                       image, 0, s.bins());
           packed.store(grad.data());
         }
       });

@@ -734,13 +734,16 @@ struct Kernels {
   // Output channels [c0, c1) of every level's gradient (accumulator typed,
   // zeroed by the caller; the input channels those output channels read):
   // the terms of the valid rois in `list`, in its order (invalid rois have
-  // none). Given each image's rois in increasing order, each element sums its
-  // terms in (roi, bin, sample, corner) order, so the result is bit-identical
-  // run to run and for any thread count.
+  // none), of bins [bin0, bin1) (all bins: 0, s.bins()). Given each image's
+  // rois in increasing order, each element sums its terms in (roi, bin,
+  // sample, corner) order, so the result is bit-identical run to run and for
+  // any thread count, and for any split of a position-sensitive operator's
+  // bins (each of its input channels takes the terms of one bin).
   template <bool Unit>
   static void backward_features(const RoiCall& s, const T* ct, const G* rois,
                                 const int32_t* levels, const int32_t* winner, const View<A>& grad,
-                                int64_t c0, int64_t c1, RoiList list) {
+                                int64_t c0, int64_t c1, RoiList list, int64_t bin0,
+                                int64_t bin1) {
     Workspace w;
     // Max mode's backward adds channel by channel or sample by sample (scatter_winners), avg
     // mode's in blocks (scatter_samples_block).
@@ -751,11 +754,12 @@ struct Kernels {
       w.plan.build(s, rois, levels, k, false);
       if (!w.plan.valid()) continue;
       if constexpr (!Unit) {
-        if (s.mode == PoolMode::kMax && backward_max_planes(s, ct, winner, grad, w, k, c0, c1))
+        if (s.mode == PoolMode::kMax && bin0 == 0 && bin1 == s.bins() &&
+            backward_max_planes(s, ct, winner, grad, w, k, c0, c1))
           continue;
       }
       for (int64_t a = c0; a < c1; a += step)
-        backward_roi<Unit>(s, ct, winner, grad, w, k, a, std::min(c1, a + step));
+        backward_roi<Unit>(s, ct, winner, grad, w, k, a, std::min(c1, a + step), bin0, bin1);
     }
   }
 
@@ -791,7 +795,7 @@ struct Kernels {
         if (last[j] < r0 || first[j] >= r1) continue;
         const int64_t k = list.index[j];
         w.plan.build(s, rois, levels, k, false);
-        backward_roi<true>(s, ct, winner, grad, w, k, 0, s.Cout, r0, r1);
+        backward_roi<true>(s, ct, winner, grad, w, k, 0, s.Cout, 0, s.bins(), r0, r1);
       }
     }
   }
@@ -821,12 +825,13 @@ struct Kernels {
   }
 
   // backward_features' terms of roi k (its plan built in w) for output
-  // channels [c0, c1); in max mode, only those whose cells lie in map rows
-  // [r0, r1).
+  // channels [c0, c1) and bins [bin0, bin1); in max mode, only those whose
+  // cells lie in map rows [r0, r1).
   template <bool Unit>
   static void backward_roi(const RoiCall& s, const T* ct, const int32_t* winner,
                            const View<A>& grad, Workspace& w, int64_t k, int64_t c0, int64_t c1,
-                           int64_t r0 = 0, int64_t r1 = INT64_MAX) {
+                           int64_t bin0, int64_t bin1, int64_t r0 = 0,
+                           int64_t r1 = INT64_MAX) {
     const int64_t n = c1 - c0, bins = s.bins();
     // Cotangents (and winners) whose channels are not adjacent (NCHW) are read
     // once into channel-last tiles, each channel's bins in a row.
@@ -845,13 +850,14 @@ struct Kernels {
     const int64_t H = s.level[l].H, row = s.level[l].W * grad.pixel;
     const bool banded = r0 > 0 || r1 < H;
     const int64_t p0 = r0 * row, p1 = std::min(r1, H) * row;
-    for (int64_t ph = 0; ph < s.PH; ++ph) {
+    for (int64_t ph = bin0 / s.PW; ph * s.PW < bin1; ++ph) {
       if (banded) {
         int64_t lo, hi;
         w.plan.rows(ph, &lo, &hi);
         if (hi < r0 || lo >= r1) continue;
       }
-      for (int64_t pw = 0; pw < s.PW; ++pw) {
+      const int64_t pw1 = std::min(s.PW, bin1 - ph * s.PW);
+      for (int64_t pw = std::max<int64_t>(0, bin0 - ph * s.PW); pw < pw1; ++pw) {
         const int64_t bin = ph * s.PW + pw;
         const BinPlan b = w.plan.bin(ph, pw);
         A* img = grad.at(l, w.plan.image(), c0, bin);
