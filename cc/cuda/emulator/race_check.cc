@@ -105,10 +105,10 @@ void check(Op op, PoolMode mode, Layout layout, int64_t levels = 1) {
          "forward", s);
   if (unit)
     Cpu::backward_features<true>(s, ct.data(), rois.data(), lv, win.data(), grad_view, 0, s.Cout,
-                                 all);
+                                 all, 0, s.bins());
   else
     Cpu::backward_features<false>(s, ct.data(), rois.data(), lv, win.data(), grad_view, 0, s.Cout,
-                                  all);
+                                  all, 0, s.bins());
   for (bool deterministic : {true, false}) {
     bool ok = Cuda::backward_features(s, ct.data(), rois.data(), lv, win.data(), gl,
                                       deterministic, nullptr) == 0;
